@@ -1,0 +1,1 @@
+"""export stage of sparse-attn (see ARCHITECTURE)."""

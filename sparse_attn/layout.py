@@ -1,0 +1,345 @@
+"""Block layouts: the block-sparse structure every kernel and export consumes.
+
+A :class:`BlockLayout` describes, per head, which ``block_size x block_size`` tiles of the
+``[S, S]`` attention matrix hold at least one visible (query, key) pair, in CSR form over key
+blocks, and for each stored tile whether it is *full* (every in-range pair visible) or
+*partial* (a mask from a deduplicated table applies). See SPEC section 2.
+
+Conventions (shared by every backend):
+
+* Positions ``>= seq_len`` of the last, ragged block are "don't care": a tile is *full* when
+  every in-range pair is visible, and partial masks are 0 beyond ``seq_len``. Kernels always
+  mask keys ``>= S`` of the request themselves.
+* A request with ``S <= seq_len`` uses the top-left crop (:meth:`BlockLayout.crop`); prefix
+  stability of the patterns makes the crop exact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True, eq=False)
+class BlockLayout:
+    """Token-exact block-sparse layout of ``num_heads`` attention patterns.
+
+    Attributes:
+        seq_len: maximum sequence length (tokens) the layout was built for.
+        block_size: tokens per block side.
+        row_ptr: ``int32 [H, nQB + 1]`` CSR row pointers; row ``r`` of head ``h`` stores
+            entries ``row_ptr[h, r] : row_ptr[h, r + 1]`` of ``col_idx[h]`` / ``mask_idx[h]``.
+        col_idx: ``int32 [H, nnz]`` key-block index of each stored tile, ascending within a
+            row; ``nnz`` is the largest count over heads, shorter heads are padded with 0.
+        mask_idx: ``int32 [H, nnz]``; -1 = full tile, ``k >= 0`` = partial tile using
+            ``masks[k]``; padding is -1.
+        masks: ``uint8 [M, block_size, block_size]`` deduplicated partial-tile masks,
+            ``masks[k, qi, kj] = 1`` when key ``kj`` of the tile is visible from query ``qi``.
+            ``M`` may be 0.
+        spec: the expanded pattern spec (one string for all heads, or a JSON list per head).
+        causal: whether the causal modifier was applied.
+        requires_static_seq_len: True when the pattern depends on the end of the sequence
+            (e.g. BigBird's global last block); such a layout may not be cropped.
+    """
+
+    seq_len: int
+    block_size: int
+    row_ptr: np.ndarray
+    col_idx: np.ndarray
+    mask_idx: np.ndarray
+    masks: np.ndarray
+    spec: str = "custom"
+    causal: bool = False
+    requires_static_seq_len: bool = False
+    _cache: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        h = self.row_ptr.shape[0]
+        nb = self.num_blocks
+        bs = self.block_size
+        if self.row_ptr.shape != (h, nb + 1):
+            raise ValueError(f"row_ptr must be [H, {nb + 1}], got {list(self.row_ptr.shape)}")
+        if self.col_idx.shape != self.mask_idx.shape or self.col_idx.shape[0] != h:
+            raise ValueError(
+                f"col_idx {list(self.col_idx.shape)} and mask_idx {list(self.mask_idx.shape)} "
+                f"must both be [H={h}, nnz]"
+            )
+        if self.masks.ndim != 3 or self.masks.shape[1:] != (bs, bs):
+            raise ValueError(f"masks must be [M, {bs}, {bs}], got {list(self.masks.shape)}")
+
+    # ------------------------------------------------------------------ shape facts
+    @property
+    def num_heads(self) -> int:
+        """Number of heads H (one pattern each)."""
+        return int(self.row_ptr.shape[0])
+
+    @property
+    def num_blocks(self) -> int:
+        """Number of query (= key) blocks, ``ceil(seq_len / block_size)``."""
+        return -(-self.seq_len // self.block_size)
+
+    @property
+    def nnz(self) -> np.ndarray:
+        """``int64 [H]`` number of stored tiles per head."""
+        return self.row_ptr[:, -1].astype(np.int64)
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def from_token_mask(
+        cls,
+        mask: np.ndarray,
+        block_size: int,
+        spec: str = "custom",
+        causal: bool = False,
+        requires_static_seq_len: bool = False,
+    ) -> BlockLayout:
+        """Build a layout from a dense boolean token mask (generic, O(S^2) memory).
+
+        The reference builder: the pattern compiler must produce an identical layout.
+
+        Args:
+            mask: ``bool [H, S, S]`` (or ``[S, S]`` for one head); ``mask[h, i, j]`` = key
+                ``j`` visible from query ``i``.
+            block_size: tokens per block, >= 1.
+
+        Raises:
+            ValueError: on a mask of the wrong rank, non-square, S = 0 or block_size < 1.
+        """
+        mask = np.asarray(mask, dtype=bool)
+        if mask.ndim == 2:
+            mask = mask[None]
+        if mask.ndim != 3 or mask.shape[1] != mask.shape[2]:
+            raise ValueError(f"mask must be [H, S, S], got {list(mask.shape)}")
+        if mask.shape[1] == 0:
+            raise ValueError("mask has S = 0; sequence length must be >= 1")
+        if block_size < 1:
+            raise ValueError(f"block_size must be >= 1, got {block_size}")
+        h, s, _ = mask.shape
+        nb = -(-s // block_size)
+        padded = np.zeros((h, nb * block_size, nb * block_size), dtype=bool)
+        padded[:, :s, :s] = mask
+        valid = np.zeros((nb * block_size,), dtype=bool)
+        valid[:s] = True
+        tiles = padded.reshape(h, nb, block_size, nb, block_size).transpose(0, 1, 3, 2, 4)
+        vt = valid.reshape(nb, block_size)
+        in_range = vt[:, None, :, None] & vt[None, :, None, :]  # [nb, nb, bs, bs]
+        builder = _LayoutBuilder(h, nb, block_size)
+        for hh in range(h):
+            any_vis = tiles[hh].any(axis=(2, 3))
+            full = (tiles[hh] | ~in_range).all(axis=(2, 3))
+            for r in range(nb):
+                cols = np.nonzero(any_vis[r])[0]
+                builder.add_row(
+                    hh, r, cols, [None if full[r, c] else tiles[hh, r, c] for c in cols]
+                )
+        return builder.build(s, spec, causal, requires_static_seq_len)
+
+    # ------------------------------------------------------------------ views
+    def row(self, head: int, qblock: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(col_idx, mask_idx)`` of query block ``qblock`` of ``head``."""
+        a, b = self.row_ptr[head, qblock], self.row_ptr[head, qblock + 1]
+        return self.col_idx[head, a:b], self.mask_idx[head, a:b]
+
+    def crop(self, seq_len: int) -> BlockLayout:
+        """Top-left crop to ``seq_len <= self.seq_len`` tokens (SPEC: prefix stability).
+
+        Raises:
+            ValueError: if ``seq_len`` is out of ``1..self.seq_len``, or the layout needs a
+                static sequence length (``requires_static_seq_len``) and ``seq_len`` differs.
+        """
+        if not 1 <= seq_len <= self.seq_len:
+            raise ValueError(
+                f"seq_len must be in 1..{self.seq_len} (the layout's max), got {seq_len}"
+            )
+        if seq_len == self.seq_len:
+            return self
+        if self.requires_static_seq_len:
+            raise ValueError(
+                f"pattern {self.spec!r} depends on the end of the sequence, so the layout is "
+                f"fixed at seq_len={self.seq_len}; pad inputs to {self.seq_len} tokens"
+            )
+        nb = -(-seq_len // self.block_size)
+        bs = self.block_size
+        tail = seq_len - (nb - 1) * bs  # valid tokens in the last block
+        builder = _LayoutBuilder(self.num_heads, nb, bs)
+        for h in range(self.num_heads):
+            for r in range(nb):
+                cols, midx = self.row(h, r)
+                keep = cols < nb
+                tiles = []
+                for c, m in zip(cols[keep], midx[keep], strict=True):
+                    t = None if m < 0 else self.masks[m].astype(bool)
+                    if tail < bs and (r == nb - 1 or c == nb - 1) and t is not None:
+                        t = t.copy()
+                        if r == nb - 1:
+                            t[tail:, :] = False
+                        if c == nb - 1:
+                            t[:, tail:] = False
+                        rows = bs if r < nb - 1 else tail
+                        colsn = bs if c < nb - 1 else tail
+                        if t[:rows, :colsn].all():
+                            t = None
+                        elif not t.any():
+                            continue
+                    tiles.append((c, t))
+                builder.add_row(h, r, np.array([c for c, _ in tiles]), [t for _, t in tiles])
+        return builder.build(seq_len, self.spec, self.causal, False)
+
+    def token_mask(self, seq_len: int | None = None) -> np.ndarray:
+        """Expand to the dense boolean token mask ``bool [H, S, S]`` (O(S^2): tests, plots).
+
+        Args:
+            seq_len: crop length; default ``self.seq_len``.
+        """
+        s = self.seq_len if seq_len is None else seq_len
+        lay = self.crop(s) if s != self.seq_len else self
+        nb, bs = lay.num_blocks, lay.block_size
+        out = np.zeros((lay.num_heads, nb * bs, nb * bs), dtype=bool)
+        for h in range(lay.num_heads):
+            for r in range(nb):
+                cols, midx = lay.row(h, r)
+                for c, m in zip(cols, midx, strict=True):
+                    out[h, r * bs : (r + 1) * bs, c * bs : (c + 1) * bs] = (
+                        True if m < 0 else lay.masks[m].astype(bool)
+                    )
+        return out[:, :s, :s]
+
+    def block_mask(self) -> np.ndarray:
+        """``int8 [H, nQB, nQB]``: 0 = empty, 1 = full, 2 = partial tile."""
+        nb = self.num_blocks
+        out = np.zeros((self.num_heads, nb, nb), dtype=np.int8)
+        for h in range(self.num_heads):
+            n = int(self.row_ptr[h, -1])
+            rows = np.repeat(np.arange(nb), np.diff(self.row_ptr[h]))
+            out[h, rows, self.col_idx[h, :n]] = np.where(self.mask_idx[h, :n] < 0, 1, 2)
+        return out
+
+    # ------------------------------------------------------------------ statistics
+    def stats(self) -> dict:
+        """Statistics of the layout (SPEC section 3, ``layout --json``).
+
+        Returns a dict with ``seq_len``, ``block_size``, ``num_heads``, ``num_blocks``,
+        ``density_tokens`` (visible pairs / (H * S^2)), ``density_blocks`` (stored tiles /
+        (H * nQB^2)), ``full_blocks``, ``partial_blocks``, ``num_masks``, ``spec``, ``causal``.
+        Computed without materialising the S x S mask.
+        """
+        if "stats" in self._cache:
+            return dict(self._cache["stats"])
+        s, bs, nb, h = self.seq_len, self.block_size, self.num_blocks, self.num_heads
+        tail = s - (nb - 1) * bs
+        span = np.full(nb, bs, dtype=np.int64)
+        span[-1] = tail
+        mask_counts = np.array(
+            [int(m[:, :].astype(np.int64).sum()) for m in self.masks], dtype=np.int64
+        )
+        visible = 0
+        full = partial = 0
+        for hh in range(h):
+            n = int(self.row_ptr[hh, -1])
+            rows = np.repeat(np.arange(nb), np.diff(self.row_ptr[hh]))
+            cols = self.col_idx[hh, :n]
+            midx = self.mask_idx[hh, :n]
+            is_full = midx < 0
+            full += int(is_full.sum())
+            partial += int((~is_full).sum())
+            visible += int((span[rows[is_full]] * span[cols[is_full]]).sum())
+            visible += int(mask_counts[midx[~is_full]].sum())
+        st = {
+            "seq_len": s,
+            "block_size": bs,
+            "num_heads": h,
+            "num_blocks": nb,
+            "density_tokens": visible / (h * s * s),
+            "density_blocks": (full + partial) / (h * nb * nb),
+            "full_blocks": full,
+            "partial_blocks": partial,
+            "num_masks": int(self.masks.shape[0]),
+            "spec": self.spec,
+            "causal": bool(self.causal),
+            "requires_static_seq_len": bool(self.requires_static_seq_len),
+        }
+        self._cache["stats"] = st
+        return dict(st)
+
+    def layout_hash(self) -> str:
+        """SHA-256 (hex) over the layout arrays and sizes: identifies a layout in metadata."""
+        hsh = hashlib.sha256()
+        hsh.update(json.dumps([self.seq_len, self.block_size]).encode())
+        for a in (self.row_ptr, self.col_idx, self.mask_idx, self.masks):
+            hsh.update(str(a.dtype).encode() + str(a.shape).encode())
+            hsh.update(np.ascontiguousarray(a).tobytes())
+        return hsh.hexdigest()
+
+    def equals(self, other: BlockLayout) -> bool:
+        """Exact equality of sizes and arrays (not of ``spec``)."""
+        return (
+            self.seq_len == other.seq_len
+            and self.block_size == other.block_size
+            and self.layout_hash() == other.layout_hash()
+        )
+
+
+class _LayoutBuilder:
+    """Accumulates rows of tiles and deduplicates partial masks into a BlockLayout."""
+
+    def __init__(self, num_heads: int, num_blocks: int, block_size: int) -> None:
+        self.h, self.nb, self.bs = num_heads, num_blocks, block_size
+        self.rows: list[list[tuple[np.ndarray, np.ndarray]]] = [
+            [(np.zeros(0, np.int32), np.zeros(0, np.int32))] * num_blocks for _ in range(num_heads)
+        ]
+        self.mask_ids: dict[bytes, int] = {}
+        self.masks: list[np.ndarray] = []
+
+    def mask_id(self, tile: np.ndarray) -> int:
+        t = np.ascontiguousarray(tile, dtype=np.uint8)
+        key = t.tobytes()
+        k = self.mask_ids.get(key)
+        if k is None:
+            k = len(self.masks)
+            self.mask_ids[key] = k
+            self.masks.append(t)
+        return k
+
+    def add_row(self, head: int, qblock: int, cols, tiles) -> None:
+        """Set row ``qblock`` of ``head``: ascending ``cols`` and per col a bool tile or None (full)."""
+        cols = np.asarray(cols, dtype=np.int32).reshape(-1)
+        midx = np.array(
+            [-1 if t is None else self.mask_id(t) for t in tiles], dtype=np.int32
+        ).reshape(-1)
+        order = np.argsort(cols, kind="stable")
+        self.rows[head][qblock] = (cols[order], midx[order])
+
+    def build(
+        self, seq_len: int, spec: str, causal: bool, requires_static_seq_len: bool
+    ) -> BlockLayout:
+        counts = np.array([[len(c) for c, _ in hr] for hr in self.rows], dtype=np.int64)
+        row_ptr = np.zeros((self.h, self.nb + 1), dtype=np.int64)
+        row_ptr[:, 1:] = np.cumsum(counts, axis=1)
+        nnz = int(row_ptr[:, -1].max()) if self.h else 0
+        col_idx = np.zeros((self.h, nnz), dtype=np.int32)
+        mask_idx = np.full((self.h, nnz), -1, dtype=np.int32)
+        for h, hr in enumerate(self.rows):
+            if hr:
+                n = int(row_ptr[h, -1])
+                if n:
+                    col_idx[h, :n] = np.concatenate([c for c, _ in hr])
+                    mask_idx[h, :n] = np.concatenate([m for _, m in hr])
+        masks = (
+            np.stack(self.masks).astype(np.uint8)
+            if self.masks
+            else np.zeros((0, self.bs, self.bs), dtype=np.uint8)
+        )
+        return BlockLayout(
+            seq_len=seq_len,
+            block_size=self.bs,
+            row_ptr=row_ptr.astype(np.int32),
+            col_idx=col_idx,
+            mask_idx=mask_idx,
+            masks=masks,
+            spec=spec,
+            causal=causal,
+            requires_static_seq_len=requires_static_seq_len,
+        )

@@ -1,0 +1,1 @@
+"""patterns stage of sparse-attn (see ARCHITECTURE)."""

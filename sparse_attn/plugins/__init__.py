@@ -1,0 +1,1 @@
+"""plugins stage of sparse-attn (see ARCHITECTURE)."""
