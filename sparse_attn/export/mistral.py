@@ -1,0 +1,215 @@
+"""Model family ``mistral``: a small Mistral decoder (sliding-window attention), prefill only.
+
+Hugging Face's ``MistralForCausalLM`` is built from a small config with random weights drawn
+from a fixed seed (no hub access), and each layer's attention core is replaced by
+``sparse_attn::BlockSparseAttention``. Embeddings, RMSNorms, Q/K/V/O projections, rotary
+embeddings (Hugging Face's ``rotary_emb`` and ``apply_rotary_pos_emb``), the grouped-query
+K/V expansion (``repeat_kv``: ``num_key_value_heads < num_attention_heads``), MLPs and the
+LM head are Hugging Face's own modules.
+
+Sliding window, off by one: transformers' mask (``masking_utils.sliding_window_overlay``)
+lets query ``i`` see key ``j`` when ``j <= i`` (causal) and ``j > i - sliding_window``: the
+window holds ``sliding_window`` keys *including* the query itself. SPEC's ``band(w=W)``
+holds ``W`` neighbours on each side plus the query itself, so the Mistral pattern is
+``band(w=sliding_window - 1)`` with ``causal``. (``sliding_window = None`` means full causal
+attention.) Query ``i = W - 1`` still sees key 0; ``i = W`` no longer does.
+
+ONNX inputs: ``input_ids`` int64 ``[B, S]``, ``attention_mask`` int64 ``[B, S]`` (1 = real
+token; right padding; positions are ``0..S-1`` as in Hugging Face's default
+``position_ids``). Outputs: ``logits`` ``[B, S, vocab]`` and ``last_hidden_state``
+``[B, S, hidden]``. B and S dynamic.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from sparse_attn.errors import InvalidInputError
+from sparse_attn.export import hf_common
+
+NAME = "mistral"
+DEFAULT_MAX_SEQ_LEN = 256
+DEFAULT_BLOCK_SIZE = 16
+DEFAULT_SEED = 0
+#: Small config used when none is given (random weights, seed ``DEFAULT_SEED``).
+DEFAULT_CONFIG = {
+    "vocab_size": 512,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 4096,
+    "sliding_window": 24,
+    "rms_norm_eps": 1e-6,
+    "tie_word_embeddings": False,
+}
+INPUT_NAMES = ("input_ids", "attention_mask")
+OUTPUT_NAMES = ("logits", "last_hidden_state")
+
+CLI_OPTIONS = {
+    "sliding_window": {
+        "type": "int",
+        "help": "Mistral sliding window (keys per query, the query included)",
+        "default": DEFAULT_CONFIG["sliding_window"],
+    },
+    "seed": {"type": "int", "help": "seed of the random weights", "default": DEFAULT_SEED},
+}
+
+
+def sliding_window_pattern(sliding_window: int | None, max_seq_len: int) -> str:
+    """SPEC pattern (before the causal modifier) equal to Mistral's sliding window.
+
+    ``sliding_window = W`` -> ``band(w=W-1)``: Hugging Face lets query ``i`` see keys
+    ``i-W < j <= i`` (``W`` keys, the query included). ``None`` (no window) -> a band wide
+    enough to hold every key, ``band(w=max_seq_len)``.
+
+    Raises:
+        InvalidInputError: ``sliding_window < 1``.
+    """
+    if sliding_window is None:
+        return f"band(w={int(max_seq_len)})"
+    w = hf_common.check_positive_int("sliding_window", sliding_window)
+    return f"band(w={w - 1})"
+
+
+def make_config(config: dict | None = None, *, sliding_window: int | None = None):
+    """``transformers.MistralConfig`` from ``DEFAULT_CONFIG`` updated with ``config``.
+
+    ``attn_implementation`` is ``"eager"`` (the reference Hugging Face implementation).
+    """
+    from transformers import MistralConfig
+
+    d = dict(DEFAULT_CONFIG)
+    if config:
+        d.update({k: v for k, v in config.items() if k not in ("transformers_version",)})
+    if sliding_window is not None:
+        d["sliding_window"] = sliding_window
+    cfg = MistralConfig(**d)
+    cfg._attn_implementation = "eager"
+    return cfg
+
+
+def load_hf_model(config: dict | None = None, *, seed: int = DEFAULT_SEED, dtype="float32"):
+    """Hugging Face ``MistralForCausalLM`` with seeded random weights, eval mode, eager attention.
+
+    Args:
+        config: overrides of ``DEFAULT_CONFIG`` (``MistralConfig`` keyword arguments).
+        seed: weights are drawn with ``torch.manual_seed(seed)`` in a forked RNG.
+        dtype: ``"float32"`` or ``"float16"``.
+    """
+    from transformers import MistralForCausalLM
+
+    cfg = make_config(config)
+    with hf_common.seeded_init(seed):
+        model = MistralForCausalLM(cfg)
+    model.eval()
+    return model.to(hf_common.torch_dtype(dtype))
+
+
+@functools.cache
+def _module_class():
+    """The ``SparseMistral`` module class (defined lazily: importing this module stays cheap)."""
+    import torch
+    from torch import nn
+    from transformers.models.mistral.modeling_mistral import apply_rotary_pos_emb, repeat_kv
+
+    class SparseMistral(nn.Module):
+        """``MistralForCausalLM`` (prefill) with ``sparse_attn::BlockSparseAttention`` inside.
+
+        Args:
+            hf: Hugging Face ``MistralForCausalLM`` (weights used as they are).
+            attention: module with ``forward(q, k, v, key_padding_mask)`` on ``[B, H, S, D]``.
+
+        ``forward(input_ids, attention_mask)`` (int64 ``[B, S]``) returns
+        ``{"logits": [B, S, vocab], "last_hidden_state": [B, S, hidden]}``.
+        """
+
+        def __init__(self, hf, attention: nn.Module) -> None:
+            super().__init__()
+            self.hf = hf
+            self.attention = attention
+            cfg = hf.config
+            self.num_heads = int(cfg.num_attention_heads)
+            self.num_kv_heads = int(cfg.num_key_value_heads)
+            self.head_dim = int(
+                getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+            )
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict:
+            b, s = input_ids.shape
+            m = self.hf.model
+            hidden = m.embed_tokens(input_ids)
+            position_ids = torch.arange(s, device=input_ids.device).unsqueeze(0)
+            cos, sin = m.rotary_emb(hidden, position_ids=position_ids)
+            kpm = attention_mask != 0
+            groups = self.num_heads // self.num_kv_heads
+            for layer in m.layers:
+                residual = hidden
+                x = layer.input_layernorm(hidden)
+                at = layer.self_attn
+                q = at.q_proj(x).view(b, s, self.num_heads, self.head_dim).transpose(1, 2)
+                k = at.k_proj(x).view(b, s, self.num_kv_heads, self.head_dim).transpose(1, 2)
+                v = at.v_proj(x).view(b, s, self.num_kv_heads, self.head_dim).transpose(1, 2)
+                q, k = apply_rotary_pos_emb(q, k, cos, sin)
+                k = repeat_kv(k, groups)
+                v = repeat_kv(v, groups)
+                ctx = self.attention(q, k, v, kpm)
+                ctx = ctx.transpose(1, 2).reshape(b, s, self.num_heads * self.head_dim)
+                hidden = residual + at.o_proj(ctx)
+                residual = hidden
+                hidden = residual + layer.mlp(layer.post_attention_layernorm(hidden))
+            hidden = m.norm(hidden)
+            return {"logits": self.hf.lm_head(hidden), "last_hidden_state": hidden}
+
+    return SparseMistral
+
+
+def build_model(
+    pattern=None,
+    *,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    max_seq_len: int = DEFAULT_MAX_SEQ_LEN,
+    dtype: str = "float32",
+    config: dict | None = None,
+    seed: int = DEFAULT_SEED,
+):
+    """The small Mistral with sparse attention, as an eval-mode ``torch.nn.Module``.
+
+    Args:
+        pattern: ``None`` (default: the model's own sliding window,
+            :func:`sliding_window_pattern`), or any pattern / BlockLayout (num_heads heads);
+            the causal modifier is always applied (Mistral is a decoder).
+        block_size: tokens per block.
+        max_seq_len: largest S, at most the config's ``max_position_embeddings``.
+        dtype: ``"float32"`` or ``"float16"``.
+        config: overrides of ``DEFAULT_CONFIG``.
+        seed: seed of the random weights.
+
+    Raises:
+        InvalidInputError: bad sizes, dtype, config or pattern.
+    """
+    block_size = hf_common.check_positive_int("block_size", block_size)
+    cfg = make_config(config)
+    max_seq_len = hf_common.check_positive_int(
+        "max_seq_len", max_seq_len, maximum=int(cfg.max_position_embeddings)
+    )
+    if cfg.num_attention_heads % cfg.num_key_value_heads:
+        raise InvalidInputError(
+            f"num_attention_heads={cfg.num_attention_heads} must be a multiple of "
+            f"num_key_value_heads={cfg.num_key_value_heads}"
+        )
+    if pattern is None:
+        pattern = sliding_window_pattern(cfg.sliding_window, max_seq_len)
+    layout = hf_common.resolve_layout(
+        pattern,
+        max_seq_len=max_seq_len,
+        block_size=block_size,
+        num_heads=int(cfg.num_attention_heads),
+        causal=True,
+    )
+    hf = load_hf_model(config, seed=seed)
+    attention = hf_common.sparse_attention_module(layout)
+    model = _module_class()(hf, attention).eval()
+    model.layout = layout
+    return model.to(hf_common.torch_dtype(dtype))
