@@ -1,0 +1,375 @@
+"""The ``torch`` backend: block-sparse attention in PyTorch ops (CPU or GPU).
+
+Cost and memory are proportional to the number of stored tiles; no ``S x S`` tensor is
+formed. Algorithm (a "gather then dense" block-sparse scheme, in the spirit of the BSR
+kernels of Child et al., "Generating Long Sequences with Sparse Transformers",
+arXiv 1904.10509, Sec. 5.5):
+
+1. Plan (once per layout, ``S`` and device, cached): for every (head, query block row) the
+   list of stored key blocks with index ``< ceil(S / bs)``; rows are bucketed by their
+   number of blocks ``n`` so that each bucket is one batched computation.
+2. Per bucket (processed in chunks of rows to bound memory): gather the query block
+   ``[B, G, bs, D]`` and the ``n`` key/value blocks ``[B, G, n*bs, D]``, compute scores in
+   float32 (float64 for float64 inputs), *select* ``-inf`` where the pair is masked
+   (partial-tile mask, key padding, key ``>= S``), softmax with an all-masked-row guard
+   (row -> 0), multiply by V, and scatter the rows to the output.
+3. NaN/Inf safety: scores are selected (``torch.where``), never biased, so a NaN key of a
+   masked pair cannot leak; V is multiplied with a zero-cleaned copy, and if V holds any
+   non-finite value the affected outputs (a visible pair with non-finite V) are recomputed
+   with an exact per-pair select, so ``0 * NaN`` never reaches a row that cannot see it.
+
+For CPU tensors the compiled kernel ``sparse_attn.kernels.cpu_ext`` (a flash-style loop
+over each CSR row) is used when it is importable and ``cpu_ext.is_available()``; set
+``SPARSE_ATTN_DISABLE_CPU_EXT=1`` to force the pure PyTorch path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from sparse_attn.kernels._validate import validate_arrays
+
+NAME = "torch"
+
+SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+#: Environment variable that disables the compiled CPU kernel.
+DISABLE_CPU_EXT_ENV = "SPARSE_ATTN_DISABLE_CPU_EXT"
+#: Score elements ``B * rows * bs * n*bs`` processed at once (bounds the working memory).
+_CHUNK_SCORE_ELEMENTS = 1 << 22
+_PLAN_CACHE_SIZE = 32
+
+
+def not_supported_reasons(query, key, value, layout, key_padding_mask) -> list[str]:
+    """Why this backend cannot take these (validated) inputs; empty = supported."""
+    reasons = []
+    if query.dtype not in SUPPORTED_DTYPES:
+        reasons.append(
+            f"dtype {query.dtype} not supported (float32, float16, bfloat16, float64 are)"
+        )
+    return reasons
+
+
+def attention(query, key, value, layout, key_padding_mask, scale: float) -> torch.Tensor:
+    """Backend entry (inputs validated by the dispatcher). See :func:`attention_arrays`."""
+    arrays = layout_arrays(layout, query.device)
+    return attention_arrays(
+        query,
+        key,
+        value,
+        arrays["row_ptr"],
+        arrays["col_idx"],
+        arrays["mask_idx"],
+        arrays["masks"],
+        key_padding_mask,
+        layout.block_size,
+        scale,
+    )
+
+
+def layout_arrays(layout, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """The layout as op input tensors on ``device`` (cached on the layout).
+
+    Returns:
+        dict with ``row_ptr`` int32 ``[H, nQB+1]``, ``col_idx`` / ``mask_idx`` int32
+        ``[H, nnz]`` and ``masks`` uint8 ``[M, bs, bs]``; when the layout has no partial
+        mask (M == 0) one all-zero mask is passed, and when nnz == 0 one padding column
+        (col 0, mask -1), so no tensor is empty.
+    """
+    key = ("torch_backend.arrays", str(torch.device(device)))
+    cached = layout._cache.get(key)
+    if cached is not None:
+        return cached
+    bs = layout.block_size
+    masks = layout.masks
+    if masks.shape[0] == 0:
+        masks = np.zeros((1, bs, bs), dtype=np.uint8)
+    col_idx, mask_idx = layout.col_idx, layout.mask_idx
+    if col_idx.shape[1] == 0:
+        col_idx = np.zeros((layout.num_heads, 1), dtype=np.int32)
+        mask_idx = np.full((layout.num_heads, 1), -1, dtype=np.int32)
+    out = {
+        "row_ptr": torch.from_numpy(np.ascontiguousarray(layout.row_ptr, dtype=np.int32)),
+        "col_idx": torch.from_numpy(np.ascontiguousarray(col_idx, dtype=np.int32)),
+        "mask_idx": torch.from_numpy(np.ascontiguousarray(mask_idx, dtype=np.int32)),
+        "masks": torch.from_numpy(np.ascontiguousarray(masks, dtype=np.uint8)),
+    }
+    out = {k: v.to(device) for k, v in out.items()}
+    layout._cache[key] = out
+    return out
+
+
+# ---------------------------------------------------------------------------- compiled path
+def _cpu_ext():
+    """The compiled CPU kernel module if present and usable, else None (never raises)."""
+    if os.environ.get(DISABLE_CPU_EXT_ENV, "") not in ("", "0"):
+        return None
+    try:
+        mod = importlib.import_module("sparse_attn.kernels.cpu_ext")
+    except Exception:  # noqa: BLE001 - the module is optional; any import failure = absent
+        return None
+    try:
+        return mod if mod.is_available() else None
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def cpu_ext_active() -> bool:
+    """True when CPU tensors go through the compiled kernel ``cpu_ext``."""
+    return _cpu_ext() is not None
+
+
+# ---------------------------------------------------------------------------- plan
+@dataclass
+class _Bucket:
+    rows: torch.Tensor  # int64 [G]      flat (head * nb + qblock)
+    kidx: torch.Tensor  # int64 [G, n]   flat (head * nb + kblock)
+    midx: torch.Tensor  # int64 [G, n]   index into masks_ext (M = the all-ones full tile)
+    n: int
+
+
+@dataclass
+class _Plan:
+    nb: int  # query/key blocks of the request, ceil(S / bs)
+    buckets: list[_Bucket]
+    masks_ext: torch.Tensor  # bool [M + 1, bs, bs]; last = all ones (full tile)
+    any_partial: bool
+
+
+_PLANS: OrderedDict = OrderedDict()
+
+
+def _array_digest(*arrays: np.ndarray) -> str:
+    hsh = hashlib.blake2b(digest_size=16)
+    for a in arrays:
+        hsh.update(str(a.dtype).encode() + str(a.shape).encode())
+        hsh.update(np.ascontiguousarray(a).tobytes())
+    return hsh.hexdigest()
+
+
+def _make_plan(
+    row_ptr: torch.Tensor,
+    col_idx: torch.Tensor,
+    mask_idx: torch.Tensor,
+    masks: torch.Tensor,
+    block_size: int,
+    seq_len: int,
+    device: torch.device,
+) -> _Plan:
+    rp = row_ptr.detach().cpu().numpy().astype(np.int64)
+    ci = col_idx.detach().cpu().numpy().astype(np.int64)
+    mi = mask_idx.detach().cpu().numpy().astype(np.int64)
+    mk = masks.detach().cpu().numpy()
+    key = (_array_digest(rp, ci, mi, mk), block_size, seq_len, str(device))
+    plan = _PLANS.get(key)
+    if plan is not None:
+        _PLANS.move_to_end(key)
+        return plan
+    h, nqb_full = rp.shape[0], rp.shape[1] - 1
+    nb = -(-seq_len // block_size)
+    m = mk.shape[0]
+    heads, rows, cols, mids = [], [], [], []
+    for hh in range(h):
+        counts = np.diff(rp[hh])
+        n_h = int(rp[hh, -1])
+        r = np.repeat(np.arange(nqb_full), counts)
+        c = ci[hh, :n_h]
+        mm = mi[hh, :n_h]
+        keep = (r < nb) & (c < nb)
+        heads.append(np.full(int(keep.sum()), hh, dtype=np.int64))
+        rows.append(r[keep])
+        cols.append(c[keep])
+        mids.append(mm[keep])
+    head = np.concatenate(heads)
+    row = np.concatenate(rows)
+    col = np.concatenate(cols)
+    mid = np.concatenate(mids)
+    if mid.size and (mid.max() >= m or mid.min() < -1):
+        from sparse_attn.errors import InvalidInputError
+
+        raise InvalidInputError(
+            f"mask_idx refers to mask {int(mid.max())} but masks has only {m} entries"
+        )
+    mid = np.where(mid < 0, m, mid)  # full tile -> the all-ones mask appended at index M
+    flat_row = head * nb + row  # entries are grouped by (head, row) in CSR order
+    counts = np.bincount(flat_row, minlength=h * nb)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    buckets = []
+    for n in np.unique(counts[counts > 0]):
+        n = int(n)
+        rsel = np.nonzero(counts == n)[0]
+        ent = starts[rsel][:, None] + np.arange(n)[None, :]
+        kflat = head[ent] * nb + col[ent]
+        buckets.append(
+            _Bucket(
+                rows=torch.from_numpy(rsel.astype(np.int64)).to(device),
+                kidx=torch.from_numpy(kflat.astype(np.int64)).to(device),
+                midx=torch.from_numpy(mid[ent].astype(np.int64)).to(device),
+                n=n,
+            )
+        )
+    masks_ext = np.concatenate(
+        [mk.astype(bool), np.ones((1, block_size, block_size), dtype=bool)], axis=0
+    )
+    plan = _Plan(
+        nb=nb,
+        buckets=buckets,
+        masks_ext=torch.from_numpy(masks_ext).to(device),
+        any_partial=bool((mid < m).any()),
+    )
+    _PLANS[key] = plan
+    while len(_PLANS) > _PLAN_CACHE_SIZE:
+        _PLANS.popitem(last=False)
+    return plan
+
+
+# ---------------------------------------------------------------------------- compute
+def attention_arrays(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    row_ptr: torch.Tensor,
+    col_idx: torch.Tensor,
+    mask_idx: torch.Tensor,
+    masks: torch.Tensor,
+    key_padding_mask: torch.Tensor | None,
+    block_size: int,
+    scale: float,
+) -> torch.Tensor:
+    """Block-sparse attention with the layout given as tensors (the op's array interface).
+
+    Args:
+        query: ``[B, H, S, D]`` float32/float16/bfloat16/float64.
+        key: ``[B, H, S, D]``; value: ``[B, H, S, Dv]``; same dtype and device.
+        row_ptr: int ``[H, nQB+1]`` CSR row pointers of the FULL layout (max seq_len).
+        col_idx: int ``[H, nnz]`` key-block column per stored tile.
+        mask_idx: int ``[H, nnz]``; -1 = full tile, ``k >= 0`` = partial tile ``masks[k]``.
+        masks: uint8/bool ``[M >= 1, bs, bs]`` partial-tile masks (1 = visible).
+        key_padding_mask: optional ``[B, S]`` bool, True = real token.
+        block_size: tokens per block ``bs``.
+        scale: softmax scale (float > 0).
+
+    Returns:
+        ``[B, H, S, Dv]`` in the dtype of ``query``. Key blocks ``>= ceil(S/bs)`` are
+        skipped and keys ``>= S`` masked (top-left crop); rows with no visible key are 0.
+
+    Raises:
+        InvalidInputError: on inconsistent shapes or arguments.
+    """
+    validate_arrays(
+        query, key, value, row_ptr, col_idx, mask_idx, masks, key_padding_mask, block_size, scale
+    )
+    if query.device.type == "cpu":
+        ext = _cpu_ext()
+        if ext is not None:
+            return ext.attention_arrays(
+                query,
+                key,
+                value,
+                row_ptr,
+                col_idx,
+                mask_idx,
+                masks,
+                key_padding_mask,
+                int(block_size),
+                float(scale),
+            )
+    return _attention_torch(
+        query, key, value, row_ptr, col_idx, mask_idx, masks, key_padding_mask, block_size, scale
+    )
+
+
+def _attention_torch(
+    query, key, value, row_ptr, col_idx, mask_idx, masks, key_padding_mask, block_size, scale
+) -> torch.Tensor:
+    b, h, s, d = query.shape
+    dv = value.shape[-1]
+    bs = int(block_size)
+    device = query.device
+    cdt = torch.float64 if query.dtype == torch.float64 else torch.float32
+    plan = _make_plan(row_ptr, col_idx, mask_idx, masks, bs, s, device)
+    nb = plan.nb
+    sp = nb * bs
+    pad = sp - s
+
+    def blocks(x: torch.Tensor) -> torch.Tensor:  # [B, H, S, E] -> [B, H*nb, bs, E] (cdt)
+        x = x.to(cdt)
+        if pad:
+            x = torch.nn.functional.pad(x, (0, 0, 0, pad))
+        return x.reshape(b, h * nb, bs, x.shape[-1])
+
+    qb = blocks(query) * scale  # scale before the product: no overflow for large q.k
+    kb = blocks(key)
+    vb = blocks(value)
+    finite_v = bool(torch.isfinite(vb).all())
+    vb_clean = vb if finite_v else torch.where(torch.isfinite(vb), vb, torch.zeros_like(vb))
+
+    # key validity [B, nb*bs]: real token and inside the request (keys >= S are padding)
+    kvalid = torch.zeros((b, sp), dtype=torch.bool, device=device)
+    if key_padding_mask is not None:
+        kvalid[:, :s] = key_padding_mask.to(torch.bool)
+    else:
+        kvalid[:, :s] = True
+    need_kvalid = key_padding_mask is not None or pad > 0
+    kvalid_blocks = kvalid.reshape(b, nb, bs)
+
+    out = torch.zeros((b, h * nb, bs, dv), dtype=cdt, device=device)
+    for bucket in plan.buckets:
+        n = bucket.n
+        g_total = bucket.rows.shape[0]
+        chunk = max(1, _CHUNK_SCORE_ELEMENTS // max(1, b * bs * n * bs))
+        if not finite_v:  # the exact non-finite path holds [B, g, bs, n*bs, Dv]
+            chunk = max(1, chunk // dv)
+        for g0 in range(0, g_total, chunk):
+            rows = bucket.rows[g0 : g0 + chunk]
+            kidx = bucket.kidx[g0 : g0 + chunk]
+            midx = bucket.midx[g0 : g0 + chunk]
+            g = rows.shape[0]
+            flat_k = kidx.reshape(-1)
+            q = qb.index_select(1, rows)  # [B, g, bs, D]
+            k = kb.index_select(1, flat_k).reshape(b, g, n * bs, d)
+            scores = torch.matmul(q, k.transpose(-1, -2))  # [B, g, bs, n*bs]
+            vis = None
+            if plan.any_partial:
+                tile = plan.masks_ext.index_select(0, midx.reshape(-1))  # [g*n, bs, bs]
+                vis = tile.reshape(g, n, bs, bs).permute(0, 2, 1, 3).reshape(1, g, bs, n * bs)
+            if need_kvalid:
+                kblk = torch.remainder(kidx, nb)  # key block index within the head
+                kv = kvalid_blocks.index_select(1, kblk.reshape(-1)).reshape(b, g, 1, n * bs)
+                vis = kv if vis is None else (vis & kv)
+            if vis is not None:
+                scores = torch.where(vis, scores, torch.full_like(scores, -torch.inf))
+            mx = scores.amax(dim=-1, keepdim=True)
+            mx = torch.where(mx == -torch.inf, torch.zeros_like(mx), mx)
+            p = torch.exp(scores - mx)
+            denom = p.sum(dim=-1, keepdim=True)
+            v = vb_clean.index_select(1, flat_k).reshape(b, g, n * bs, dv)
+            num = torch.matmul(p, v)
+            if not finite_v:
+                num = _poison_nonfinite(num, p, vis, vb, flat_k, b, g, n, bs, dv)
+            safe = torch.where(denom > 0, denom, torch.ones_like(denom))
+            res = torch.where(denom > 0, num / safe, torch.zeros_like(num))
+            out.index_copy_(1, rows, res)
+    out = out.reshape(b, h, sp, dv)[:, :, :s, :]
+    return out.to(query.dtype)
+
+
+def _poison_nonfinite(num, p, vis, vb, flat_k, b, g, n, bs, dv) -> torch.Tensor:
+    """Add back the exact contribution of non-finite V entries at *visible* pairs only."""
+    v_raw = vb.index_select(1, flat_k).reshape(b, g, n * bs, dv)
+    bad = ~torch.isfinite(v_raw)  # [B, g, n*bs, Dv]
+    if not bool(bad.any()):
+        return num
+    vis_b = torch.ones_like(p, dtype=torch.bool) if vis is None else vis.expand(b, g, bs, n * bs)
+    # exact products over the non-finite entries only; masked pairs contribute exactly 0
+    v_bad = torch.where(bad, v_raw, torch.zeros_like(v_raw))
+    prod = p[..., None] * v_bad[:, :, None, :, :]  # [B, g, bs, n*bs, Dv]
+    keep = vis_b[..., None] & bad[:, :, None, :, :]
+    extra = torch.where(keep, prod, torch.zeros_like(prod)).sum(dim=-2)
+    return num + extra
