@@ -1,0 +1,380 @@
+"""Block-sparse flash attention as a Triton kernel, its launcher, and its AOT (PTX) compiler.
+
+This module knows nothing of TensorRT or of :class:`~sparse_attn.layout.BlockLayout`: it takes
+the layout as tensors (SPEC section 2: CSR ``row_ptr [LH, nQB+1]``, ``col_idx [LH, nnz]``,
+``mask_idx [LH, nnz]``, ``masks [M, bs, bs]``) and launches one program per
+(query block, batch x head).
+
+Algorithm: FlashAttention's tiled online softmax (Dao et al., "FlashAttention: Fast and
+Memory-Efficient Exact Attention with IO-Awareness", NeurIPS 2022, Algorithm 1; forward pass
+only) restricted to the key blocks listed in the CSR row of the query block, as in block-sparse
+FlashAttention (same paper, Sec. 3.3). Per stored tile: full tiles are used as they are, partial
+tiles apply their ``uint8`` mask; keys ``>= S`` of the request and padded keys
+(``key_padding_mask`` False) are masked; scores and probabilities of masked keys are forced to
+``-inf`` / ``0`` and the K/V rows of keys that no query of the tile can see are zeroed before the
+dot products, so NaN/Inf stored there never reach the output. Softmax statistics and the
+accumulator are fp32; a query row with no visible key outputs exactly 0.
+
+The ``@triton.jit`` decoration is deferred (see :func:`get_kernel`): the same function is built
+as a compiled :class:`triton.runtime.jit.JITFunction` for CUDA tensors and for AOT compilation,
+and as Triton's CPU interpreter (:class:`triton.runtime.interpreter.InterpretedFunction`) for
+CPU tensors. Triton reads ``TRITON_INTERPRET`` when a function is decorated, so deferring the
+decoration makes the choice independent of import order.
+
+Scalar arguments are ordered for TensorRT's AOT plugin launch (inputs, extra int32 scalars,
+outputs): see :data:`POINTER_INPUTS`, :data:`INT_ARGS`, :data:`OUTPUT_ARGS`.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import triton
+import triton.language as tl
+
+#: Pointer arguments of the kernel that are op inputs, in op input order.
+POINTER_INPUTS = ("Q", "K", "V", "RowPtr", "ColIdx", "MaskIdx", "Masks", "Kpm")
+#: Integer scalar arguments, in kernel order (AOT: the runtime ones are TensorRT extra args).
+INT_ARGS = (
+    "seq_len",
+    "num_heads",
+    "stride_qb",
+    "stride_qh",
+    "stride_qs",
+    "stride_kb",
+    "stride_kh",
+    "stride_ks",
+    "stride_vb",
+    "stride_vh",
+    "stride_vs",
+    "stride_ob",
+    "stride_oh",
+    "stride_os",
+    "stride_kpm_b",
+    "layout_stride_rp",
+    "layout_stride_ci",
+)
+#: Output pointer arguments.
+OUTPUT_ARGS = ("Out",)
+#: Compile-time constants (``tl.constexpr``) and the float scale (a constant in AOT builds).
+CONST_ARGS = ("scale", "BS", "BLOCK", "D", "D_PAD", "DV", "DV_PAD", "HAS_KPM", "UPCAST_DOT")
+
+
+# Reductions go through ``tl.reduce`` with Triton's own combine functions instead of ``tl.max``
+# / ``tl.sum``: those two are ``@triton.jit`` functions decorated when ``triton.language`` is
+# imported, so with ``TRITON_INTERPRET=1`` set after that import they are compiled-only and the
+# interpreter refuses them. ``tl.reduce`` is a builtin, and the interpreter recognises these
+# combine functions and reduces with numpy.
+_MAX_COMBINE = tl.standard._elementwise_max
+_SUM_COMBINE = tl.standard._sum_combine
+
+
+def _block_sparse_attn_fwd(
+    Q,
+    K,
+    V,
+    RowPtr,
+    ColIdx,
+    MaskIdx,
+    Masks,
+    Kpm,
+    seq_len,
+    num_heads,
+    stride_qb,
+    stride_qh,
+    stride_qs,
+    stride_kb,
+    stride_kh,
+    stride_ks,
+    stride_vb,
+    stride_vh,
+    stride_vs,
+    stride_ob,
+    stride_oh,
+    stride_os,
+    stride_kpm_b,
+    layout_stride_rp,
+    layout_stride_ci,
+    Out,
+    scale,
+    BS: tl.constexpr,
+    BLOCK: tl.constexpr,
+    D: tl.constexpr,
+    D_PAD: tl.constexpr,
+    DV: tl.constexpr,
+    DV_PAD: tl.constexpr,
+    HAS_KPM: tl.constexpr,
+    UPCAST_DOT: tl.constexpr,
+):
+    qblk = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // num_heads
+    h = pid_bh % num_heads
+    # 64-bit offsets: B*H*S*D may exceed 2**31 elements.
+    b64 = b.to(tl.int64)
+    h64 = h.to(tl.int64)
+
+    loc = tl.arange(0, BLOCK)  # position inside a tile (padded to a power of two)
+    loc_ok = loc < BS
+    offs_m = qblk * BS + loc
+    row_ok = loc_ok & (offs_m < seq_len)
+    offs_d = tl.arange(0, D_PAD)
+    offs_dv = tl.arange(0, DV_PAD)
+    d_ok = offs_d < D
+    dv_ok = offs_dv < DV
+
+    q_base = Q + b64 * stride_qb + h64 * stride_qh
+    k_base = K + b64 * stride_kb + h64 * stride_kh
+    v_base = V + b64 * stride_vb + h64 * stride_vh
+    q = tl.load(
+        q_base + offs_m.to(tl.int64)[:, None] * stride_qs + offs_d[None, :],
+        mask=row_ok[:, None] & d_ok[None, :],
+        other=0.0,
+    )
+
+    qk_scale = scale * 1.4426950408889634  # softmax in base 2
+    m_i = tl.full([BLOCK], float("-inf"), dtype=tl.float32)
+    l_i = tl.full([BLOCK], 0.0, dtype=tl.float32)
+    acc = tl.full([BLOCK, DV_PAD], 0.0, dtype=tl.float32)
+
+    rp = RowPtr + h * layout_stride_rp + qblk
+    start = tl.load(rp)
+    end = tl.load(rp + 1)
+    n_kblocks = (seq_len + BS - 1) // BS
+    ci = ColIdx + h * layout_stride_ci
+    mi_base = MaskIdx + h * layout_stride_ci
+    for e in range(start, end):
+        kb = tl.load(ci + e)
+        if kb < n_kblocks:  # crop: key blocks past the request's length are never read
+            midx = tl.load(mi_base + e)
+            offs_n = kb * BS + loc
+            key_ok = loc_ok & (offs_n < seq_len)
+            if HAS_KPM:
+                pad = tl.load(Kpm + b64 * stride_kpm_b + offs_n, mask=key_ok, other=0)
+                key_ok = key_ok & (pad != 0)
+            visible = row_ok[:, None] & key_ok[None, :]
+            if midx >= 0:  # partial tile: apply its mask
+                tmask = tl.load(
+                    Masks + midx.to(tl.int64) * (BS * BS) + loc[:, None] * BS + loc[None, :],
+                    mask=loc_ok[:, None] & loc_ok[None, :],
+                    other=0,
+                )
+                visible = visible & (tmask != 0)
+            # keys that no query of this tile sees: zero K and V so NaN/Inf cannot leak
+            col_used = tl.reduce(visible.to(tl.int32), 0, _MAX_COMBINE) > 0
+            k = tl.load(
+                k_base + offs_n.to(tl.int64)[:, None] * stride_ks + offs_d[None, :],
+                mask=key_ok[:, None] & d_ok[None, :],
+                other=0.0,
+            )
+            k = tl.where(col_used[:, None], k, 0.0)
+            v = tl.load(
+                v_base + offs_n.to(tl.int64)[:, None] * stride_vs + offs_dv[None, :],
+                mask=key_ok[:, None] & dv_ok[None, :],
+                other=0.0,
+            )
+            v = tl.where(col_used[:, None], v, 0.0)
+            if UPCAST_DOT:  # interpreter: its tl.dot multiplies bf16 bit patterns as integers
+                s = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)), input_precision="ieee")
+            else:
+                s = tl.dot(q, tl.trans(k), input_precision="ieee")
+            s = s * qk_scale
+            s = tl.where(visible, s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.reduce(s, 1, _MAX_COMBINE))
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            alpha = tl.exp2(m_i - m_safe)
+            p = tl.exp2(s - m_safe[:, None])
+            p = tl.where(visible, p, 0.0)
+            l_i = l_i * alpha + tl.reduce(p, 1, _SUM_COMBINE)
+            if UPCAST_DOT:  # same rounding of p as the compiled kernel, fp32 product
+                pv = tl.dot(p.to(v.dtype).to(tl.float32), v.to(tl.float32), input_precision="ieee")
+            else:
+                pv = tl.dot(p.to(v.dtype), v, input_precision="ieee")
+            acc = acc * alpha[:, None] + pv
+            m_i = m_new
+
+    l_safe = tl.where(l_i > 0.0, l_i, 1.0)
+    out = tl.where((l_i > 0.0)[:, None], acc / l_safe[:, None], 0.0)
+    o_ptrs = (
+        Out
+        + b64 * stride_ob
+        + h64 * stride_oh
+        + offs_m.to(tl.int64)[:, None] * stride_os
+        + offs_dv[None, :]
+    )
+    tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=row_ok[:, None] & dv_ok[None, :])
+
+
+@functools.lru_cache(maxsize=2)
+def get_kernel(interpret: bool):
+    """The kernel decorated for the GPU compiler (``interpret=False``) or Triton's interpreter.
+
+    Built on first use (not at import) so that ``TRITON_INTERPRET`` set after ``import
+    triton`` still works.
+    """
+    if interpret:
+        from triton.runtime.interpreter import InterpretedFunction
+
+        return InterpretedFunction(_block_sparse_attn_fwd)
+    from triton.runtime.jit import JITFunction
+
+    return JITFunction(_block_sparse_attn_fwd)
+
+
+def interpreter_enabled() -> bool:
+    """True when ``TRITON_INTERPRET`` is set to a true value (Triton's own spelling rules)."""
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
+
+
+def padded_dim(n: int) -> int:
+    """Smallest power of two ``>= max(n, 16)``: ``tl.arange`` and ``tl.dot`` need it."""
+    p = 16
+    while p < n:
+        p *= 2
+    return p
+
+
+def num_warps_for(block: int, d_pad: int) -> int:
+    """Warps per program: 4, or 8 for 128-wide tiles with large head dims."""
+    return 8 if block >= 128 and d_pad >= 64 else 4
+
+
+def compile_constants(
+    block_size: int, head_dim: int, value_dim: int, has_kpm: bool, upcast_dot: bool = False
+) -> dict:
+    """Compile-time constants of one specialisation (shared by the launcher and AOT).
+
+    ``upcast_dot`` makes the dot products take fp32 operands; only the interpreter needs it
+    (for bf16, whose ``tl.dot`` Triton 3.9's interpreter computes on the raw uint16 bits).
+    """
+    return {
+        "BS": int(block_size),
+        "BLOCK": padded_dim(block_size),
+        "D": int(head_dim),
+        "D_PAD": padded_dim(head_dim),
+        "DV": int(value_dim),
+        "DV_PAD": padded_dim(value_dim),
+        "HAS_KPM": bool(has_kpm),
+        "UPCAST_DOT": bool(upcast_dot),
+    }
+
+
+def attention_arrays(
+    query,
+    key,
+    value,
+    row_ptr,
+    col_idx,
+    mask_idx,
+    masks,
+    key_padding_mask,
+    block_size: int,
+    scale: float,
+):
+    """Launch the kernel on arrays (the array-level contract of the kernels package).
+
+    Args:
+        query: ``[B, H, S, D]`` fp32/fp16/bf16, CUDA (compiled) or CPU (Triton interpreter,
+            needs ``TRITON_INTERPRET=1``).
+        key: ``[B, H, S, D]``, same dtype and device.
+        value: ``[B, H, S, Dv]``, same dtype and device.
+        row_ptr: int32 ``[LH, nQB_max + 1]`` (LH = H, or 1 for one layout shared by all heads).
+        col_idx: int32 ``[LH, nnz]`` key-block columns, ``mask_idx`` int32 ``[LH, nnz]``
+            (-1 = full tile), ``masks`` uint8 ``[M >= 1, bs, bs]``: the FULL layout for its
+            max length; the kernel crops by bounds.
+        key_padding_mask: ``[B, S']`` (S' >= S) bool/integer, True/nonzero = real token, or None.
+        block_size: tokens per tile side (16..128; non powers of two are padded inside).
+        scale: softmax scale (float).
+
+    Returns:
+        ``[B, H, S, Dv]`` in ``query``'s dtype.
+
+    No validation beyond what the launch needs: the backend module validates first.
+    """
+    import torch
+
+    bsz, nh, slen, hd = query.shape
+    dv = value.shape[-1]
+
+    def last_contig(t):
+        return t if t.stride(-1) == 1 else t.contiguous()
+
+    query, key, value = last_contig(query), last_contig(key), last_contig(value)
+    dev = query.device
+    row_ptr = row_ptr.to(device=dev, dtype=torch.int32).contiguous()
+    col_idx = col_idx.to(device=dev, dtype=torch.int32).contiguous()
+    mask_idx = mask_idx.to(device=dev, dtype=torch.int32).contiguous()
+    masks = masks.to(device=dev, dtype=torch.uint8).contiguous()
+    if masks.shape[0] == 0:
+        masks = torch.zeros((1, block_size, block_size), dtype=torch.uint8, device=dev)
+    lh = row_ptr.shape[0]
+    rp_stride = 0 if lh == 1 else row_ptr.stride(0)
+    ci_stride = 0 if lh == 1 else col_idx.stride(0)
+    if col_idx.numel() == 0:  # no stored tile anywhere: keep a valid pointer
+        col_idx = torch.zeros((1, 1), dtype=torch.int32, device=dev)
+        mask_idx = torch.full((1, 1), -1, dtype=torch.int32, device=dev)
+        ci_stride = 0
+    has_kpm = key_padding_mask is not None
+    if has_kpm:
+        kpm = key_padding_mask.to(device=dev, dtype=torch.uint8).contiguous()
+        kpm_stride = kpm.stride(0)
+    else:
+        kpm, kpm_stride = query, 0
+    out = torch.empty((bsz, nh, slen, dv), dtype=query.dtype, device=dev)
+    if out.numel() == 0:
+        return out
+    interpret = dev.type == "cpu"
+    consts = compile_constants(
+        block_size, hd, dv, has_kpm, upcast_dot=interpret and query.dtype == torch.bfloat16
+    )
+    grid = (-(-slen // block_size), bsz * nh)
+    kernel = get_kernel(interpret)
+    extra = {} if interpret else {"num_warps": num_warps_for(consts["BLOCK"], consts["D_PAD"])}
+    kernel[grid](
+        query,
+        key,
+        value,
+        row_ptr,
+        col_idx,
+        mask_idx,
+        masks,
+        kpm,
+        slen,
+        nh,
+        query.stride(0),
+        query.stride(1),
+        query.stride(2),
+        key.stride(0),
+        key.stride(1),
+        key.stride(2),
+        value.stride(0),
+        value.stride(1),
+        value.stride(2),
+        out.stride(0),
+        out.stride(1),
+        out.stride(2),
+        kpm_stride,
+        rp_stride,
+        ci_stride,
+        out,
+        float(scale),
+        **consts,
+        **extra,
+    )
+    return out
+
+
+__all__ = [
+    "CONST_ARGS",
+    "INT_ARGS",
+    "OUTPUT_ARGS",
+    "POINTER_INPUTS",
+    "attention_arrays",
+    "compile_constants",
+    "get_kernel",
+    "interpreter_enabled",
+    "num_warps_for",
+    "padded_dim",
+    "triton",
+]
