@@ -1,0 +1,355 @@
+"""Accuracy of a backend against the PyTorch reference: metrics, report, Polygraphy files.
+
+``check_model(path, backend)`` runs the backend and the eager PyTorch model rebuilt from the
+file's metadata on the same inputs (real texts for text models, seeded random tensors for
+``attention``) and compares every output (:func:`compare_arrays`). The report is the JSON
+object of ``sparse-attn check --json`` (SPEC section 3).
+
+Metric definitions (``got`` = backend, ``exp`` = reference, both upcast to float64):
+
+* ``max_abs_err = max |got - exp|``
+* ``max_rel_err = max |got - exp| / |exp|`` over elements with ``|exp| >= atol`` (below that
+  the absolute tolerance governs and a relative error is not meaningful); 0 if none.
+* ``mismatch_fraction``: fraction of elements with ``|got - exp| > atol + rtol * |exp|``
+  (``numpy.isclose`` semantics), a NaN/Inf that differs counting as a mismatch.
+* ``cosine_min`` / ``cosine_mean``: cosine similarity of each row along the last axis
+  (for ``[B, E]`` embeddings: per text).
+* ``worst``: index, got and expected of the element with the largest ``|got - exp|``.
+* ``passed``: ``mismatch_fraction <= tolerance.max_mismatch_fraction`` and, for embedding
+  outputs (rank 2), ``cosine_min >= tolerance.min_cosine``.
+
+Tolerances are per dtype (:data:`TOLERANCES`): fp16 rounding of activations through six
+transformer layers needs looser bounds than fp32 kernel-order differences. The design follows
+Polygraphy's comparator (per-output tolerances, error statistics, worst element).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+#: Real multi-sentence texts used by ``check`` and the demo for text models.
+CHECK_TEXTS = (
+    "Sparse attention lets a transformer read long documents. Each token looks at its "
+    "neighbours and at a few global tokens, so the cost grows linearly with the length.",
+    "The river flooded the valley after three days of rain. Farmers moved their animals to "
+    "higher ground, and the village school opened its doors to families who lost their homes.",
+    "A good espresso needs freshly ground beans, water just below boiling and about nine bars "
+    "of pressure. Too fine a grind makes it bitter; too coarse a grind makes it sour.",
+    "The committee approved the budget on Tuesday.",
+    "Photosynthesis turns light, water and carbon dioxide into sugar and oxygen. It happens in "
+    "the chloroplasts of plant cells, where chlorophyll absorbs red and blue light and reflects "
+    "green. Without it, almost no life on Earth could exist, because nearly every food chain "
+    "starts with a plant or an alga that captures the energy of the sun.",
+)
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Per-dtype comparison bounds.
+
+    Attributes:
+        atol: absolute tolerance (units of the output).
+        rtol: relative tolerance.
+        max_mismatch_fraction: largest fraction of elements allowed outside ``atol + rtol*|exp|``.
+        min_cosine: smallest per-row cosine similarity allowed for embedding outputs.
+    """
+
+    atol: float
+    rtol: float
+    max_mismatch_fraction: float
+    min_cosine: float
+
+
+#: Tolerance by the model's dtype (``sparse_attn.dtype`` metadata).
+TOLERANCES = {
+    "float32": Tolerance(atol=1e-4, rtol=1e-3, max_mismatch_fraction=0.0, min_cosine=0.99999),
+    "float16": Tolerance(atol=2e-2, rtol=2e-2, max_mismatch_fraction=1e-3, min_cosine=0.999),
+}
+
+
+def tolerance_for(dtype: str | np.dtype | None) -> Tolerance:
+    """Tolerance of a dtype name (``float16`` -> fp16 bounds, anything else -> fp32 bounds)."""
+    name = np.dtype(dtype).name if dtype not in (None, "") else "float32"
+    return TOLERANCES["float16" if name in ("float16", "bfloat16") else "float32"]
+
+
+def _row_cosines(got: np.ndarray, exp: np.ndarray) -> np.ndarray:
+    g = got.reshape(-1, got.shape[-1]) if got.ndim else got.reshape(1, 1)
+    e = exp.reshape(-1, exp.shape[-1]) if exp.ndim else exp.reshape(1, 1)
+    num = (g * e).sum(axis=1)
+    den = np.linalg.norm(g, axis=1) * np.linalg.norm(e, axis=1)
+    both_zero = (np.linalg.norm(g, axis=1) == 0) & (np.linalg.norm(e, axis=1) == 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cos = np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0)
+    return np.where(both_zero, 1.0, cos)
+
+
+def compare_arrays(
+    got: np.ndarray, expected: np.ndarray, tol: Tolerance, embedding: bool | None = None
+) -> dict:
+    """Compare one backend output with its reference.
+
+    Args:
+        got: backend output (any float/int dtype).
+        expected: reference output, same shape.
+        tol: tolerance to apply.
+        embedding: whether ``passed`` also needs ``cosine_min >= tol.min_cosine``;
+            default: outputs of rank 2.
+
+    Returns:
+        dict with ``shape``, ``dtype``, ``max_abs_err``, ``max_rel_err``, ``mismatch_fraction``,
+        ``cosine_min``, ``cosine_mean``, ``worst`` (``index``, ``got``, ``expected``),
+        ``tolerance`` (the :class:`Tolerance` fields) and ``passed`` (see the module docstring).
+    """
+    got = np.asarray(got)
+    expected = np.asarray(expected)
+    base = {"shape": list(expected.shape), "dtype": got.dtype.name, "tolerance": asdict(tol)}
+    if got.shape != expected.shape:
+        return {
+            **base,
+            "passed": False,
+            "error": f"shape {list(got.shape)} differs from the reference's {list(expected.shape)}",
+        }
+    g = got.astype(np.float64)
+    e = expected.astype(np.float64)
+    if g.size == 0:
+        return {
+            **base,
+            "max_abs_err": 0.0,
+            "max_rel_err": 0.0,
+            "mismatch_fraction": 0.0,
+            "cosine_min": 1.0,
+            "cosine_mean": 1.0,
+            "worst": None,
+            "passed": True,
+        }
+    with np.errstate(invalid="ignore", over="ignore"):
+        diff = np.abs(g - e)
+    same_nonfinite = (
+        (~np.isfinite(g)) & (~np.isfinite(e)) & ((g == e) | (np.isnan(g) & np.isnan(e)))
+    )
+    diff = np.where(same_nonfinite, 0.0, diff)
+    diff = np.where(np.isnan(diff), np.inf, diff)
+    bound = tol.atol + tol.rtol * np.abs(e)
+    mismatch = diff > np.where(np.isfinite(bound), bound, np.inf)
+    mismatch |= ~np.isfinite(diff)
+    flat = int(np.argmax(diff))
+    idx = tuple(int(i) for i in np.unravel_index(flat, diff.shape))
+    rel_mask = np.abs(e) >= tol.atol
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rel = np.where(rel_mask, diff / np.where(rel_mask, np.abs(e), 1.0), 0.0)
+    finite_g = np.where(np.isfinite(g), g, 0.0)
+    finite_e = np.where(np.isfinite(e), e, 0.0)
+    cos = _row_cosines(finite_g, finite_e)
+    rank2 = expected.ndim == 2 if embedding is None else embedding
+    mismatch_fraction = float(mismatch.mean())
+    passed = mismatch_fraction <= tol.max_mismatch_fraction and bool(np.isfinite(diff).all())
+    if rank2:
+        passed = passed and float(cos.min()) >= tol.min_cosine
+    return {
+        **base,
+        "max_abs_err": float(diff.max()),
+        "max_rel_err": float(rel.max()),
+        "mismatch_fraction": mismatch_fraction,
+        "num_mismatches": int(mismatch.sum()),
+        "cosine_min": float(cos.min()),
+        "cosine_mean": float(cos.mean()),
+        "embedding": bool(rank2),
+        "worst": {"index": list(idx), "got": float(g[idx]), "expected": float(e[idx])},
+        "passed": bool(passed),
+    }
+
+
+def compare_outputs(
+    got: Mapping[str, np.ndarray], expected: Mapping[str, np.ndarray], tol: Tolerance
+) -> dict:
+    """Compare every reference output; an output missing from ``got`` fails.
+
+    Returns:
+        ``{output_name: compare_arrays(...)}`` in the reference's order.
+    """
+    out = {}
+    for name, exp in expected.items():
+        if name not in got:
+            out[name] = {"passed": False, "error": f"backend produced no output {name!r}"}
+            continue
+        out[name] = compare_arrays(got[name], exp, tol)
+    return out
+
+
+def check_inputs(rt, *, seed: int = 0, texts: Sequence[str] | None = None) -> dict:
+    """Inputs ``check`` runs: tokenized texts for text models, seeded random tensors otherwise.
+
+    For non-text models every float input is ``N(0, 1)`` from ``numpy.random.default_rng(seed)``,
+    batch 2, sequence length ``max_seq_len`` for static models else ``max_seq_len - 3``
+    (a ragged length that exercises the crop); a padding-mask input marks the last quarter of
+    the second example as padding; integer inputs are drawn in ``[0, 2)``.
+
+    Args:
+        rt: a :class:`~sparse_attn.runtime.Runtime`.
+    """
+    if rt.is_text_model:
+        return rt.encode(list(texts or CHECK_TEXTS))
+    rng = np.random.default_rng(seed)
+    max_len = rt.max_seq_len or 64
+    s = max_len if rt.info.static_seq_len or max_len <= 4 else max_len - 3
+    batch = 2
+    feeds = {}
+    for spec in rt.inputs:
+        shape = []
+        for axis, d in enumerate(spec.shape):
+            if isinstance(d, int) and d >= 0:
+                shape.append(d)
+            else:
+                shape.append(batch if axis == 0 else s)
+        dt = np.dtype(spec.dtype)
+        if spec.name in ("key_padding_mask", "attention_mask"):
+            arr = np.ones(shape, dtype=bool)
+            if len(shape) == 2 and shape[0] > 1:
+                arr[1, shape[1] - max(1, shape[1] // 4) :] = False
+            arr = arr.astype(dt)
+        elif np.issubdtype(dt, np.floating):
+            arr = rng.standard_normal(shape).astype(dt)
+        elif dt == np.bool_:
+            arr = np.ones(shape, dtype=bool)
+        else:
+            arr = rng.integers(0, 2, size=shape).astype(dt)
+        feeds[spec.name] = arr
+    return feeds
+
+
+def check_model(
+    path: str | os.PathLike,
+    backend: str = "auto",
+    *,
+    seed: int = 0,
+    texts: Sequence[str] | None = None,
+    runtime=None,
+    reference=None,
+) -> tuple[dict, dict, dict, dict]:
+    """Run ``backend`` and the PyTorch reference on the same inputs and compare.
+
+    Args:
+        path: model file (``.onnx`` or engine).
+        backend: backend under test (``auto`` resolves as in :class:`Runtime`).
+        seed: seed of the random inputs of non-text models.
+        texts: texts for text models (default :data:`CHECK_TEXTS`).
+        runtime / reference: already-open :class:`Runtime` objects to reuse (optional).
+
+    Returns:
+        ``(report, inputs, outputs, reference_outputs)``: the report dict (keys ``model``,
+        ``family``, ``backend``, ``reference``, ``dtype``, ``inputs`` (name -> shape),
+        ``outputs`` (name -> metrics), ``passed``) and the arrays compared.
+
+    Raises:
+        InvalidInputError / UnsupportedEnvironmentError: from opening either runtime.
+    """
+    from sparse_attn.runtime.runtime import Runtime
+
+    rt = runtime if runtime is not None else Runtime(path, backend=backend)
+    ref = reference if reference is not None else Runtime(path, backend="torch")
+    feeds = check_inputs(rt, seed=seed, texts=texts)
+    got = rt.run(feeds)
+    exp = ref.run(feeds)
+    tol = tolerance_for(rt.info.dtype)
+    per_output = compare_outputs(got, exp, tol)
+    report = {
+        "model": str(Path(path)),
+        "family": rt.info.family,
+        "pattern": rt.metadata.get("sparse_attn.pattern"),
+        "backend": rt.backend,
+        "reference": "torch",
+        "dtype": rt.info.dtype or "float32",
+        "seed": seed if not rt.is_text_model else None,
+        "num_texts": len(next(iter(feeds.values()))) if rt.is_text_model else None,
+        "inputs": {k: list(v.shape) for k, v in feeds.items()},
+        "outputs": per_output,
+        "passed": bool(per_output) and all(v.get("passed") for v in per_output.values()),
+    }
+    return report, feeds, got, exp
+
+
+def save_polygraphy_outputs(
+    outputs: Mapping[str, np.ndarray],
+    path: str | os.PathLike,
+    runner_name: str = "sparse-attn-torch",
+) -> Path:
+    """Write outputs as a Polygraphy ``RunResults`` JSON (``polygraphy run --load-outputs``).
+
+    Uses Polygraphy's own ``RunResults``/``IterationResult`` and its ``save`` method.
+
+    Raises:
+        UnsupportedEnvironmentError: if polygraphy is not installed.
+    """
+    RunResults, IterationResult, _ = _polygraphy()
+    results = RunResults()
+    it = IterationResult(
+        outputs={k: np.asarray(v) for k, v in outputs.items()}, runner_name=runner_name
+    )
+    results.append((runner_name, [it]))
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    results.save(str(p))
+    return p
+
+
+def save_polygraphy_inputs(feeds: Mapping[str, np.ndarray], path: str | os.PathLike) -> Path:
+    """Write one feed dict in Polygraphy's ``--load-inputs`` JSON format (``save_json``)."""
+    _, _, save_json = _polygraphy()
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    save_json([{k: np.asarray(v) for k, v in feeds.items()}], str(p))
+    return p
+
+
+def polygraphy_inputs_path(outputs_path: str | os.PathLike) -> Path:
+    """Where ``--save-outputs F`` puts the matching inputs: ``F`` with ``.inputs.json``."""
+    p = Path(outputs_path)
+    stem = p.name[: -len(".json")] if p.name.endswith(".json") else p.name
+    return p.with_name(stem + ".inputs.json")
+
+
+def _polygraphy():
+    from sparse_attn.errors import UnsupportedEnvironmentError
+
+    try:
+        from polygraphy.comparator import IterationResult, RunResults
+        from polygraphy.json import save_json
+    except ImportError as exc:
+        raise UnsupportedEnvironmentError(
+            "polygraphy is not installed; `pip install polygraphy` to use --save-outputs"
+        ) from exc
+    return RunResults, IterationResult, save_json
+
+
+def format_report(report: dict) -> str:
+    """Human-readable multi-line summary of a :func:`check_model` report."""
+    lines = [
+        f"model {report['model']} ({report.get('family')}, {report.get('dtype')}): "
+        f"{report['backend']} vs {report['reference']}"
+    ]
+    for name, m in report["outputs"].items():
+        if "error" in m:
+            lines.append(f"  {name}: FAILED: {m['error']}")
+            continue
+        w = m["worst"] or {}
+        lines.append(
+            f"  {name} {m['shape']}: max_abs_err {m['max_abs_err']:.3g}, max_rel_err "
+            f"{m['max_rel_err']:.3g}, mismatch {m['mismatch_fraction']:.3g}, cosine_min "
+            f"{m['cosine_min']:.7f}, worst at {w.get('index')} got {w.get('got', 0):.6g} "
+            f"expected {w.get('expected', 0):.6g} (atol {m['tolerance']['atol']:g}, rtol "
+            f"{m['tolerance']['rtol']:g}) {'passed' if m['passed'] else 'FAILED'}"
+        )
+    lines.append("passed" if report["passed"] else "FAILED")
+    return "\n".join(lines)
+
+
+def dumps(report: dict) -> str:
+    """One-line JSON of a report (``check --json``)."""
+    return json.dumps(report, sort_keys=False, allow_nan=True)
