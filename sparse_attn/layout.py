@@ -343,3 +343,135 @@ class _LayoutBuilder:
             causal=causal,
             requires_static_seq_len=requires_static_seq_len,
         )
+
+
+# ---------------------------------------------------------------------------- compiler
+#: Tiles evaluated per numpy batch when filling representative tiles (bounds peak memory).
+_TILE_BATCH_ELEMS = 1 << 21
+
+
+def compile_layout(
+    spec,
+    seq_len: int,
+    block_size: int,
+    num_heads: int = 1,
+    causal: bool = False,
+) -> BlockLayout:
+    """Compile a pattern to a token-exact :class:`BlockLayout` without an ``S x S`` mask.
+
+    Args:
+        spec: a spec string (``"band(w=256) | global(n=64)"``), a preset name with optional
+            overrides (``"bigbird(r=2)"``), a :class:`~sparse_attn.patterns.Pattern` or
+            :class:`~sparse_attn.patterns.Atom`, or a list of those, one per head (its length
+            must equal ``num_heads``). One pattern is applied to every head.
+        seq_len: maximum sequence length S (tokens), >= 1. Requests may use any
+            ``S' <= seq_len`` through :meth:`BlockLayout.crop` (prefix stability).
+        block_size: kernel block size (tokens per tile side), >= 1.
+        num_heads: H, >= 1.
+        causal: intersect every head's pattern with ``j <= i`` (same as ``| causal``).
+
+    Returns:
+        A layout identical (same arrays, same mask-table order) to
+        ``BlockLayout.from_token_mask(mask, block_size)`` for the pattern's dense mask, with
+        ``spec`` = the expanded spec (a JSON list when heads differ) and
+        ``requires_static_seq_len`` set when a pattern needs the end of the sequence.
+
+    Method: per head, every atom proposes candidate tiles from block ranges (``[nQB, nQB]``
+    booleans) and integer keys such that equal keys imply equal tile masks (translation
+    invariance of band/dilated/strided, periodicity of block atoms, per-block signatures of
+    global/column atoms). One representative tile per distinct key is evaluated token by token
+    and classified empty / full / partial (positions >= S are "don't care", partial masks
+    are 0 there), so memory is O(nQB^2 + distinct tiles * bs^2), never O(S^2).
+
+    Raises:
+        InvalidInputError: seq_len/block_size/num_heads < 1, a per-head list of the wrong
+            length, or an unsupported ``spec`` type.
+        PatternSyntaxError: a spec string that does not parse.
+    """
+    from sparse_attn.errors import InvalidInputError
+    from sparse_attn.patterns import Pattern, parse_pattern
+
+    for name, v in (("seq_len", seq_len), ("block_size", block_size), ("num_heads", num_heads)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise InvalidInputError(f"{name} must be an integer >= 1, got {v!r}")
+    seq_len, block_size, num_heads = int(seq_len), int(block_size), int(num_heads)
+    if isinstance(spec, (list, tuple)):
+        if len(spec) != num_heads:
+            raise InvalidInputError(
+                f"a per-head pattern list must have num_heads={num_heads} entries, got "
+                f"{len(spec)}; give one pattern per head or a single pattern for all heads"
+            )
+        patterns = [parse_pattern(s) for s in spec]
+    else:
+        patterns = [parse_pattern(spec)] * num_heads
+    patterns = [p.with_causal(causal) for p in patterns]
+    assert all(isinstance(p, Pattern) for p in patterns)
+
+    builder = _LayoutBuilder(num_heads, -(-seq_len // block_size), block_size)
+    for h, pat in enumerate(patterns):
+        _compile_head(pat, h, num_heads, seq_len, block_size, builder)
+    specs = [p.spec() for p in patterns]
+    spec_str = specs[0] if len(set(specs)) == 1 else json.dumps(specs)
+    return builder.build(
+        seq_len,
+        spec_str,
+        all(p.causal for p in patterns),
+        any(p.requires_static_seq_len for p in patterns),
+    )
+
+
+def _compile_head(pattern, head: int, num_heads: int, seq_len: int, bs: int, builder) -> None:
+    """Fill ``builder``'s rows of ``head`` with the tiles of ``pattern`` (see compile_layout)."""
+    from sparse_attn.patterns import Context
+
+    ctx = Context(seq_len, bs, head, num_heads)
+    nb = ctx.num_blocks
+    cand = np.zeros((nb, nb), dtype=bool)
+    for a in pattern.atoms:
+        cand |= a.block_candidates(ctx)
+    if pattern.causal:
+        cand &= np.tri(nb, dtype=bool)
+    r, c = np.nonzero(cand)  # row-major: ascending rows, ascending cols within a row
+    if r.size == 0:
+        return
+    r = r.astype(np.int64)
+    c = c.astype(np.int64)
+    cols = [a.tile_keys(r, c, ctx) for a in pattern.atoms]
+    if pattern.causal:
+        cols.append(np.sign(r - c)[:, None])
+    if seq_len % bs:
+        cols.append(np.stack([r == nb - 1, c == nb - 1], axis=1).astype(np.int64))
+    keys = np.ascontiguousarray(np.concatenate(cols, axis=1))
+    _, first, inv = np.unique(keys, axis=0, return_index=True, return_inverse=True)
+    inv = inv.reshape(-1)
+    # evaluate one representative tile per distinct key, in batches
+    nu = first.size
+    kind = np.zeros(nu, dtype=np.int8)  # 0 empty, 1 full, 2 partial
+    tiles: list[np.ndarray | None] = [None] * nu
+    off = np.arange(bs, dtype=np.int64)
+    per_batch = max(1, _TILE_BATCH_ELEMS // (bs * bs))
+    for s0 in range(0, nu, per_batch):
+        idx = first[s0 : s0 + per_batch]
+        qi = (r[idx] * bs)[:, None, None] + off[None, :, None]
+        kj = (c[idx] * bs)[:, None, None] + off[None, None, :]
+        vis = pattern.visible(qi, kj, ctx)
+        in_range = (qi < seq_len) & (kj < seq_len)
+        vis &= in_range
+        anyv = vis.any(axis=(1, 2))
+        fullv = (vis | ~in_range).all(axis=(1, 2))
+        kk = np.where(fullv, 1, np.where(anyv, 2, 0))
+        kind[s0 : s0 + idx.size] = kk
+        for t in np.nonzero(kk == 2)[0]:
+            tiles[s0 + t] = vis[t]
+    # mask ids in order of first occurrence (matches BlockLayout.from_token_mask)
+    mid = np.full(nu, -1, dtype=np.int64)
+    partial_keys = np.nonzero(kind == 2)[0]
+    for u in partial_keys[np.argsort(first[partial_keys], kind="stable")]:
+        mid[u] = builder.mask_id(tiles[u])
+    tile_kind = kind[inv]
+    keep = tile_kind > 0
+    r, c, m = r[keep], c[keep], np.where(tile_kind[keep] == 2, mid[inv[keep]], -1)
+    ptr = np.zeros(nb + 1, dtype=np.int64)
+    ptr[1:] = np.cumsum(np.bincount(r, minlength=nb))
+    c32, m32 = c.astype(np.int32), m.astype(np.int32)
+    builder.rows[head] = [(c32[ptr[q] : ptr[q + 1]], m32[ptr[q] : ptr[q + 1]]) for q in range(nb)]
