@@ -19,7 +19,9 @@ arXiv 1904.10509, Sec. 5.5):
    with an exact per-pair select, so ``0 * NaN`` never reaches a row that cannot see it.
 
 For CPU tensors the compiled kernel ``sparse_attn.kernels.cpu_ext`` (a flash-style loop
-over each CSR row) is used when it is importable and ``cpu_ext.is_available()``; set
+over each CSR row) is used when it is importable, ``cpu_ext.is_available()`` and it supports
+the inputs (float32/float16/bfloat16, no grad required; float64 and autograd inputs take the
+PyTorch path); set
 ``SPARSE_ATTN_DISABLE_CPU_EXT=1`` to force the pure PyTorch path.
 """
 
@@ -267,14 +269,12 @@ def attention_arrays(
     )
     if query.device.type == "cpu":
         ext = _cpu_ext()
-        if ext is not None:
+        if ext is not None and not ext.not_supported_reasons(query, key, value, key_padding_mask):
             return ext.attention_arrays(
                 query,
                 key,
                 value,
-                row_ptr,
-                col_idx,
-                mask_idx,
+                *(t.to(torch.int32) for t in (row_ptr, col_idx, mask_idx)),
                 masks,
                 key_padding_mask,
                 int(block_size),

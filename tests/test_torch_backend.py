@@ -1,0 +1,333 @@
+"""The block-sparse ``torch`` backend and the dispatcher against the float64 reference.
+
+Both paths of the backend are covered: the pure PyTorch path (``SPARSE_ATTN_DISABLE_CPU_EXT=1``)
+and, when the compiled CPU kernel ``sparse_attn.kernels.cpu_ext`` is available, that one.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from testing import (
+    assert_close,
+    assert_equal,
+    band_mask,
+    block_local_mask,
+    causal_mask,
+    dilated_mask,
+    global_mask,
+    layout_from_masks,
+    random_padding_mask,
+    random_qkv,
+    random_token_mask,
+)
+
+import sparse_attn
+from sparse_attn.errors import BackendNotSupportedError, InvalidInputError
+from sparse_attn.kernels import block_sparse_attention, torch_backend
+from sparse_attn.kernels.reference import reference_attention
+
+
+def _cpu_ext_available() -> bool:
+    try:
+        from sparse_attn.kernels import cpu_ext
+    except ImportError:
+        return False
+    return bool(cpu_ext.is_available())
+
+
+PATHS = [
+    "pure",
+    pytest.param(
+        "cpu_ext",
+        marks=pytest.mark.skipif(
+            not _cpu_ext_available(), reason="compiled CPU kernel (cpu_ext) not available"
+        ),
+    ),
+]
+
+
+@pytest.fixture(params=PATHS)
+def path(request, monkeypatch):
+    """Run a test once per CPU path of the torch backend."""
+    if request.param == "pure":
+        monkeypatch.setenv(torch_backend.DISABLE_CPU_EXT_ENV, "1")
+    else:
+        monkeypatch.delenv(torch_backend.DISABLE_CPU_EXT_ENV, raising=False)
+    assert torch_backend.cpu_ext_active() == (request.param == "cpu_ext")
+    return request.param
+
+
+def _masks(kind: str, s: int, heads: int) -> np.ndarray:
+    """bool [H, S, S] token masks following the SPEC atoms (one pattern per head)."""
+    base = {
+        "band_global": lambda h: band_mask(s, 5 + 3 * h) | global_mask(s, 2 + h),
+        "dilated": lambda h: dilated_mask(s, 3, 2 + h),
+        "block_local": lambda h: block_local_mask(s, 7 + 5 * h),
+        "random": lambda h: random_token_mask(1, s, 0.2, seed=h)[0],
+    }[kind]
+    return np.stack([base(h) for h in range(heads)])
+
+
+# (seq_len of the layout, request S, block size, D, Dv)
+SHAPES = [
+    (64, 64, 16, 16, 16),  # aligned
+    (70, 70, 16, 17, 17),  # ragged S, odd D
+    (90, 45, 32, 40, 24),  # crop, Dv != D
+    (33, 1, 16, 8, 8),  # S = 1
+    (48, 47, 16, 64, 5),  # last block has one missing token
+]
+
+
+@pytest.mark.parametrize("kind", ["band_global", "dilated", "block_local", "random"])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda t: "L{}-S{}-bs{}-D{}-Dv{}".format(*t))
+def test_grid_fp32_vs_reference(path, kind, causal, shape):
+    seq_len, s, bs, d, dv = shape
+    heads = 2
+    m = _masks(kind, seq_len, heads)
+    if causal:
+        m &= causal_mask(seq_len)[None]
+    lay = layout_from_masks(m, bs, causal=causal)
+    q, k, v = random_qkv(2, heads, s, d, dv, dtype=torch.float32, seed=s + d)
+    kpm = random_padding_mask(2, s, seed=d)
+    want = reference_attention(q, k, v, lay, kpm)
+    got = block_sparse_attention(q, k, v, lay, kpm, backend="torch")
+    assert got.dtype == torch.float32 and got.shape == (2, heads, s, dv)
+    assert_close(got, want, name=f"torch[{path}] {kind} causal={causal} {shape}")
+    got_nokpm = block_sparse_attention(q, k, v, lay, backend="torch")
+    assert_close(got_nokpm, reference_attention(q, k, v, lay), name="no key padding")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_vs_reference(path, dtype):
+    if path == "cpu_ext" and dtype == torch.bfloat16:
+        pytest.skip("bf16 is not part of the op contract for the compiled kernel")
+    s, bs = 100, 32
+    m = np.stack([band_mask(s, 20) | global_mask(s, 4), causal_mask(s)])
+    lay = layout_from_masks(m, bs)
+    q, k, v = random_qkv(2, 2, s, 32, 16, dtype=dtype, seed=7)
+    kpm = random_padding_mask(2, s, seed=1)
+    want = reference_attention(q, k, v, lay, kpm)  # float64 over the same rounded inputs
+    got = block_sparse_attention(q, k, v, lay, kpm, backend="torch")
+    assert got.dtype == dtype
+    assert_close(got, want.to(torch.float64), dtype=dtype, name=f"{dtype} output")
+
+
+def test_fp16_logits_beyond_fp16_range(path):
+    """q.k ~ 300*300*64 = 5.8e6 >> 65504 before scaling: must not overflow."""
+    s, d = 40, 64
+    lay = layout_from_masks(band_mask(s, 6)[None] | global_mask(s, 1)[None], 16)
+    g = torch.Generator().manual_seed(0)
+    q = (torch.randint(0, 2, (1, 1, s, d), generator=g) * 2 - 1).half() * 300
+    k = q.clone()
+    k[:, :, 1::2] *= -1  # alternate signs: logits of both signs, far beyond fp16
+    k = k + torch.randn(1, 1, s, d, generator=g).half()
+    v = torch.randn(1, 1, s, d, generator=g).half()
+    assert float((q.double() @ k.double().transpose(-1, -2)).abs().max()) > 65504
+    want = reference_attention(q, k, v, lay)
+    got = block_sparse_attention(q, k, v, lay, backend="torch")
+    assert torch.isfinite(got).all(), "overflow in fp16 logits"
+    assert_close(got, want.double(), dtype=torch.float16, name="fp16 large logits")
+
+
+def test_fully_masked_rows_are_exactly_zero(path):
+    s, bs = 50, 16
+    m = causal_mask(s)[None].copy()
+    m[0, 17, :] = False  # one row of a partial tile sees nothing
+    m[0, 32:48, :] = False  # a whole block row sees nothing
+    lay = layout_from_masks(m, bs)
+    q, k, v = random_qkv(2, 1, s, 8, dtype=torch.float32, seed=3)
+    kpm = torch.ones(2, s, dtype=torch.bool)
+    kpm[1, :10] = False  # batch 1: rows 0..9 only see padded keys
+    got = block_sparse_attention(q, k, v, lay, kpm, backend="torch")
+    assert torch.isfinite(got).all()
+    assert_equal(got[:, 0, 17], torch.zeros(2, 8), name="row 17")
+    assert_equal(got[:, 0, 32:48], torch.zeros(2, 16, 8), name="empty block row")
+    assert_equal(got[1, 0, :10], torch.zeros(10, 8), name="rows seeing only padding")
+    assert_close(got, reference_attention(q, k, v, lay, kpm), name="fully masked case")
+
+
+def test_nan_inf_in_masked_keys_do_not_leak(path):
+    """NaN/Inf at padded keys, at keys >= S (crop) and at keys masked inside partial tiles."""
+    seq_len, s, bs = 80, 70, 16
+    m = band_mask(seq_len, 3)[None] | global_mask(seq_len, 2)[None]
+    lay = layout_from_masks(m, bs)
+    q, k, v = random_qkv(2, 1, s, 16, dtype=torch.float32, seed=11)
+    kpm = torch.ones(2, s, dtype=torch.bool)
+    kpm[0, 60:] = False
+    kpm[1, 5] = False
+    clean = block_sparse_attention(q, k, v, lay, kpm, backend="torch")
+    k2, v2 = k.clone(), v.clone()
+    k2[0, :, 60:] = float("nan")
+    v2[0, :, 60:65] = float("inf")
+    v2[0, :, 65:] = float("-inf")
+    k2[1, :, 5] = float("inf")
+    v2[1, :, 5] = float("nan")
+    got = block_sparse_attention(q, k2, v2, lay, kpm, backend="torch")
+    assert_close(got, clean, atol=1e-6, rtol=1e-6, name="padded keys with NaN/Inf")
+    if path == "pure":  # the PyTorch path selects, so the result is bitwise the same
+        assert_equal(got, clean, name="padded keys with NaN/Inf")
+    # key 40 (not global) holds NaN: visible to queries 37..43 and the global rows 0, 1 only
+    v3 = v.clone()
+    v3[:, :, 40, 2] = float("nan")
+    got3 = block_sparse_attention(q, k, v3, lay, kpm, backend="torch")
+    sees = [0, 1, *range(37, 44)]
+    rest = [i for i in range(s) if i not in sees]
+    assert_close(got3[:, :, rest], clean[:, :, rest], atol=1e-6, rtol=1e-6, name="rows w/o 40")
+    assert torch.isnan(got3[:, 0, sees, 2]).all(), "a visible NaN value must propagate"
+    other = [0, 1, 3]
+    assert_close(got3[:, :, sees][..., other], clean[:, :, sees][..., other], atol=1e-6, rtol=1e-6)
+    if path == "pure":
+        assert_equal(got3[:, :, rest], clean[:, :, rest], name="rows that cannot see key 40")
+
+
+def test_crop_equals_layout_built_at_s(path):
+    seq_len, s, bs = 96, 53, 16
+    m = np.stack([band_mask(seq_len, 7) & causal_mask(seq_len), dilated_mask(seq_len, 2, 3)])
+    big = layout_from_masks(m, bs)
+    small = layout_from_masks(m[:, :s, :s], bs)
+    q, k, v = random_qkv(1, 2, s, 12, dtype=torch.float32, seed=5)
+    a = block_sparse_attention(q, k, v, big, backend="torch")
+    b = block_sparse_attention(q, k, v, small, backend="torch")
+    assert_close(a, b, atol=1e-6, rtol=1e-6, name="crop vs layout at S")
+    assert_close(a, reference_attention(q, k, v, small), name="crop vs reference")
+
+
+def test_float64_is_exact_to_1e12():
+    s = 45
+    lay = layout_from_masks(random_token_mask(3, s, 0.3, seed=9), 16)
+    q, k, v = random_qkv(1, 3, s, 9, 4, dtype=torch.float64, seed=2)
+    got = block_sparse_attention(q, k, v, lay, backend="torch")
+    assert_close(got, reference_attention(q, k, v, lay), atol=1e-12, rtol=1e-12)
+
+
+def test_scale_and_integer_padding_mask():
+    s = 30
+    lay = layout_from_masks(band_mask(s, 4)[None], 16)
+    q, k, v = random_qkv(2, 1, s, 8, dtype=torch.float32, seed=1)
+    kpm = random_padding_mask(2, s, seed=4)
+    want = reference_attention(q, k, v, lay, kpm, scale=0.37)
+    got = block_sparse_attention(q, k, v, lay, kpm.to(torch.int64), scale=0.37, backend="torch")
+    assert_close(got, want, name="scale=0.37, int64 padding mask")
+
+
+def test_compile_layout_presets_if_available():
+    compile_layout = getattr(__import__("sparse_attn.layout").layout, "compile_layout", None)
+    if compile_layout is None:
+        pytest.skip("sparse_attn.layout.compile_layout not landed yet")
+    presets = [
+        "bigbird",
+        "longformer",
+        "sparse_transformer_strided",
+        "sparse_transformer_fixed",
+        "sliding_window",
+        "local_vertical_stride",
+    ]
+    s, bs = 200, 16
+    q, k, v = random_qkv(1, 2, s, 16, dtype=torch.float32, seed=8)
+    kpm = random_padding_mask(1, s, seed=2, min_len=150)
+    for preset in presets:
+        lay = compile_layout(preset, seq_len=s, block_size=bs, num_heads=2)
+        got = block_sparse_attention(q, k, v, lay, kpm, backend="torch")
+        assert_close(got, reference_attention(q, k, v, lay, kpm), name=f"preset {preset}")
+
+
+# ---------------------------------------------------------------------- dispatcher
+def test_public_api_and_auto_backend():
+    lay = layout_from_masks(band_mask(32, 3)[None], 16)
+    q, k, v = random_qkv(1, 1, 32, 8)
+    out = sparse_attn.block_sparse_attention(q, k, v, lay)  # auto -> torch on CPU
+    assert_close(out, reference_attention(q, k, v, lay), name="auto")
+    ref = sparse_attn.block_sparse_attention(q, k, v, lay, backend="reference")
+    assert ref.dtype == torch.float32
+    assert_close(out, ref, name="reference backend")
+
+
+def test_unknown_backend_lists_choices():
+    lay = layout_from_masks(band_mask(16, 3)[None], 16)
+    q, k, v = random_qkv(1, 1, 16, 8)
+    with pytest.raises(BackendNotSupportedError, match="unknown backend 'cuda'.*torch"):
+        block_sparse_attention(q, k, v, lay, backend="cuda")
+
+
+def test_unsupported_backend_gives_reasons():
+    lay = layout_from_masks(band_mask(16, 3)[None], 16)
+    q, k, v = random_qkv(1, 1, 16, 8)
+    try:
+        block_sparse_attention(q, k, v, lay, backend="triton")
+    except BackendNotSupportedError as exc:
+        assert "triton" in exc.reasons and exc.reasons["triton"], exc.reasons
+        assert "triton" in str(exc)
+    else:  # the Triton backend may run on CPU (interpreter): then it must be right
+        pass
+
+
+@pytest.mark.parametrize(
+    "case,match",
+    [
+        ("rank", "rank 4"),
+        ("heads", "num_heads=1"),
+        ("seq_too_long", r"S=40 must be in 1\.\.32"),
+        ("dtype_mix", "share one dtype"),
+        ("int_dtype", "not supported"),
+        ("kpm_shape", r"key_padding_mask must be \[B=1, S=32\]"),
+        ("kpm_float", "additive float mask"),
+        ("scale_neg", "finite number > 0"),
+        ("scale_nan", "finite number > 0"),
+        ("value_shape", "value shape"),
+        ("not_layout", "BlockLayout"),
+    ],
+)
+def test_dispatcher_validation(case, match):
+    lay = layout_from_masks(band_mask(32, 3)[None], 16)
+    q, k, v = random_qkv(1, 1, 32, 8)
+    kw = {}
+    args = [q, k, v, lay]
+    if case == "rank":
+        args[0] = q[0]
+    elif case == "heads":
+        args[:3] = [x.expand(1, 2, 32, 8) for x in (q, k, v)]
+    elif case == "seq_too_long":
+        args[:3] = random_qkv(1, 1, 40, 8)
+    elif case == "dtype_mix":
+        args[1] = k.half()
+    elif case == "int_dtype":
+        args[:3] = [x.to(torch.int32) for x in (q, k, v)]
+    elif case == "kpm_shape":
+        kw["key_padding_mask"] = torch.ones(1, 31, dtype=torch.bool)
+    elif case == "kpm_float":
+        kw["key_padding_mask"] = torch.zeros(1, 32)
+    elif case == "scale_neg":
+        kw["scale"] = -1.0
+    elif case == "scale_nan":
+        kw["scale"] = float("nan")
+    elif case == "value_shape":
+        args[2] = v[:, :, :5]
+    elif case == "not_layout":
+        args[3] = np.ones((1, 32, 32), dtype=bool)
+    with pytest.raises(InvalidInputError, match=match):
+        block_sparse_attention(*args, **kw)
+
+
+def test_static_seq_len_layout_rejects_shorter_request():
+    lay = layout_from_masks(band_mask(32, 3)[None], 16, requires_static_seq_len=True)
+    q, k, v = random_qkv(1, 1, 20, 8)
+    with pytest.raises(InvalidInputError, match="pad the inputs to 32"):
+        block_sparse_attention(q, k, v, lay)
+
+
+def test_long_sequence_spot_rows():
+    """S = 4096: rows checked against an exact per-row float64 computation."""
+    s, bs = 4096, 64
+    m = band_mask(s, 64)[None]
+    lay = layout_from_masks(m, bs)
+    q, k, v = random_qkv(1, 1, s, 16, dtype=torch.float32, seed=0)
+    out = block_sparse_attention(q, k, v, lay, backend="torch")
+    # spot-check three rows against the exact per-row computation
+    for i in (0, 2000, s - 1):
+        js = torch.from_numpy(np.nonzero(m[0, i])[0])
+        sc = (q[0, 0, i].double() @ k[0, 0, js].double().T) / 4.0
+        want = torch.softmax(sc, -1) @ v[0, 0, js].double()
+        assert_close(out[0, 0, i], want, name=f"row {i}")
