@@ -175,6 +175,13 @@ def _block_sparse_attn_fwd(
                 other=0.0,
             )
             v = tl.where(col_used[:, None], v, 0.0)
+            # Non-finite V of a key that only some rows of the tile see: p = 0 for the other
+            # rows, but 0 * NaN = NaN inside the dot. Clean V, then restore NaN/Inf exactly
+            # for the rows that do see such a key (rare branch).
+            v32 = v.to(tl.float32)
+            v_bad = (v32 != v32) | (tl.abs(v32) == float("inf"))
+            n_bad = tl.reduce(tl.reduce(v_bad.to(tl.int32), 1, _MAX_COMBINE), 0, _MAX_COMBINE)
+            v = tl.where(v_bad, 0.0, v)
             if UPCAST_DOT:  # interpreter: its tl.dot multiplies bf16 bit patterns as integers
                 s = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)), input_precision="ieee")
             else:
@@ -191,11 +198,24 @@ def _block_sparse_attn_fwd(
                 pv = tl.dot(p.to(v.dtype).to(tl.float32), v.to(tl.float32), input_precision="ieee")
             else:
                 pv = tl.dot(p.to(v.dtype), v, input_precision="ieee")
+            if n_bad > 0:
+                seen = visible.to(tl.float16)
+                hit_nan = tl.dot(seen, (v32 != v32).to(tl.float16), out_dtype=tl.float32) > 0
+                hit_pinf = (
+                    tl.dot(seen, (v32 == float("inf")).to(tl.float16), out_dtype=tl.float32) > 0
+                )
+                hit_ninf = (
+                    tl.dot(seen, (v32 == float("-inf")).to(tl.float16), out_dtype=tl.float32) > 0
+                )
+                pv = tl.where(hit_pinf, float("inf"), pv)
+                pv = tl.where(hit_ninf, float("-inf"), pv)
+                pv = tl.where(hit_nan | (hit_pinf & hit_ninf), float("nan"), pv)
             acc = acc * alpha[:, None] + pv
             m_i = m_new
 
-    l_safe = tl.where(l_i > 0.0, l_i, 1.0)
-    out = tl.where((l_i > 0.0)[:, None], acc / l_safe[:, None], 0.0)
+    # l == 0: no visible key -> exactly 0; l = NaN (a visible key held NaN) stays NaN
+    l_safe = tl.where(l_i == 0.0, 1.0, l_i)
+    out = tl.where((l_i == 0.0)[:, None], 0.0, acc / l_safe[:, None])
     o_ptrs = (
         Out
         + b64 * stride_ob

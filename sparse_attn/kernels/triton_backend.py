@@ -1,0 +1,114 @@
+"""The ``triton`` backend of :func:`sparse_attn.kernels.block_sparse_attention`.
+
+Runs the block-sparse flash-attention kernel of :mod:`sparse_attn.kernels.triton_kernel`:
+compiled for CUDA tensors, and through Triton's CPU interpreter for CPU tensors when the
+environment variable ``TRITON_INTERPRET=1`` is set (slow: for tests and checks only).
+
+Supported (see :func:`not_supported_reasons`): float32, float16, bfloat16 (bfloat16 on CUDA
+needs compute capability >= 8.0); head dims ``D`` and ``Dv`` of 1..128 (padded inside to a power
+of two >= 16); block sizes ``opspec.MIN_BLOCK_SIZE..opspec.MAX_BLOCK_SIZE`` (16..128, any
+integer: non powers of two are padded inside); layouts with one pattern per head.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+
+from sparse_attn import opspec
+
+NAME = "triton"
+
+SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+MAX_HEAD_DIM = 128
+#: Environment variable that turns on Triton's CPU interpreter (read by Triton itself).
+INTERPRET_ENV = "TRITON_INTERPRET"
+
+
+def _triton_missing() -> str | None:
+    if importlib.util.find_spec("triton") is None:
+        return "the 'triton' package is not installed (pip install 'sparse-attn[triton]')"
+    return None
+
+
+def not_supported_reasons(query, key, value, layout, key_padding_mask) -> list[str]:
+    """Why this backend cannot take these (validated) inputs; an empty list = supported.
+
+    Args: as :func:`sparse_attn.kernels.block_sparse_attention` (already validated there).
+
+    Returns:
+        Readable reasons, e.g. ``"CPU tensors need TRITON_INTERPRET=1 ..."``.
+    """
+    reasons: list[str] = []
+    missing = _triton_missing()
+    if missing:
+        return [missing]
+    from sparse_attn.kernels.triton_kernel import interpreter_enabled
+
+    dev = query.device
+    if dev.type == "cpu":
+        if not interpreter_enabled():
+            reasons.append(
+                f"CPU tensors run only under Triton's interpreter: set {INTERPRET_ENV}=1 "
+                "(slow; for tests) or move the tensors to a CUDA device"
+            )
+    elif dev.type == "cuda":
+        if query.dtype == torch.bfloat16:
+            major, minor = torch.cuda.get_device_capability(dev)
+            if major < 8:
+                reasons.append(
+                    f"bfloat16 needs compute capability >= 8.0, device has {major}.{minor}"
+                )
+    else:
+        reasons.append(f"device {dev.type!r} not supported (cuda, or cpu under {INTERPRET_ENV}=1)")
+    if query.dtype not in SUPPORTED_DTYPES:
+        reasons.append(
+            f"dtype {str(query.dtype).replace('torch.', '')} not supported "
+            "(float32, float16, bfloat16 are)"
+        )
+    d, dv = int(query.shape[-1]), int(value.shape[-1])
+    for name, n in (("head_dim", d), ("value head_dim", dv)):
+        if not 1 <= n <= MAX_HEAD_DIM:
+            reasons.append(f"{name} {n} not supported (1..{MAX_HEAD_DIM})")
+    bs = int(layout.block_size)
+    if not opspec.MIN_BLOCK_SIZE <= bs <= opspec.MAX_BLOCK_SIZE:
+        reasons.append(
+            f"block_size {bs} not supported ({opspec.MIN_BLOCK_SIZE}..{opspec.MAX_BLOCK_SIZE})"
+        )
+    if layout.num_heads not in (1, int(query.shape[1])):
+        reasons.append(
+            f"layout has {layout.num_heads} heads, query has {int(query.shape[1])} (need equal)"
+        )
+    return reasons
+
+
+def attention(query, key, value, layout, key_padding_mask, scale: float) -> torch.Tensor:
+    """Run the Triton kernel (inputs validated by the dispatcher, ``scale`` resolved).
+
+    Args:
+        query: ``[B, H, S, D]``; key ``[B, H, S, D]``; value ``[B, H, S, Dv]``; same dtype.
+        layout: :class:`~sparse_attn.layout.BlockLayout` for ``seq_len >= S`` (cropped by
+            bounds inside the kernel).
+        key_padding_mask: ``[B, S]`` bool (True = real token) or None.
+        scale: softmax scale.
+
+    Returns:
+        ``[B, H, S, Dv]`` in ``query``'s dtype (softmax and accumulation in fp32).
+    """
+    from sparse_attn.kernels.torch_backend import layout_arrays
+    from sparse_attn.kernels.triton_kernel import attention_arrays
+
+    arrays = layout_arrays(layout, query.device)
+    return attention_arrays(
+        query,
+        key,
+        value,
+        arrays["row_ptr"],
+        arrays["col_idx"],
+        arrays["mask_idx"],
+        arrays["masks"],
+        key_padding_mask,
+        layout.block_size,
+        float(scale),
+    )

@@ -1,0 +1,226 @@
+"""The Triton block-sparse kernel (backend ``"triton"``) on CPU, under Triton's interpreter.
+
+How the interpreter is switched on, robustly: Triton reads ``TRITON_INTERPRET`` when a function
+is *decorated*. Our kernel is decorated lazily (``triton_kernel.get_kernel``), and it avoids
+Triton's library functions that are decorated at ``import triton.language`` time (``tl.max``,
+``tl.sum``, ``tl.zeros``), so setting the variable with ``monkeypatch.setenv`` inside the test is
+enough, whatever another test module of the same xdist worker imported before.
+``test_interpreter_env_set_after_triton_import`` checks exactly that in a fresh subprocess.
+
+Every numerical test compares with the float64 dense reference
+(``sparse_attn.kernels.reference.reference_attention`` on float64 copies of the same rounded
+inputs) and reports the worst element on failure. The grid is small but awkward (ragged S,
+S < layout.seq_len, non power-of-two block and head sizes); a bigger grid is marked slow.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from testing import (
+    assert_close,
+    band_mask,
+    causal_mask,
+    dilated_mask,
+    global_mask,
+    layout_from_masks,
+    random_padding_mask,
+    random_qkv,
+    random_token_mask,
+)
+
+pytest.importorskip("triton", reason="triton is not installed")
+
+from sparse_attn.errors import BackendNotSupportedError  # noqa: E402
+from sparse_attn.kernels import block_sparse_attention, triton_backend  # noqa: E402
+from sparse_attn.kernels.reference import reference_attention  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def interpret(monkeypatch):
+    """Every test here runs the kernel on CPU tensors through Triton's interpreter."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    torch.set_num_threads(1)
+
+
+def _expected(q, k, v, layout, kpm=None, scale=None):
+    """float64 reference on the very same (already rounded) inputs."""
+    return reference_attention(q.double(), k.double(), v.double(), layout, kpm, scale)
+
+
+def _check(q, k, v, layout, kpm=None, scale=None, name="triton"):
+    out = block_sparse_attention(q, k, v, layout, kpm, scale, backend="triton")
+    assert out.dtype == q.dtype and out.shape == (*q.shape[:3], v.shape[-1])
+    assert_close(out, _expected(q, k, v, layout, kpm, scale), name=name, dtype=q.dtype)
+    return out
+
+
+def _mixed_layout(seq_len: int, block_size: int, heads: int = 2):
+    """Per-head patterns: band|global, causal dilated, random token mask (arbitrary tiles)."""
+    pats = [
+        band_mask(seq_len, 5) | global_mask(seq_len, 2),
+        causal_mask(seq_len) & dilated_mask(seq_len, 3, 2),
+        random_token_mask(1, seq_len, 0.2, seed=3)[0],
+    ]
+    return layout_from_masks(np.stack(pats[:heads]), block_size)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_dtypes_ragged_crop_and_nonfinite_padding(dtype):
+    """S=45 on a layout built for 50 (crop by bounds), padding holds NaN/Inf."""
+    layout = _mixed_layout(50, 16, heads=3)
+    q, k, v = random_qkv(2, 3, 45, 24, value_dim=40, dtype=dtype, seed=1)
+    kpm = random_padding_mask(2, 45, seed=2, min_len=20)
+    kpm[0, :] = True
+    kpm[1, 30:] = False
+    k[1, :, 30:] = float("nan")
+    v[1, :, 30:] = float("inf")
+    out = _check(q, k, v, layout, kpm)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize(
+    "block_size,seq_len,head_dim",
+    [(16, 33, 16), (32, 70, 72), (48, 100, 40), (128, 130, 128), (20, 61, 8)],
+)
+def test_block_sizes_and_head_dims(block_size, seq_len, head_dim):
+    """Powers of two and not (48, 20 are padded inside), head dims 8..128, ragged last block."""
+    mask = band_mask(seq_len, block_size // 2 + 3) | global_mask(seq_len, 3)
+    layout = layout_from_masks(np.stack([mask, causal_mask(seq_len)]), block_size)
+    q, k, v = random_qkv(1, 2, seq_len, head_dim, dtype=torch.float16, seed=block_size)
+    _check(q, k, v, layout)
+
+
+def test_empty_rows_are_exactly_zero():
+    """A query block with no stored tile, and rows whose visible keys are all padded."""
+    s = 40
+    m = band_mask(s, 2)
+    m[16:32, :] = False  # query block 1 (block size 16) stores nothing
+    layout = layout_from_masks(m, 16)
+    assert layout.row_ptr[0, 1] == layout.row_ptr[0, 2]
+    q, k, v = random_qkv(2, 1, s, 16, seed=5)
+    kpm = torch.ones(2, s, dtype=torch.bool)
+    kpm[1, 0:10] = False  # rows 0..7 of batch 1 see only keys 0..9: all padded
+    out = _check(q, k, v, layout, kpm)
+    assert (out[:, :, 16:32] == 0).all()
+    assert (out[1, :, 0:8] == 0).all()
+
+
+def test_nonfinite_value_of_key_hidden_by_partial_tile():
+    """Causal diagonal tile: key 20 (V NaN) and key 21 (V +Inf) are visible to rows >= them
+    only; earlier rows of the same tile must stay finite (0 * NaN must not leak)."""
+    s = 40
+    layout = layout_from_masks(causal_mask(s), 16)
+    q, k, v = random_qkv(1, 1, s, 16, seed=7)
+    v[0, 0, 20, 3] = float("nan")
+    v[0, 0, 21, 4] = float("inf")
+    out = _check(q, k, v, layout)
+    assert torch.isfinite(out[0, 0, :20]).all()
+    assert torch.isnan(out[0, 0, 20:, 3]).all()
+
+
+def test_fp16_near_overflow():
+    """Scores of order 1e4 (fp16-exact max is 65504) and |V| near 6e4: fp32 softmax/accumulate."""
+    s = 37
+    layout = layout_from_masks(np.stack([band_mask(s, 9) | global_mask(s, 1)] * 2), 16)
+    q, k, v = random_qkv(1, 2, s, 32, dtype=torch.float64, seed=11)
+    q = (q * 20).clamp(-200, 200).half()
+    k = (k * 20).clamp(-200, 200).half()
+    v = (v.sign() * 6.0e4).half()
+    out = _check(q, k, v, layout, scale=1.0 / 32)
+    assert torch.isfinite(out).all()
+
+
+def test_causal_and_scale_and_noncontiguous():
+    """Causal band, explicit scale, inputs as [B, S, H, D] views transposed to [B, H, S, D]."""
+    s, h = 50, 2
+    layout = layout_from_masks(np.stack([causal_mask(s) & band_mask(s, 20)] * h), 16)
+    g = torch.Generator().manual_seed(3)
+    qkv = torch.randn(3, 1, s, h, 24, generator=g)
+    q, k, v = (t.transpose(1, 2) for t in qkv.unbind(0))
+    assert not q.is_contiguous()
+    _check(q, k, v, layout, scale=0.3)
+
+
+def test_layout_shared_by_all_heads_at_array_level():
+    """The array entry accepts a one-head layout for H heads (head stride 0)."""
+    from sparse_attn.kernels.torch_backend import layout_arrays
+    from sparse_attn.kernels.triton_kernel import attention_arrays
+
+    s = 29
+    one = layout_from_masks(band_mask(s, 4), 16)
+    three = layout_from_masks(np.stack([band_mask(s, 4)] * 3), 16)
+    q, k, v = random_qkv(2, 3, s, 16, seed=9)
+    a = layout_arrays(one, "cpu")
+    out = attention_arrays(q, k, v, *(a[n] for n in ("row_ptr", "col_idx", "mask_idx", "masks")),
+                           None, 16, 0.25)  # fmt: skip
+    assert_close(out, _expected(q, k, v, three, None, 0.25), name="shared-layout")
+
+
+def test_not_supported_reasons(monkeypatch):
+    """CPU without the interpreter, float64, and a too-small block are refused with reasons."""
+    s = 20
+    layout = layout_from_masks(band_mask(s, 2), 16)
+    q, k, v = random_qkv(1, 1, s, 16)
+    monkeypatch.delenv("TRITON_INTERPRET")
+    reasons = triton_backend.not_supported_reasons(q, k, v, layout, None)
+    assert any("TRITON_INTERPRET=1" in r for r in reasons), reasons
+    with pytest.raises(BackendNotSupportedError, match="TRITON_INTERPRET"):
+        block_sparse_attention(q, k, v, layout, backend="triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert triton_backend.not_supported_reasons(q, k, v, layout, None) == []
+    r64 = triton_backend.not_supported_reasons(q.double(), k.double(), v.double(), layout, None)
+    assert any("float64" in r for r in r64), r64
+    small = layout_from_masks(band_mask(s, 2), 8)
+    assert any(
+        "block_size 8" in r for r in triton_backend.not_supported_reasons(q, k, v, small, None)
+    )
+
+
+def test_interpreter_env_set_after_triton_import():
+    """In a fresh process: import triton first, then set TRITON_INTERPRET=1, then run."""
+    code = textwrap.dedent(
+        """
+        import os, sys
+        import triton, triton.language  # imported before the variable is set
+        os.environ["TRITON_INTERPRET"] = "1"
+        sys.path.insert(0, "tests")
+        import numpy as np, torch
+        from testing import band_mask, layout_from_masks, random_qkv
+        from sparse_attn.kernels import block_sparse_attention
+        lay = layout_from_masks(band_mask(24, 3), 16)
+        q, k, v = random_qkv(1, 1, 24, 16)
+        out = block_sparse_attention(q, k, v, lay, backend="triton")
+        ref = block_sparse_attention(q, k, v, lay, backend="reference")
+        print("MAXERR", float((out - ref).abs().max()))
+        """
+    )
+    env = {k: v for k, v in __import__("os").environ.items() if k != "TRITON_INTERPRET"}
+    env["OMP_NUM_THREADS"] = "1"
+    res = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    err = float(res.stdout.split("MAXERR")[-1])
+    assert err < 1e-5, f"max abs error {err} vs the reference"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("block_size", [16, 32, 64])
+@pytest.mark.parametrize("seq_len", [111, 130])
+def test_bigger_grid(dtype, block_size, seq_len):
+    """Slow: more shapes, three per-head patterns, random padding."""
+    layout = _mixed_layout(130, block_size, heads=3)
+    q, k, v = random_qkv(2, 3, seq_len, 40, value_dim=24, dtype=dtype, seed=seq_len)
+    kpm = random_padding_mask(2, seq_len, seed=block_size, min_len=1)
+    _check(q, k, v, layout, kpm)
