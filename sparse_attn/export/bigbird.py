@@ -1,0 +1,294 @@
+"""Model family ``bigbird``: Hugging Face ``BigBirdModel`` (block_sparse, eval) on our op.
+
+Source of the pattern: Zaheer et al., "Big Bird: Transformers for Longer Sequences"
+(arXiv 2007.14062), Sec. 2 and App. D (ITC variant), and transformers'
+``BigBirdBlockSparseAttention.bigbird_block_sparse_attention`` (read for the exact
+semantics, transformers 5.24). The model is built from a small config with seeded random
+weights. With HF block size ``b``, ``n = S / b`` blocks and ``r = num_random_blocks``:
+
+* query blocks 0 and ``n-1`` (global rows) attend to every key;
+* query block 1 attends to key blocks ``0, 1, 2, n-1`` and ``r`` random blocks; query block
+  ``n-2`` to ``0, n-3, n-2, n-1`` and ``r`` random blocks; the middle blocks ``2..n-3`` to
+  ``i-1, i, i+1`` (sliding), ``0`` and ``n-1`` (global columns) and ``r`` random blocks.
+  So without the random part every row but the global ones is
+  ``block_band(b=b, w=1) | global(tokens=first and last block)``.
+* Random blocks in eval mode: transformers 5.24 draws random blocks only while training
+  ("in eval the helpers below return a constant all-zero list"). In eval every random block
+  is block 0, *gathered again*: rows ``1..n-2`` see the keys of block 0 ``1 + r`` times in
+  their softmax (once as the global column, ``r`` times as "random" blocks). A mask cannot
+  express a multiplicity, so this family appends ``r`` copies of key/value block 0 after the
+  sequence (and ``r * b`` dummy query rows that see nothing) and lets rows ``1..n-2`` see
+  those copies: the op then computes exactly Hugging Face's weights. The layout covers
+  ``S + r * b`` tokens; only the first ``S`` output rows are kept.
+* Padded query rows are multiplied by the attention mask (zero), as Hugging Face does;
+  masked keys get ``-10000`` in Hugging Face and are invisible here: identical in fp32/fp16
+  for every row that has a visible key (block 0 is always visible).
+
+The last block depends on the end of the sequence, so the model is exported at a fixed
+sequence length ``max_seq_len`` (SPEC, prefix stability; the layout has
+``requires_static_seq_len``): inputs must be padded to it. ``max_seq_len`` must be a
+multiple of the HF block size and larger than ``(5 + 2 r) * b`` (below that Hugging Face
+switches the model to full attention).
+
+ONNX inputs ``input_ids``, ``attention_mask`` (int64 ``[B, max_seq_len]``); outputs
+``last_hidden_state`` ``[B, S, hidden]`` and ``pooler_output`` ``[B, hidden]``.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from sparse_attn.errors import InvalidInputError
+from sparse_attn.export import hf_common
+
+NAME = "bigbird"
+DEFAULT_BLOCK_SIZE = 16
+DEFAULT_SEED = 0
+#: Small config used when none is given (random weights, seed ``DEFAULT_SEED``).
+DEFAULT_CONFIG = {
+    "vocab_size": 512,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "max_position_embeddings": 1024,
+    "attention_type": "block_sparse",
+    "block_size": 16,
+    "num_random_blocks": 2,
+}
+#: Default fixed sequence length: 16 HF blocks of 16 tokens.
+DEFAULT_MAX_SEQ_LEN = 256
+INPUT_NAMES = ("input_ids", "attention_mask")
+OUTPUT_NAMES = ("last_hidden_state", "pooler_output")
+
+CLI_OPTIONS = {
+    "seed": {"type": "int", "help": "seed of the random weights", "default": DEFAULT_SEED},
+    "hf_block_size": {
+        "type": "int",
+        "help": "BigBird's own block size (config.block_size)",
+        "default": DEFAULT_CONFIG["block_size"],
+    },
+    "num_random_blocks": {
+        "type": "int",
+        "help": "BigBird's config.num_random_blocks",
+        "default": DEFAULT_CONFIG["num_random_blocks"],
+    },
+}
+
+
+def make_config(config: dict | None = None):
+    """``transformers.BigBirdConfig`` from ``DEFAULT_CONFIG`` updated with ``config``.
+
+    Raises:
+        InvalidInputError: ``attention_type`` other than ``"block_sparse"``.
+    """
+    from transformers import BigBirdConfig
+
+    d = dict(DEFAULT_CONFIG)
+    if config:
+        d.update({k: v for k, v in config.items() if k != "transformers_version"})
+    if d.get("attention_type") != "block_sparse":
+        raise InvalidInputError(
+            f"bigbird family exports attention_type='block_sparse', got {d.get('attention_type')!r}"
+        )
+    return BigBirdConfig(**d)
+
+
+def hf_token_mask(seq_len: int, hf_block: int, num_random_blocks: int) -> np.ndarray:
+    """Hugging Face BigBird's eval-mode attention as a boolean mask over ``S + r*b`` tokens.
+
+    Args:
+        seq_len: S, a multiple of ``hf_block`` with at least 5 blocks.
+        hf_block: b, BigBird's ``config.block_size``.
+        num_random_blocks: r.
+
+    Returns:
+        ``bool [S + r*b, S + r*b]``: rows/keys ``< S`` are the sequence; keys ``S..S+r*b-1``
+        are ``r`` copies of key block 0 (seen by query blocks ``1..n-2``); rows ``>= S`` see
+        nothing. See the module docstring for the derivation.
+
+    Raises:
+        InvalidInputError: S not a multiple of b, or fewer than 5 blocks.
+    """
+    b, r = int(hf_block), int(num_random_blocks)
+    if seq_len % b:
+        raise InvalidInputError(
+            f"max_seq_len={seq_len} must be a multiple of BigBird's block size {b}"
+        )
+    n = seq_len // b
+    if n < 5:
+        raise InvalidInputError(f"BigBird needs at least 5 blocks, got S={seq_len} with block {b}")
+    total = seq_len + r * b
+    blocks = np.zeros((n, n + r), dtype=bool)
+    qb = np.arange(n)
+    blocks[:, :n] = np.abs(qb[:, None] - qb[None, :]) <= 1
+    blocks[:, 0] = True
+    blocks[:, n - 1] = True
+    blocks[1 : n - 1, n:] = True
+    blocks[0, :n] = True
+    blocks[n - 1, :n] = True
+    mask = np.zeros((total, total), dtype=bool)
+    mask[:seq_len, :] = np.repeat(np.repeat(blocks, b, axis=0), b, axis=1)
+    return mask
+
+
+def build_layout(seq_len: int, hf_block: int, num_random_blocks: int, num_heads: int, block_size):
+    """The op's layout for :func:`hf_token_mask` (same for every head, static S).
+
+    Returns:
+        BlockLayout over ``S + r*b`` tokens with ``requires_static_seq_len=True``.
+    """
+    from sparse_attn.layout import BlockLayout
+
+    m = hf_token_mask(seq_len, hf_block, num_random_blocks)
+    spec = (
+        f"custom:bigbird_hf_eval(b={hf_block}, r={num_random_blocks}, seq_len={seq_len}): "
+        f"block_band(b={hf_block}, w=1) | global(first and last block) + {num_random_blocks} "
+        f"copies of key block 0"
+    )
+    return BlockLayout.from_token_mask(
+        np.broadcast_to(m, (num_heads, *m.shape)),
+        block_size,
+        spec=spec,
+        requires_static_seq_len=True,
+    )
+
+
+def load_hf_model(config: dict | None = None, *, seed: int = DEFAULT_SEED, dtype="float32"):
+    """Hugging Face ``BigBirdModel`` (block_sparse) with seeded random weights, eval mode."""
+    from transformers import BigBirdModel
+
+    cfg = make_config(config)
+    with hf_common.seeded_init(seed):
+        model = BigBirdModel(cfg, add_pooling_layer=True)
+    model.eval()
+    return model.to(hf_common.torch_dtype(dtype))
+
+
+@functools.cache
+def _module_class():
+    """The ``SparseBigBird`` module class (defined lazily: importing stays cheap)."""
+    import torch
+    from torch import nn
+
+    class SparseBigBird(nn.Module):
+        """``BigBirdModel`` (eval, block_sparse) with the attention core on the sparse op.
+
+        Args:
+            hf: Hugging Face ``BigBirdModel``.
+            attention: attention module whose layout covers ``S + extra`` tokens.
+            seq_len: the fixed S.
+            dup_tokens: tokens of key block 0 appended ``dup_copies`` times (0 = none).
+            dup_copies: r.
+
+        ``forward(input_ids, attention_mask)`` (int64 ``[B, S]``) returns
+        ``{"last_hidden_state": [B, S, hidden], "pooler_output": [B, hidden]}``.
+        """
+
+        def __init__(self, hf, attention, seq_len: int, dup_tokens: int, dup_copies: int):
+            super().__init__()
+            self.hf = hf
+            self.attention = attention
+            self.seq_len = int(seq_len)
+            self.dup_tokens = int(dup_tokens)
+            self.dup_copies = int(dup_copies)
+            cfg = hf.config
+            self.num_heads = int(cfg.num_attention_heads)
+            self.head_dim = int(cfg.hidden_size // cfg.num_attention_heads)
+
+        def _heads(self, x, b, s):
+            return x.view(b, s, self.num_heads, self.head_dim).transpose(1, 2)
+
+        def _extend(self, x):
+            if not self.dup_copies:
+                return x
+            blk = x[:, :, : self.dup_tokens]
+            return torch.cat([x] + [blk] * self.dup_copies, dim=2)
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict:
+            b, s = input_ids.shape
+            hidden = self.hf.embeddings(input_ids=input_ids)
+            kpm = attention_mask != 0
+            extra = self.dup_tokens * self.dup_copies
+            if extra:
+                kpm_ext = torch.cat([kpm] + [kpm[:, : self.dup_tokens]] * self.dup_copies, dim=1)
+            else:
+                kpm_ext = kpm
+            row_keep = kpm[:, None, :, None].to(hidden.dtype)
+            for layer in self.hf.encoder.layer:
+                sa = layer.attention.self
+                q = self._heads(sa.query(hidden), b, s)
+                k = self._heads(sa.key(hidden), b, s)
+                v = self._heads(sa.value(hidden), b, s)
+                if extra:
+                    q = torch.cat([q, q.new_zeros(b, self.num_heads, extra, self.head_dim)], 2)
+                ctx = self.attention(q, self._extend(k), self._extend(v), kpm_ext)[:, :, :s]
+                ctx = ctx * row_keep
+                ctx = ctx.transpose(1, 2).reshape(b, s, self.num_heads * self.head_dim)
+                attn_out = layer.attention.output(ctx, hidden)
+                hidden = layer.output(layer.intermediate(attn_out), attn_out)
+            pooled = self.hf.activation(self.hf.pooler(hidden[:, 0, :]))
+            return {"last_hidden_state": hidden, "pooler_output": pooled}
+
+    return SparseBigBird
+
+
+def build_model(
+    pattern=None,
+    *,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    max_seq_len: int = DEFAULT_MAX_SEQ_LEN,
+    dtype: str = "float32",
+    config: dict | None = None,
+    seed: int = DEFAULT_SEED,
+    causal: bool = False,
+):
+    """The small BigBird with sparse attention, as an eval-mode ``torch.nn.Module``.
+
+    Args:
+        pattern: ``None`` (default: Hugging Face's own eval-mode attention,
+            :func:`hf_token_mask`), or any pattern / BlockLayout over ``max_seq_len`` tokens
+            (then no block-0 copies are appended and the model is no longer Hugging Face's).
+        block_size: tokens per block of the op's layout (independent of BigBird's own).
+        max_seq_len: the fixed S (inputs are padded to it).
+        dtype: ``"float32"`` or ``"float16"``.
+        config: overrides of ``DEFAULT_CONFIG`` (``BigBirdConfig`` keyword arguments).
+        seed: seed of the random weights.
+        causal: only with an explicit ``pattern`` (BigBird itself is bidirectional).
+
+    Raises:
+        InvalidInputError: bad sizes (see module docstring), dtype, config or pattern.
+    """
+    block_size = hf_common.check_positive_int("block_size", block_size)
+    cfg = make_config(config)
+    max_seq_len = hf_common.check_positive_int(
+        "max_seq_len", max_seq_len, maximum=int(cfg.max_position_embeddings)
+    )
+    hb, r = int(cfg.block_size), int(cfg.num_random_blocks)
+    h = int(cfg.num_attention_heads)
+    if pattern is None:
+        if causal:
+            raise InvalidInputError(
+                "BigBird's own attention is bidirectional; --causal needs an explicit --pattern"
+            )
+        limit = (5 + 2 * r) * hb
+        if max_seq_len <= limit:
+            raise InvalidInputError(
+                f"max_seq_len={max_seq_len} must exceed (5 + 2*num_random_blocks) * block_size "
+                f"= {limit}, else Hugging Face runs BigBird with full attention; use a larger "
+                f"--max-seq-len (a multiple of {hb})"
+            )
+        layout = build_layout(max_seq_len, hb, r, h, block_size)
+        dup_tokens, dup_copies = hb, r
+    else:
+        layout = hf_common.resolve_layout(
+            pattern, max_seq_len=max_seq_len, block_size=block_size, num_heads=h, causal=causal
+        )
+        dup_tokens, dup_copies = 0, 0
+    hf = load_hf_model(config, seed=seed)
+    attention = hf_common.sparse_attention_module(layout)
+    model = _module_class()(hf, attention, max_seq_len, dup_tokens, dup_copies).eval()
+    model.layout = layout
+    return model.to(hf_common.torch_dtype(dtype))

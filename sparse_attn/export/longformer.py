@@ -1,0 +1,241 @@
+"""Model family ``longformer``: Hugging Face ``LongformerModel`` with its attention on our op.
+
+Source of the pattern: Beltagy et al., "Longformer: The Long-Document Transformer"
+(arXiv 2004.05150), Sec. 3.1, and transformers' ``LongformerSelfAttention`` (read for the
+exact semantics below). The model is built from a small config with seeded random weights.
+
+What Hugging Face computes in a layer with ``attention_window = A`` (even) and a set ``P``
+of global tokens, and how it maps here:
+
+* A *non-global* query ``i`` sees the keys ``|i - j| <= A/2`` (local window, the query
+  included) plus every global key ``j in P``, through the ordinary ``query/key/value``
+  projections; padding keys are excluded. That is SPEC pattern
+  ``band(w=A/2) | global(n=G)`` on those rows, so the rows run through
+  ``sparse_attn::BlockSparseAttention`` with that layout (one layout per distinct window).
+* A *global* query ``i in P`` uses its own projections ``query_global``, ``key_global``,
+  ``value_global`` and attends to every real key. That is a separate small dense attention
+  (``G`` rows by ``S`` keys) computed here with plain matmul/softmax, and its rows replace
+  the op's output rows ``P`` (the op's values for them are discarded, as in Hugging Face).
+* Hugging Face pads the sequence to a multiple of ``A`` internally with masked tokens; those
+  keys are invisible, so no padding is needed here.
+
+Global tokens are the first ``num_global`` positions (e.g. [CLS] for classification, or the
+question for QA): fixed at export, so Hugging Face's ``global_attention_mask`` input is not an
+ONNX input; the reference call sets it to 1 on positions ``< num_global``.
+
+ONNX inputs ``input_ids``, ``attention_mask`` (int64 ``[B, S]``, right padding); output
+``last_hidden_state`` ``[B, S, hidden]``; B and S dynamic (``S <= max_position_embeddings - 2``,
+RoBERTa-style positions start at ``pad_token_id + 1``).
+"""
+
+from __future__ import annotations
+
+import functools
+
+from sparse_attn.errors import InvalidInputError
+from sparse_attn.export import hf_common
+
+NAME = "longformer"
+DEFAULT_MAX_SEQ_LEN = 256
+DEFAULT_BLOCK_SIZE = 16
+DEFAULT_SEED = 0
+DEFAULT_NUM_GLOBAL = 1
+#: Small config used when none is given (random weights, seed ``DEFAULT_SEED``); two
+#: layers with different windows, so a model holds two layouts.
+DEFAULT_CONFIG = {
+    "vocab_size": 512,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "attention_window": [16, 32],
+    "max_position_embeddings": 514,
+    "pad_token_id": 1,
+    "bos_token_id": 0,
+    "eos_token_id": 2,
+    "type_vocab_size": 1,
+}
+INPUT_NAMES = ("input_ids", "attention_mask")
+OUTPUT_NAMES = ("last_hidden_state",)
+
+CLI_OPTIONS = {
+    "num_global": {
+        "type": "int",
+        "help": "number of leading tokens with global attention",
+        "default": DEFAULT_NUM_GLOBAL,
+    },
+    "seed": {"type": "int", "help": "seed of the random weights", "default": DEFAULT_SEED},
+}
+
+
+def make_config(config: dict | None = None):
+    """``transformers.LongformerConfig`` from ``DEFAULT_CONFIG`` updated with ``config``."""
+    from transformers import LongformerConfig
+
+    d = dict(DEFAULT_CONFIG)
+    if config:
+        d.update({k: v for k, v in config.items() if k != "transformers_version"})
+    cfg = LongformerConfig(**d)
+    windows = layer_windows(cfg)
+    bad = [w for w in windows if w < 2 or w % 2]
+    if bad:
+        raise InvalidInputError(f"attention_window values must be even and >= 2, got {windows}")
+    return cfg
+
+
+def layer_windows(cfg) -> list[int]:
+    """Per-layer ``attention_window`` (an int in the config applies to every layer)."""
+    aw = cfg.attention_window
+    if isinstance(aw, int):
+        return [aw] * int(cfg.num_hidden_layers)
+    if len(aw) != cfg.num_hidden_layers:
+        raise InvalidInputError(
+            f"attention_window has {len(aw)} values for {cfg.num_hidden_layers} layers"
+        )
+    return [int(w) for w in aw]
+
+
+def layer_pattern(attention_window: int, num_global: int) -> str:
+    """SPEC pattern of Longformer's non-global rows: ``band(w=A/2) | global(n=G)``."""
+    half = attention_window // 2
+    return f"band(w={half}) | global(n={num_global})" if num_global else f"band(w={half})"
+
+
+def load_hf_model(config: dict | None = None, *, seed: int = DEFAULT_SEED, dtype="float32"):
+    """Hugging Face ``LongformerModel`` (no pooler) with seeded random weights, eval mode."""
+    from transformers import LongformerModel
+
+    cfg = make_config(config)
+    with hf_common.seeded_init(seed):
+        model = LongformerModel(cfg, add_pooling_layer=False)
+    model.eval()
+    return model.to(hf_common.torch_dtype(dtype))
+
+
+@functools.cache
+def _module_class():
+    """The ``SparseLongformer`` module class (defined lazily: importing stays cheap)."""
+    import torch
+    from torch import nn
+
+    class SparseLongformer(nn.Module):
+        """``LongformerModel`` with local + global-column attention on the sparse op.
+
+        Args:
+            hf: Hugging Face ``LongformerModel``.
+            attentions: one attention module per layer (modules may be shared).
+            num_global: the first ``num_global`` tokens have global attention.
+
+        ``forward(input_ids, attention_mask)`` (int64 ``[B, S]``) returns
+        ``{"last_hidden_state": [B, S, hidden]}``.
+        """
+
+        def __init__(self, hf, attentions, num_global: int) -> None:
+            super().__init__()
+            self.hf = hf
+            self.attentions = nn.ModuleList(attentions)
+            self.num_global = int(num_global)
+            cfg = hf.config
+            self.num_heads = int(cfg.num_attention_heads)
+            self.head_dim = int(cfg.hidden_size // cfg.num_attention_heads)
+
+        def _heads(self, x, b, s):
+            return x.view(b, s, self.num_heads, self.head_dim).transpose(1, 2)
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict:
+            b, s = input_ids.shape
+            hidden = self.hf.embeddings(input_ids=input_ids)
+            kpm = attention_mask != 0
+            g = self.num_global
+            scale = self.head_dim**-0.5
+            for layer, attention in zip(self.hf.encoder.layer, self.attentions, strict=True):
+                sa = layer.attention.self
+                q = self._heads(sa.query(hidden), b, s)
+                k = self._heads(sa.key(hidden), b, s)
+                v = self._heads(sa.value(hidden), b, s)
+                ctx = attention(q, k, v, kpm)
+                if g:
+                    hg = hidden[:, :g]
+                    gs = hg.shape[1]
+                    qg = self._heads(sa.query_global(hg), b, gs)
+                    kg = self._heads(sa.key_global(hidden), b, s)
+                    vg = self._heads(sa.value_global(hidden), b, s)
+                    scores = torch.matmul(qg.float(), kg.float().transpose(-1, -2)) * scale
+                    scores = scores.masked_fill(
+                        ~kpm[:, None, None, :], torch.finfo(torch.float32).min
+                    )
+                    probs = torch.softmax(scores, dim=-1)
+                    out_g = torch.matmul(probs, vg.float()).to(ctx.dtype)
+                    ctx = torch.cat([out_g, ctx[:, :, g:]], dim=2)
+                ctx = ctx.transpose(1, 2).reshape(b, s, self.num_heads * self.head_dim)
+                attn_out = layer.attention.output(ctx, hidden)
+                hidden = layer.output(layer.intermediate(attn_out), attn_out)
+            return {"last_hidden_state": hidden}
+
+    return SparseLongformer
+
+
+def build_model(
+    pattern=None,
+    *,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    max_seq_len: int = DEFAULT_MAX_SEQ_LEN,
+    dtype: str = "float32",
+    config: dict | None = None,
+    seed: int = DEFAULT_SEED,
+    num_global: int = DEFAULT_NUM_GLOBAL,
+    causal: bool = False,
+):
+    """The small Longformer with sparse attention, as an eval-mode ``torch.nn.Module``.
+
+    Args:
+        pattern: ``None`` (default: Hugging Face's own pattern per layer, :func:`layer_pattern`),
+            or one pattern / BlockLayout used for the non-global rows of every layer.
+        block_size: tokens per block.
+        max_seq_len: largest S, at most ``max_position_embeddings - pad_token_id - 1``.
+        dtype: ``"float32"`` or ``"float16"``.
+        config: overrides of ``DEFAULT_CONFIG`` (``LongformerConfig`` keyword arguments).
+        seed: seed of the random weights.
+        num_global: leading tokens with global attention (0 = none), ``<= max_seq_len``.
+        causal: intersect the local pattern with ``j <= i`` (not Longformer's own behaviour).
+
+    Raises:
+        InvalidInputError: bad sizes, dtype, config or pattern.
+    """
+    block_size = hf_common.check_positive_int("block_size", block_size)
+    cfg = make_config(config)
+    limit = int(cfg.max_position_embeddings) - int(cfg.pad_token_id) - 1
+    max_seq_len = hf_common.check_positive_int("max_seq_len", max_seq_len, maximum=limit)
+    num_global = hf_common.check_positive_int(
+        "num_global", num_global, minimum=0, maximum=max_seq_len
+    )
+    h = int(cfg.num_attention_heads)
+    layouts: dict[str, object] = {}
+    attentions = []
+    for w in layer_windows(cfg):
+        pat = layer_pattern(w, num_global) if pattern is None else pattern
+        key = str(pat) if not hasattr(pat, "layout_hash") else pat.layout_hash()
+        if key not in layouts:
+            lay = hf_common.resolve_layout(
+                pat, max_seq_len=max_seq_len, block_size=block_size, num_heads=h, causal=causal
+            )
+            layouts[key] = (lay, hf_common.sparse_attention_module(lay))
+        attentions.append(layouts[key][1])
+    hf = load_hf_model(config, seed=seed)
+    model = _module_class()(hf, attentions, num_global).eval()
+    model.layouts = [v[0] for v in layouts.values()]
+    return model.to(hf_common.torch_dtype(dtype))
+
+
+def hf_reference(hf, input_ids, attention_mask, num_global: int = DEFAULT_NUM_GLOBAL):
+    """Hugging Face's own output for the same inputs: ``last_hidden_state`` ``[B, S, hidden]``.
+
+    Sets ``global_attention_mask`` to 1 on the first ``num_global`` positions.
+    """
+    import torch
+
+    gam = torch.zeros_like(attention_mask)
+    gam[:, :num_global] = 1
+    with torch.no_grad():
+        out = hf(input_ids=input_ids, attention_mask=attention_mask, global_attention_mask=gam)
+    return out.last_hidden_state
