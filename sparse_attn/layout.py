@@ -475,3 +475,81 @@ def _compile_head(pattern, head: int, num_heads: int, seq_len: int, bs: int, bui
     ptr[1:] = np.cumsum(np.bincount(r, minlength=nb))
     c32, m32 = c.astype(np.int32), m.astype(np.int32)
     builder.rows[head] = [(c32[ptr[q] : ptr[q + 1]], m32[ptr[q] : ptr[q + 1]]) for q in range(nb)]
+
+
+# ---------------------------------------------------------------------------- plotting
+#: Most heads drawn by :func:`plot_layout` (one subplot each).
+MAX_PLOT_HEADS = 16
+
+
+def plot_layout(
+    layout: BlockLayout, path, max_heads: int = MAX_PLOT_HEADS, title: str | None = None
+):
+    """Write a PNG heatmap of the block layout, one subplot per head (up to ``max_heads``).
+
+    Tiles are coloured empty (white), full (dark blue) or partial (orange), with a legend;
+    axes are query block (rows) and key block (columns). Uses matplotlib's Agg backend.
+
+    Args:
+        layout: the layout to draw.
+        path: output PNG path (overwritten).
+        max_heads: draw heads ``0 .. max_heads-1`` only (the title says so when it cuts).
+        title: figure title; default the spec and sizes.
+
+    Returns:
+        ``pathlib.Path`` of the written file.
+    """
+    import pathlib
+    import textwrap
+
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    bm = layout.block_mask()
+    nh = min(layout.num_heads, max(1, max_heads))
+    ncol = min(nh, 4)
+    nrow = -(-nh // ncol)
+    fig, axes = plt.subplots(
+        nrow, ncol, figsize=(max(6.0, 3.6 * ncol), 3.6 * nrow + 1.5), squeeze=False
+    )
+    cmap = ListedColormap(["#ffffff", "#1f3b73", "#f39c12"])
+    for h in range(nrow * ncol):
+        ax = axes[h // ncol][h % ncol]
+        if h >= nh:
+            ax.axis("off")
+            continue
+        ax.imshow(bm[h], cmap=cmap, vmin=0, vmax=2, interpolation="nearest")
+        ax.set_title(f"head {h}", fontsize=9)
+        ax.set_xlabel("key block", fontsize=8)
+        ax.set_ylabel("query block", fontsize=8)
+        ax.tick_params(labelsize=7)
+    st = layout.stats()
+    spec = st["spec"] if len(st["spec"]) <= 300 else st["spec"][:297] + "..."
+    spec = "\n".join(textwrap.wrap(spec, width=int(14 * max(6.0, 3.6 * ncol))))
+    head_note = f" (first {nh} of {layout.num_heads} heads)" if nh < layout.num_heads else ""
+    fig.suptitle(
+        title
+        or f"{spec}\nS={st['seq_len']} block={st['block_size']} "
+        f"density tokens={st['density_tokens']:.4f} blocks={st['density_blocks']:.4f}{head_note}",
+        fontsize=9,
+    )
+    fig.legend(
+        handles=[
+            Patch(facecolor="#1f3b73", label=f"full ({st['full_blocks']})"),
+            Patch(facecolor="#f39c12", label=f"partial ({st['partial_blocks']})"),
+            Patch(facecolor="#ffffff", edgecolor="#888888", label="empty"),
+        ],
+        loc="lower center",
+        bbox_to_anchor=(0.5, 0.0),
+        ncol=3,
+        fontsize=8,
+    )
+    fig.tight_layout(rect=(0, 0.1, 1, 0.92))
+    out = pathlib.Path(path)
+    fig.savefig(out, format="png", dpi=110)
+    plt.close(fig)
+    return out

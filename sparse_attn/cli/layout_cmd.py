@@ -1,0 +1,131 @@
+"""``sparse-attn layout SPEC --seq-len S --block-size B ...`` (SPEC section 3). Thin wrapper."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from sparse_attn.errors import InvalidInputError
+
+#: Largest ``H * S * S`` (bytes of the boolean mask) ``--save-mask`` writes: 2 GiB.
+MAX_MASK_BYTES = 2 * 2**30
+
+
+def _help_epilog() -> str:
+    from sparse_attn.patterns import ATOMS, PRESETS
+
+    lines = ["\b", "Atoms (V(i, j): key j visible from query i; positions 0-based):"]
+    for a in ATOMS.values():
+        lines.append(f"  {a.usage():44s} {a.formula}")
+    lines += ["  causal" + " " * 39 + "modifier: intersect the union with j <= i", ""]
+    lines += ["\b", "Presets (name or name(param=value, ...); defaults shown):"]
+    for p in PRESETS.values():
+        lines.append(f"  {p.defaults()}")
+        lines.append(f"      {p.summary}")
+        lines.append(f"      = {p()}")
+    lines += [
+        "",
+        "\b",
+        "Examples:",
+        "  sparse-attn layout 'band(w=256) | global(n=64)' --seq-len 8192 --block-size 64",
+        "  sparse-attn layout bigbird --seq-len 4096 --block-size 64 --json",
+        "  sparse-attn layout 'sliding_window(w=512)' --seq-len 2048 --block-size 64 --plot sw.png",
+    ]
+    return "\n".join(lines)
+
+
+class _LazyEpilogCommand(click.Command):
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        self.epilog = _help_epilog()
+        super().format_epilog(ctx, formatter)
+
+
+@click.command(
+    "layout",
+    cls=_LazyEpilogCommand,
+    context_settings={"max_content_width": 120},
+)
+@click.argument("spec")
+@click.option("--seq-len", "seq_len", type=int, required=True, help="Sequence length S (tokens).")
+@click.option(
+    "--block-size", "block_size", type=int, required=True, help="Kernel block size B (tokens)."
+)
+@click.option("--num-heads", "num_heads", type=int, default=1, show_default=True)
+@click.option("--causal", is_flag=True, help="Intersect with j <= i (same as '| causal').")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the statistics.")
+@click.option(
+    "--save-mask",
+    "save_mask",
+    type=click.Path(dir_okay=False),
+    help="Write the boolean token mask [H, S, S] with numpy.save.",
+)
+@click.option(
+    "--plot",
+    "plot",
+    type=click.Path(dir_okay=False),
+    help="Write a PNG heatmap of the block layout per head (full / partial / empty).",
+)
+def command(spec, seq_len, block_size, num_heads, causal, as_json, save_mask, plot):
+    """Compile pattern SPEC to a block layout; print statistics, save the mask, plot it.
+
+    SPEC is a spec string such as 'band(w=256) | global(n=64) | causal' or a preset name with
+    optional overrides such as 'bigbird(r=2)'. The expanded spec is printed.
+    """
+    from sparse_attn.layout import compile_layout, plot_layout
+    from sparse_attn.patterns import parse_pattern
+
+    for name, v in (
+        ("--seq-len", seq_len),
+        ("--block-size", block_size),
+        ("--num-heads", num_heads),
+    ):
+        if v < 1:
+            raise InvalidInputError(f"{name} must be >= 1, got {v}")
+    pattern = parse_pattern(spec)
+    if save_mask is not None:
+        need = num_heads * seq_len * seq_len
+        if need > MAX_MASK_BYTES:
+            raise InvalidInputError(
+                f"--save-mask would write a {need / 2**30:.1f} GiB mask (H*S*S bytes) and needs as "
+                f"much memory; the limit is {MAX_MASK_BYTES / 2**30:.0f} GiB: use a shorter "
+                "--seq-len or fewer --num-heads"
+            )
+    layout = compile_layout(pattern, seq_len, block_size, num_heads=num_heads, causal=causal)
+    st = layout.stats()
+    st["preset"] = pattern.name
+    if save_mask is not None:
+        import numpy as np
+
+        with open(save_mask, "wb") as f:
+            np.save(f, layout.token_mask())
+        st["mask_file"] = str(save_mask)
+    if plot is not None:
+        plot_layout(layout, plot)
+        st["plot_file"] = str(plot)
+    if as_json:
+        click.echo(json.dumps(st))
+        return
+    _print_summary(st)
+
+
+def _print_summary(st: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="sparse-attn layout", show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    if st.get("preset"):
+        table.add_row("preset", st["preset"])
+    table.add_row("spec", st["spec"])
+    for k in ("seq_len", "block_size", "num_heads", "num_blocks"):
+        table.add_row(k, str(st[k]))
+    table.add_row("density_tokens", f"{st['density_tokens']:.6f}")
+    table.add_row("density_blocks", f"{st['density_blocks']:.6f}")
+    for k in ("full_blocks", "partial_blocks", "num_masks", "causal", "requires_static_seq_len"):
+        table.add_row(k, str(st[k]))
+    for k in ("mask_file", "plot_file"):
+        if k in st:
+            table.add_row(k, st[k])
+    Console(width=120).print(table)
