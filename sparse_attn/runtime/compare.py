@@ -25,8 +25,10 @@ Polygraphy's comparator (per-output tolerances, error statistics, worst element)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -295,7 +297,8 @@ def save_polygraphy_outputs(
     results.append((runner_name, [it]))
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    results.save(str(p))
+    with contextlib.redirect_stdout(sys.stderr):
+        results.save(str(p))
     return p
 
 
@@ -304,7 +307,8 @@ def save_polygraphy_inputs(feeds: Mapping[str, np.ndarray], path: str | os.PathL
     _, _, save_json = _polygraphy()
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    save_json([{k: np.asarray(v) for k, v in feeds.items()}], str(p))
+    with contextlib.redirect_stdout(sys.stderr):
+        save_json([{k: np.asarray(v) for k, v in feeds.items()}], str(p))
     return p
 
 
@@ -319,8 +323,11 @@ def _polygraphy():
     from sparse_attn.errors import UnsupportedEnvironmentError
 
     try:
-        from polygraphy.comparator import IterationResult, RunResults
-        from polygraphy.json import save_json
+        # Polygraphy logs to stdout (e.g. about the optional 'colored' module); keep stdout for
+        # the command's own output (``check --json``).
+        with contextlib.redirect_stdout(sys.stderr):
+            from polygraphy.comparator import IterationResult, RunResults
+            from polygraphy.json import save_json
     except ImportError as exc:
         raise UnsupportedEnvironmentError(
             "polygraphy is not installed; `pip install polygraphy` to use --save-outputs"

@@ -131,6 +131,21 @@ class TextEncoder:
         Warns:
             TextTruncatedWarning: for each text cut at ``max_seq_len`` tokens.
         """
+        feeds, lengths, truncated = self.encode_detailed(texts, input_specs)
+        for i, cut in enumerate(truncated):
+            if cut:
+                warnings.warn(
+                    f"text {i} has more than {self.max_seq_len} tokens (the model's max_seq_len) "
+                    f"and was cut to {self.max_seq_len}",
+                    TextTruncatedWarning,
+                    stacklevel=2,
+                )
+        return feeds, lengths
+
+    def encode_detailed(
+        self, texts: Sequence[str], input_specs: Sequence[TensorSpec] | None = None
+    ) -> tuple[dict[str, np.ndarray], list[int], list[bool]]:
+        """Like :meth:`encode` without warnings; also returns which texts were truncated."""
         if isinstance(texts, str):
             texts = [texts]
         texts = list(texts)
@@ -140,14 +155,7 @@ class TextEncoder:
             if not isinstance(t, str):
                 raise InvalidInputError(f"text {i} is a {type(t).__name__}, expected a string")
         encs = self.tokenizer.encode_batch(texts)
-        for i, e in enumerate(encs):
-            if e.overflowing:
-                warnings.warn(
-                    f"text {i} has more than {self.max_seq_len} tokens (the model's max_seq_len) "
-                    f"and was cut to {self.max_seq_len}",
-                    TextTruncatedWarning,
-                    stacklevel=2,
-                )
+        truncated = [bool(e.overflowing) for e in encs]
         lengths = [len(e.ids) for e in encs]
         s = self.max_seq_len if self.pad_to_max else max(lengths)
         b = len(texts)
@@ -163,7 +171,7 @@ class TextEncoder:
         if input_specs is not None:
             names = {s.name: s for s in input_specs}
             feeds = {k: v.astype(names[k].dtype) for k, v in feeds.items() if k in names}
-        return feeds, lengths
+        return feeds, lengths, truncated
 
 
 def mean_pool(hidden: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:

@@ -1,0 +1,75 @@
+"""``sparse-attn check MODEL [--backend B] [--json] [--save-outputs F]`` (SPEC section 3).
+
+Runs the backend and the PyTorch reference (the eager model rebuilt from the file's
+metadata) on the same inputs and reports, per output, max abs/rel error, mismatch fraction,
+cosine similarity, the worst element and the per-dtype tolerance (see
+:mod:`sparse_attn.runtime.compare`). Exit code 0 when every output passes, 1 (one stderr line) when one fails,
+2 for bad input.
+
+``--save-outputs F`` writes the reference outputs as Polygraphy ``RunResults`` JSON and the
+inputs next to it (``F`` with ``.inputs.json``), so Polygraphy can check the model itself::
+
+    polygraphy run MODEL.onnx --onnxrt --load-inputs F.inputs.json --load-outputs F
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from sparse_attn.errors import SparseAttnError
+from sparse_attn.runtime.runtime import BACKENDS
+
+
+@click.command("check")
+@click.argument("model", type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "--backend",
+    type=click.Choice(BACKENDS),
+    default="auto",
+    show_default=True,
+    help="Backend under test (auto: ONNX Runtime for .onnx, TensorRT for an engine).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option(
+    "--save-outputs",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write the reference outputs in Polygraphy's JSON format (inputs to F.inputs.json).",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of random inputs.")
+def command(model, backend, as_json, save_outputs, seed):
+    """Check MODEL's accuracy on BACKEND against the PyTorch reference."""
+    from sparse_attn.runtime.compare import (
+        check_model,
+        dumps,
+        format_report,
+        polygraphy_inputs_path,
+        save_polygraphy_inputs,
+        save_polygraphy_outputs,
+    )
+
+    report, feeds, _, reference = check_model(model, backend, seed=seed)
+    if save_outputs is not None:
+        out_path = save_polygraphy_outputs(reference, save_outputs)
+        in_path = save_polygraphy_inputs(feeds, polygraphy_inputs_path(save_outputs))
+        tol = next(iter(report["outputs"].values()), {}).get("tolerance", {})
+        report["saved_outputs"] = str(out_path)
+        report["saved_inputs"] = str(in_path)
+        report["polygraphy_command"] = (
+            f"polygraphy run {model} --onnxrt --load-inputs {in_path} --load-outputs {out_path}"
+            + (f" --atol {tol['atol']:g} --rtol {tol['rtol']:g}" if tol else "")
+        )
+    if as_json:
+        click.echo(dumps(report))
+    else:
+        click.echo(format_report(report))
+        if save_outputs is not None:
+            click.echo(f"reference outputs: {report['saved_outputs']}")
+            click.echo(f"compare with: {report['polygraphy_command']}")
+    if not report["passed"]:
+        failed = [k for k, v in report["outputs"].items() if not v.get("passed")]
+        raise SparseAttnError(
+            f"accuracy check failed: output(s) {failed} of {model} on {report['backend']} are "
+            f"outside the {report['dtype']} tolerance of the PyTorch reference"
+        )
