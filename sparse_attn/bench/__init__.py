@@ -1,0 +1,270 @@
+"""``sparse-attn bench``: sparse attention measured side by side with the alternatives.
+
+Three suites (see ``docs/bench.md`` for every definition):
+
+* ``attention`` (:mod:`sparse_attn.bench.attention`): one attention call, fp32,
+  ``[B, H, S, D]``, for each pattern and S, ours (torch backend, exported op in ONNX
+  Runtime) against SDPA (dense, causal, boolean mask), compiled FlexAttention and ONNX
+  Runtime (dense graph, MultiHeadAttention, SparseAttention).
+* ``model`` (:mod:`sparse_attn.bench.model`): whole encoders in ONNX Runtime, our sparse
+  export against a dense export.
+* ``layout`` (:mod:`sparse_attn.bench.layout_suite`): layout compile time and memory at
+  S = 65,536.
+
+:func:`run_bench` returns one JSON-serialisable dict (schema
+:data:`sparse_attn.bench.report.SCHEMA`) and writes ``bench.json``, ``bench.md`` and
+``attention_time_vs_S.png`` into the output folder. Nothing here asserts a timing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from sparse_attn.bench.attention import (
+    DEFAULT_IMPLS,
+    DEFAULT_PATTERNS,
+    DEFAULT_SIZES,
+    REFERENCE_SPEC,
+    TimingPolicy,
+)
+
+SUITES = ("attention", "model", "layout")
+
+
+@dataclass
+class BenchConfig:
+    """Everything a run depends on. ``full()`` and ``quick()`` are the two presets.
+
+    Attributes:
+        sizes: sequence lengths S of the attention suite (tokens).
+        patterns: ``(spec, causal)`` pairs of the attention suite.
+        impls: implementation names (:data:`sparse_attn.bench.impls.IMPLS`).
+        num_heads, head_dim, block_size, batch: attention problem shape and layout block.
+        threads: torch and ONNX Runtime intra-op threads.
+        policy: warm-up / repeats per attention cell.
+        max_cell_gib: attention cells estimated above this are n/a.
+        suites: which of ``SUITES`` run.
+        minilm_seq_len, long_seq_len, long_layers, model_repeats: model suite sizes.
+        layout_seq_len, layout_patterns: layout suite.
+        gemm_n: size of the square matmul measuring the fp32 GEMM ceiling.
+    """
+
+    sizes: tuple[int, ...] = DEFAULT_SIZES
+    patterns: tuple[tuple[str, bool], ...] = DEFAULT_PATTERNS
+    impls: tuple[str, ...] = DEFAULT_IMPLS
+    num_heads: int = 8
+    head_dim: int = 64
+    block_size: int = 64
+    batch: int = 1
+    threads: int = 2
+    policy: TimingPolicy = field(default_factory=TimingPolicy)
+    max_cell_gib: float = 6.0
+    suites: tuple[str, ...] = SUITES
+    minilm_seq_len: int = 512
+    long_seq_len: int = 4096
+    long_layers: int = 2
+    model_repeats: int = 3
+    layout_seq_len: int = 65536
+    layout_patterns: tuple[str, ...] = tuple(p for p, _ in DEFAULT_PATTERNS)
+    gemm_n: int = 2048
+    quick: bool = False
+
+    @classmethod
+    def full(cls) -> BenchConfig:
+        """The full run of issue 6 (about 15-25 minutes on 2 idle cores)."""
+        return cls()
+
+    @classmethod
+    def quick_config(cls) -> BenchConfig:
+        """Smoke run in under 2 minutes: S=1024, two patterns, few repeats, small models."""
+        return cls(
+            sizes=(1024,),
+            patterns=((REFERENCE_SPEC, False), ("sliding_window(w=256)", False)),
+            policy=TimingPolicy(warmup=1, min_repeats=2, max_repeats=5, budget_s=0.3),
+            minilm_seq_len=128,
+            long_seq_len=512,
+            long_layers=1,
+            model_repeats=2,
+            layout_seq_len=8192,
+            layout_patterns=(REFERENCE_SPEC, "sliding_window"),
+            gemm_n=1024,
+            quick=True,
+            suites=("attention", "layout"),
+        )
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["patterns"] = [list(p) for p in self.patterns]
+        return d
+
+
+def estimate_duration_s(cfg: BenchConfig, gemm_gflops: float = 150.0) -> float:
+    """Rough wall-clock estimate of a run on idle cores (seconds), printed before it starts.
+
+    Model: dense-work cells run at 50 % of the GEMM rate, masked SDPA at 35 %, pattern
+    cells do ``density`` (assumed 0.25) of the dense work at 25 % of the GEMM rate;
+    ``warmup + clamp(budget / t)`` calls each; plus 8 s of compilation per FlexAttention
+    cell and 15 s of export per exported cell; models and layouts as measured once.
+    """
+    from sparse_attn.bench.impls import IMPLS
+
+    rate = max(gemm_gflops, 1.0) * 1e9
+    pol = cfg.policy
+    total = 0.0
+    for s in cfg.sizes if "attention" in cfg.suites else ():
+        dense = 4.0 * cfg.batch * cfg.num_heads * s * s * cfg.head_dim
+        for i, (_spec, _causal) in enumerate(cfg.patterns):
+            for name in cfg.impls:
+                impl = IMPLS[name]
+                if impl.pattern_independent and i > 0:
+                    continue
+                if impl.causal_only:
+                    continue
+                if impl.computes == "dense":
+                    t = dense / (0.5 * rate)
+                elif name == "sdpa_mask":
+                    t = dense / (0.35 * rate)
+                else:
+                    t = dense * 0.25 / (0.25 * rate)
+                calls = pol.warmup + min(
+                    pol.max_repeats, max(pol.min_repeats, math.ceil(pol.budget_s / t))
+                )
+                total += calls * t
+                if name == "flex_compiled":
+                    total += 8.0
+                if name == "ours_onnx_ort":
+                    total += 15.0
+    if "model" in cfg.suites:
+        total += 60.0 if cfg.quick else 240.0 + 60.0 * cfg.long_layers
+    if "layout" in cfg.suites:
+        total += 5.0 * len(cfg.layout_patterns)
+    return total
+
+
+def run_bench(
+    cfg: BenchConfig, out_dir: Path, *, log: Callable[[str], None] = print, plot: bool = True
+) -> dict:
+    """Run the configured suites; write ``bench.json``, ``bench.md`` and the PNG plot.
+
+    Args:
+        cfg: what to run. out_dir: output folder (created; exported models go to
+            ``out_dir/models``). log: one-line progress messages. plot: write the PNG.
+
+    Returns:
+        The result dict written to ``bench.json`` (keys ``schema``, ``machine``, ``gemm``,
+        ``config``, ``attention``, ``model``, ``layout_compile``, ``targets``, ...).
+
+    Raises:
+        InvalidInputError: unknown suite or implementation names, non-positive sizes.
+    """
+    import torch
+
+    from sparse_attn.bench import report
+    from sparse_attn.bench.attention import run_attention_suite
+    from sparse_attn.bench.harness import PeakRSS, gemm_ceiling, machine_info
+    from sparse_attn.errors import InvalidInputError
+
+    bad = [s for s in cfg.suites if s not in SUITES]
+    if bad:
+        raise InvalidInputError(f"unknown suite(s) {bad}; choose from {', '.join(SUITES)}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    workdir = out_dir / "models"
+    t_start = time.perf_counter()
+    os.environ.setdefault("OMP_NUM_THREADS", str(cfg.threads))
+    torch.set_num_threads(cfg.threads)
+    result: dict = {
+        "schema": report.SCHEMA,
+        "quick": cfg.quick,
+        "threads": cfg.threads,
+        "config": cfg.as_dict(),
+        "machine": machine_info(),
+        "memory_method": PeakRSS.method,
+    }
+    gemm = gemm_ceiling(cfg.gemm_n)
+    result["gemm"] = gemm
+    log(
+        f"fp32 GEMM ceiling: {gemm['gflops']:.1f} GFLOP/s (torch.mm {cfg.gemm_n}^2, "
+        f"{gemm['threads']} threads); load average {result['machine']['loadavg_start']}"
+    )
+    est = estimate_duration_s(cfg, gemm["gflops"])
+    result["expected_duration_s"] = est
+    log(f"expected duration: about {est / 60:.1f} min on idle cores (longer under load)")
+    if "attention" in cfg.suites:
+        result["attention"] = run_attention_suite(
+            sizes=cfg.sizes,
+            patterns=cfg.patterns,
+            impls=cfg.impls,
+            num_heads=cfg.num_heads,
+            head_dim=cfg.head_dim,
+            block_size=cfg.block_size,
+            batch=cfg.batch,
+            policy=cfg.policy,
+            max_cell_gib=cfg.max_cell_gib,
+            threads=cfg.threads,
+            workdir=workdir,
+            gemm_gflops=gemm["gflops"],
+            log=log,
+        )
+        result["targets"] = report.targets_check(result)
+    else:
+        result["attention"] = {"cells": [], "reason": "suite not selected"}
+    if "model" in cfg.suites:
+        from sparse_attn.bench.model import run_model_suite
+
+        result["model"] = run_model_suite(
+            workdir=workdir,
+            minilm_seq_len=cfg.minilm_seq_len,
+            long_seq_len=cfg.long_seq_len,
+            long_layers=cfg.long_layers,
+            threads=cfg.threads,
+            min_repeats=cfg.model_repeats,
+            max_repeats=max(cfg.model_repeats, 5),
+            budget_s=cfg.policy.budget_s,
+            log=log,
+        )
+    else:
+        result["model"] = {
+            "cells": [],
+            "reason": "suite not selected (--quick skips it)"
+            if cfg.quick
+            else "suite not selected",
+        }
+    if "layout" in cfg.suites:
+        from sparse_attn.bench.layout_suite import run_layout_suite
+
+        result["layout_compile"] = run_layout_suite(
+            patterns=cfg.layout_patterns,
+            seq_len=cfg.layout_seq_len,
+            block_size=cfg.block_size,
+            num_heads=cfg.num_heads,
+            log=log,
+        )
+    else:
+        result["layout_compile"] = {"cells": [], "reason": "suite not selected"}
+    result["loadavg_end"] = list(os.getloadavg())
+    result["duration_s"] = time.perf_counter() - t_start
+    result["plot"] = None
+    if plot:
+        png = report.plot(result, out_dir / "attention_time_vs_S.png")
+        result["plot"] = str(png) if png else None
+    (out_dir / "bench.json").write_text(json.dumps(result, indent=1, default=_json_default))
+    (out_dir / "bench.md").write_text(report.markdown_report(result))
+    return result
+
+
+def _json_default(o):
+    if hasattr(o, "item"):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+__all__ = ["SUITES", "BenchConfig", "estimate_duration_s", "run_bench"]

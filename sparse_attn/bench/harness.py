@@ -1,0 +1,242 @@
+"""Measurement primitives of ``sparse-attn bench``: timing, peak memory, machine facts.
+
+Everything here is implementation-agnostic: a benchmark cell hands over a zero-argument
+callable, the harness warms it up, times repeated calls with :func:`time.perf_counter`
+(wall clock, milliseconds) and watches the process' resident memory.
+
+Peak memory: Linux keeps the high-water mark of the resident set size (``VmHWM`` in
+``/proc/self/status``); writing ``5`` to ``/proc/self/clear_refs`` resets it to the
+current RSS. :class:`PeakRSS` resets it (after ``malloc_trim``) before a cell and reads it
+after, so a cell's figure is *the peak resident memory of the whole process during the
+cell, minus the resident memory at its start*, in MiB. It covers every allocator (PyTorch,
+ONNX Runtime, NumPy) alike; memory an allocator kept resident from an earlier cell and
+reused is not counted, so it is a lower bound of what the cell needs on its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import math
+import os
+import platform
+import statistics
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+
+class NotAvailable(Exception):
+    """A benchmark cell that cannot run here; ``str(exc)`` is the reason shown as ``n/a (...)``."""
+
+
+# ---------------------------------------------------------------------------- timing
+@dataclass
+class Timing:
+    """Wall-clock statistics of repeated calls, in milliseconds.
+
+    Attributes:
+        median_ms, q1_ms, q3_ms, min_ms, max_ms: statistics over the timed repeats.
+        repeats: number of timed calls; warmup: untimed calls before them (the first one
+            included, whose time is ``first_call_ms``: it contains compilation, if any).
+        times_ms: every timed call.
+    """
+
+    median_ms: float
+    q1_ms: float
+    q3_ms: float
+    min_ms: float
+    max_ms: float
+    repeats: int
+    warmup: int
+    first_call_ms: float
+    times_ms: list[float] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _quantile(xs: list[float], q: float) -> float:
+    """Linear-interpolation quantile of ``xs`` (sorted or not), ``0 <= q <= 1``."""
+    s = sorted(xs)
+    if len(s) == 1:
+        return s[0]
+    pos = q * (len(s) - 1)
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
+def time_callable(
+    fn: Callable[[], object],
+    *,
+    warmup: int = 1,
+    min_repeats: int = 3,
+    max_repeats: int = 20,
+    budget_s: float = 2.0,
+) -> tuple[Timing, object]:
+    """Warm up and time ``fn()``; returns the statistics and the first call's result.
+
+    The number of timed repeats adapts to the cost of a call: ``ceil(budget_s / t)`` where
+    ``t`` is the last warm-up time, clamped to ``[min_repeats, max_repeats]``.
+
+    Args:
+        fn: zero-argument callable running one complete forward of the cell.
+        warmup: untimed calls before timing (>= 1; the first compiles lazily-compiled code).
+        min_repeats, max_repeats: bounds of the number of timed calls (>= 1).
+        budget_s: wall-clock seconds the timed calls should take in total.
+
+    Raises:
+        ValueError: on ``warmup < 1`` or ``min_repeats < 1`` or ``max_repeats < min_repeats``.
+    """
+    if warmup < 1 or min_repeats < 1 or max_repeats < min_repeats:
+        raise ValueError(
+            f"need warmup >= 1 and 1 <= min_repeats <= max_repeats, got warmup={warmup}, "
+            f"min_repeats={min_repeats}, max_repeats={max_repeats}"
+        )
+    t0 = time.perf_counter()
+    result = fn()
+    first = time.perf_counter() - t0
+    last = first
+    for _ in range(warmup - 1):
+        t0 = time.perf_counter()
+        fn()
+        last = time.perf_counter() - t0
+    n = int(min(max_repeats, max(min_repeats, math.ceil(budget_s / max(last, 1e-6)))))
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return (
+        Timing(
+            median_ms=statistics.median(times),
+            q1_ms=_quantile(times, 0.25),
+            q3_ms=_quantile(times, 0.75),
+            min_ms=min(times),
+            max_ms=max(times),
+            repeats=n,
+            warmup=warmup,
+            first_call_ms=first * 1e3,
+            times_ms=[round(t, 4) for t in times],
+        ),
+        result,
+    )
+
+
+# ---------------------------------------------------------------------------- memory
+def _status_kib(key: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def mem_available_bytes() -> int | None:
+    """``MemAvailable`` of ``/proc/meminfo`` in bytes, or None where unreadable."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def _malloc_trim() -> None:
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+class PeakRSS:
+    """Context manager measuring the peak RSS increase of this process, in MiB.
+
+    ``peak_mib`` is None when the platform does not allow resetting the high-water mark
+    (non-Linux, or ``/proc/self/clear_refs`` not writable); ``method`` says which.
+    """
+
+    method = "VmHWM after /proc/self/clear_refs reset, minus VmRSS at start (MiB)"
+
+    def __init__(self) -> None:
+        self.peak_mib: float | None = None
+        self._base: int | None = None
+
+    def __enter__(self) -> PeakRSS:
+        _malloc_trim()
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+        except OSError:
+            self._base = None
+            return self
+        self._base = _status_kib("VmRSS")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._base is None:
+            return
+        hwm = _status_kib("VmHWM")
+        if hwm is not None:
+            self.peak_mib = max(0.0, (hwm - self._base) / 1024.0)
+
+
+# ---------------------------------------------------------------------------- machine
+def machine_info() -> dict:
+    """Facts about the machine and software that a timing depends on (JSON-serialisable)."""
+    info: dict = {
+        "hostname": platform.node(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "loadavg_start": list(os.getloadavg()),
+        "mem_available_gib": round((mem_available_bytes() or 0) / 2**30, 2),
+        "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu_model"] = line.split(":", 1)[1].strip()
+                break
+    for mod in ("torch", "onnx", "onnxruntime", "numpy"):
+        try:
+            info[f"{mod}_version"] = __import__(mod).__version__
+        except Exception:  # noqa: BLE001 - absent package is a fact, not an error
+            info[f"{mod}_version"] = None
+    with contextlib.suppress(Exception):
+        info["git_commit"] = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        ).stdout.strip()
+    return info
+
+
+def gemm_ceiling(n: int = 2048, repeats: int = 5) -> dict:
+    """Measured fp32 matrix-multiply rate of this machine: ``torch.mm`` of two ``[n, n]``.
+
+    Returns:
+        dict with ``n``, ``median_ms``, ``gflops`` (``2 n^3 / median``, 1e9 flop/s), and
+        ``threads`` (``torch.get_num_threads()``).
+    """
+    import torch
+
+    a = torch.randn(n, n, dtype=torch.float32)
+    b = torch.randn(n, n, dtype=torch.float32)
+    timing, _ = time_callable(
+        lambda: torch.mm(a, b), warmup=2, min_repeats=repeats, max_repeats=repeats
+    )
+    return {
+        "n": n,
+        "median_ms": timing.median_ms,
+        "gflops": 2.0 * n**3 / (timing.median_ms * 1e-3) / 1e9,
+        "threads": torch.get_num_threads(),
+    }

@@ -1,0 +1,154 @@
+"""``sparse-attn bench [--quick] [--out DIR] [...] [--json]``: benchmarks against the alternatives.
+
+Thin: parses options into a :class:`sparse_attn.bench.BenchConfig`, calls
+:func:`sparse_attn.bench.run_bench`, prints the markdown report (or the JSON with
+``--json``). Progress lines go to stderr so that stdout stays machine-readable.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import click
+
+from sparse_attn.errors import InvalidInputError
+
+
+def _int_list(name: str, text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        vals = tuple(int(x) for x in text.replace(" ", "").split(",") if x)
+    except ValueError as exc:
+        raise InvalidInputError(
+            f"--{name} must be a comma-separated list of integers, got {text!r}"
+        ) from exc
+    if not vals or min(vals) < 1:
+        raise InvalidInputError(f"--{name} needs integers >= 1, got {text!r}")
+    return vals
+
+
+def _name_list(name: str, text: str | None, known) -> tuple[str, ...] | None:
+    if text is None:
+        return None
+    vals = tuple(x.strip() for x in text.split(",") if x.strip())
+    bad = [v for v in vals if v not in known]
+    if bad or not vals:
+        raise InvalidInputError(
+            f"--{name}: unknown name(s) {bad or [text]}; choose from {', '.join(known)}"
+        )
+    return vals
+
+
+@click.command("bench")
+@click.option("--quick", is_flag=True, help="Smoke run in under 2 minutes (S=1024, few repeats).")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("artifacts/bench"),
+    show_default=True,
+    help="Output folder: bench.json, bench.md, attention_time_vs_S.png, models/.",
+)
+@click.option("--sizes", help="Comma-separated sequence lengths (default 1024,...,16384).")
+@click.option(
+    "--pattern",
+    "patterns",
+    multiple=True,
+    help="Pattern spec or preset (repeatable); default: the reference config and 4 presets.",
+)
+@click.option("--causal", is_flag=True, help="Apply the causal modifier to every --pattern.")
+@click.option("--impls", help="Comma-separated implementations (default: all).")
+@click.option("--suites", help="Comma-separated suites: attention,model,layout (default: all).")
+@click.option("--num-heads", type=int, help="Heads H (default 8).")
+@click.option("--head-dim", type=int, help="Head dim D (default 64).")
+@click.option("--block-size", type=int, help="Layout block size (default 64).")
+@click.option("--threads", type=int, help="Intra-op threads of torch and ORT (default 2).")
+@click.option("--max-cell-gib", type=float, help="Skip cells estimated above this (default 6).")
+@click.option("--repeats", type=int, help="Minimum timed repeats per cell (default 3; quick 2).")
+@click.option("--long-layers", type=int, help="Layers of the long encoder (default 2).")
+@click.option("--no-plot", is_flag=True, help="Do not write the PNG plot.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result JSON instead of markdown.")
+def command(
+    quick,
+    out_dir,
+    sizes,
+    patterns,
+    causal,
+    impls,
+    suites,
+    num_heads,
+    head_dim,
+    block_size,
+    threads,
+    max_cell_gib,
+    repeats,
+    long_layers,
+    no_plot,
+    as_json,
+):
+    """Benchmark sparse attention against SDPA, FlexAttention and ONNX Runtime.
+
+    Prints a markdown table (median ms, spread, speedup over dense SDPA, fraction of the
+    ideal, GFLOP/s against the measured GEMM ceiling, peak memory) and writes JSON,
+    markdown and a log-log plot of time against S to --out. Timings depend on the load of
+    the machine: the load average is recorded in the JSON.
+    """
+    from sparse_attn.bench import SUITES, BenchConfig, run_bench
+    from sparse_attn.bench.impls import IMPLS
+
+    cfg = BenchConfig.quick_config() if quick else BenchConfig.full()
+    upd: dict = {}
+    if (s := _int_list("sizes", sizes)) is not None:
+        upd["sizes"] = s
+    if patterns:
+        upd["patterns"] = tuple((p, bool(causal)) for p in patterns)
+        upd["layout_patterns"] = tuple(patterns)
+    elif causal:
+        raise InvalidInputError("--causal applies to --pattern; give at least one --pattern")
+    if (i := _name_list("impls", impls, list(IMPLS))) is not None:
+        upd["impls"] = i
+    if (su := _name_list("suites", suites, SUITES)) is not None:
+        upd["suites"] = su
+    for key, val in (
+        ("num_heads", num_heads),
+        ("head_dim", head_dim),
+        ("block_size", block_size),
+        ("threads", threads),
+        ("long_layers", long_layers),
+    ):
+        if val is not None:
+            if val < 1:
+                raise InvalidInputError(f"--{key.replace('_', '-')} must be >= 1, got {val}")
+            upd[key] = val
+    if max_cell_gib is not None:
+        if max_cell_gib <= 0:
+            raise InvalidInputError(f"--max-cell-gib must be > 0, got {max_cell_gib}")
+        upd["max_cell_gib"] = max_cell_gib
+    cfg = replace(cfg, **upd)
+    if repeats is not None:
+        if repeats < 1:
+            raise InvalidInputError(f"--repeats must be >= 1, got {repeats}")
+        cfg = replace(
+            cfg,
+            policy=replace(
+                cfg.policy, min_repeats=repeats, max_repeats=max(repeats, cfg.policy.max_repeats)
+            ),
+        )
+
+    def log(msg: str) -> None:
+        click.echo(msg, err=True)
+
+    result = run_bench(cfg, out_dir, log=log, plot=not no_plot)
+    if as_json:
+        click.echo(json.dumps(result, default=str))
+    else:
+        from sparse_attn.bench.report import markdown_report
+
+        click.echo(markdown_report(result))
+        click.echo(
+            f"\nwrote {out_dir / 'bench.json'}, {out_dir / 'bench.md'}"
+            + (f", {result['plot']}" if result.get("plot") else "")
+        )
