@@ -1,0 +1,325 @@
+"""Compiled CPU kernel for block-sparse attention (a small PyTorch C++ extension).
+
+The kernel (``csrc/block_sparse_attn_cpu.cpp``) runs FlashAttention's online-softmax loop
+(Dao et al., NeurIPS 2022, Alg. 1) over the CSR row of each (batch, head, query block):
+consecutive stored key blocks are merged into runs, ``scale * Q K^T`` and ``P V`` are one
+SGEMM each per run (the BLAS inside libtorch_cpu), masking and the fp32 online softmax are
+vectorised C++ with runtime dispatch (AVX-512 / AVX2 / baseline x86-64 clones), and the
+work items are spread over ``torch.get_num_threads()`` threads.
+
+Public API:
+
+* :func:`is_available` -> ``bool``: the extension is built (or builds now) and loads. Never
+  raises; ``SPARSE_ATTN_DISABLE_CPU_EXT=1`` forces ``False``.
+* :func:`unavailable_reason` -> ``str | None``: why :func:`is_available` is ``False``.
+* :func:`build` compiles (if needed) and loads the extension; raises
+  :class:`~sparse_attn.errors.UnsupportedEnvironmentError` when it cannot.
+* :func:`attention_arrays` runs the kernel on layout arrays (same contract as
+  ``sparse_attn.kernels.torch_backend.attention_arrays``).
+
+Build: ``python -m sparse_attn.kernels.cpu_ext --build`` (run by ``make install``) compiles
+with ``torch.utils.cpp_extension.load`` into ``sparse_attn/kernels/build/cpu_ext-<tag>/``
+(``<tag>`` = torch version and ABI), or ``$SPARSE_ATTN_CPU_EXT_BUILD_DIR`` if set, or a user
+cache directory when the package directory is read-only. The build is cached and only redone
+when the source or torch changes; later imports just load the shared library.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+from sparse_attn.errors import InvalidInputError, UnsupportedEnvironmentError
+
+#: Backend-visible name of this kernel.
+NAME = "cpu_ext"
+#: Environment variable that, set to ``1``, makes :func:`is_available` return ``False``.
+DISABLE_ENV = "SPARSE_ATTN_DISABLE_CPU_EXT"
+#: Environment variable overriding the build directory.
+BUILD_DIR_ENV = "SPARSE_ATTN_CPU_EXT_BUILD_DIR"
+#: Input dtypes the kernel takes (computed in fp32; output in the query's dtype).
+SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+_CSRC = Path(__file__).resolve().parent / "csrc"
+_SOURCES = (_CSRC / "block_sparse_attn_cpu.cpp",)
+_EXT_NAME = "sparse_attn_cpu_ext"
+# Portable flags: no -march=native. The elementwise code carries its own AVX-512/AVX2
+# clones (GCC target_clones, chosen at load time); the GEMMs are MKL's runtime dispatch.
+_CFLAGS = ("-O3", "-fno-math-errno", "-Wno-unused-parameter")
+
+_lock = threading.Lock()
+_state: dict[str, object] = {}
+
+
+def _disabled() -> bool:
+    return os.environ.get(DISABLE_ENV, "").strip() not in ("", "0", "false", "False")
+
+
+def _tag() -> str:
+    ver = torch.__version__.replace("+", "_").replace(".", "_")
+    abi = int(getattr(torch._C, "_GLIBCXX_USE_CXX11_ABI", True))
+    return f"torch{ver}_abi{abi}_py{sys.version_info[0]}{sys.version_info[1]}"
+
+
+def build_directory() -> Path:
+    """Directory the extension is compiled into (created if needed).
+
+    Order: ``$SPARSE_ATTN_CPU_EXT_BUILD_DIR``; ``sparse_attn/kernels/build/cpu_ext-<tag>``
+    when the package directory is writable (a source checkout); else
+    ``$XDG_CACHE_HOME/sparse_attn/cpu_ext-<tag>`` (default ``~/.cache``).
+    """
+    env = os.environ.get(BUILD_DIR_ENV)
+    if env:
+        path = Path(env)
+    else:
+        pkg = Path(__file__).resolve().parent
+        if os.access(pkg, os.W_OK):
+            path = pkg / "build" / f"cpu_ext-{_tag()}"
+        else:
+            cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+            path = cache / "sparse_attn" / f"cpu_ext-{_tag()}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _ensure_ninja_on_path() -> None:
+    # torch.utils.cpp_extension runs `ninja --version` from PATH; a venv's bin directory is
+    # not on PATH when its python is called by full path.
+    bindir = str(Path(sys.executable).parent)
+    parts = os.environ.get("PATH", "").split(os.pathsep)
+    if bindir not in parts:
+        os.environ["PATH"] = os.pathsep.join([bindir, *parts])
+
+
+def _op_loaded() -> bool:
+    try:
+        return hasattr(torch.ops.sparse_attn_cpu, "attention_arrays")
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def build(verbose: bool = False) -> Path:
+    """Compile (if the cached build is stale or missing) and load the extension.
+
+    Safe to call from several processes at once (``torch.utils.cpp_extension`` locks the
+    build directory). Takes about 30-60 s the first time on 2 cores, well under 1 s after.
+
+    Args:
+        verbose: print the compiler command lines and output.
+
+    Returns:
+        The build directory holding the shared library.
+
+    Raises:
+        UnsupportedEnvironmentError: no C++ compiler / ninja, compile or load failure (the
+            message carries the first lines of the error).
+    """
+    with _lock:
+        if _state.get("loaded"):
+            return Path(str(_state["dir"]))
+        if _op_loaded():  # loaded by another path in this process
+            _state.update(loaded=True, dir=str(build_directory()))
+            return Path(str(_state["dir"]))
+        try:
+            from torch.utils import cpp_extension
+
+            _ensure_ninja_on_path()
+            bdir = build_directory()
+            cpp_extension.load(
+                name=_EXT_NAME,
+                sources=[str(s) for s in _SOURCES],
+                extra_cflags=list(_CFLAGS),
+                build_directory=str(bdir),
+                is_python_module=False,
+                verbose=verbose,
+            )
+        except Exception as exc:  # compiler missing, compile error, load error, ...
+            msg = " ".join(str(exc).split())[:400]
+            raise UnsupportedEnvironmentError(
+                f"cannot build the sparse_attn CPU extension ({type(exc).__name__}: {msg}); "
+                "install a C++ compiler (g++) and ninja (pip install ninja), or set "
+                f"{DISABLE_ENV}=1 to use the pure PyTorch path"
+            ) from exc
+        if not _op_loaded():
+            raise UnsupportedEnvironmentError(
+                "the sparse_attn CPU extension loaded but registered no "
+                "torch.ops.sparse_attn_cpu.attention_arrays; rebuild with "
+                "`python -m sparse_attn.kernels.cpu_ext --build --verbose`"
+            )
+        _state.update(loaded=True, dir=str(bdir))
+        return bdir
+
+
+def is_available() -> bool:
+    """Whether the compiled kernel can be used (builds it on first call if needed).
+
+    Returns ``False``, never raises, when the extension cannot be built or loaded, when the
+    platform is not Linux/macOS on x86-64 or arm64 with a C++ compiler, or when
+    ``SPARSE_ATTN_DISABLE_CPU_EXT=1``. The outcome of the first attempt is cached for the
+    process (the environment variable is read on every call).
+    """
+    if _disabled():
+        return False
+    if "error" in _state:
+        return False
+    try:
+        build()
+        return True
+    except Exception as exc:  # noqa: BLE001 - the contract is "False, never an exception"
+        _state["error"] = str(exc)
+        return False
+
+
+def unavailable_reason() -> str | None:
+    """Why :func:`is_available` is ``False`` (``None`` when it is available)."""
+    if _disabled():
+        return f"disabled by {DISABLE_ENV}=1"
+    if is_available():
+        return None
+    return str(_state.get("error", "unknown"))
+
+
+def not_supported_reasons(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    key_padding_mask: torch.Tensor | None = None,
+) -> list[str]:
+    """Reasons the kernel cannot take these tensors (empty list = it can).
+
+    Checks availability, device (CPU only), dtype (fp32 / fp16 / bf16, all three equal)
+    and that no input requires grad (inference only: no backward).
+    """
+    reasons: list[str] = []
+    if not is_available():
+        reasons.append(f"CPU extension unavailable: {unavailable_reason()}")
+    tensors = [("query", query), ("key", key), ("value", value)]
+    if key_padding_mask is not None:
+        tensors.append(("key_padding_mask", key_padding_mask))
+    for name, t in tensors:
+        if t.device.type != "cpu":
+            reasons.append(f"{name} is on {t.device}, the CPU extension needs CPU tensors")
+    if query.dtype not in SUPPORTED_DTYPES:
+        reasons.append(f"dtype {query.dtype} not in {[str(d) for d in SUPPORTED_DTYPES]}")
+    if key.dtype != query.dtype or value.dtype != query.dtype:
+        reasons.append(f"query/key/value dtypes differ ({query.dtype}, {key.dtype}, {value.dtype})")
+    if torch.is_grad_enabled() and any(t.requires_grad for _, t in tensors[:3]):
+        reasons.append("inputs require grad; the CPU extension has no backward")
+    return reasons
+
+
+def attention_arrays(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    row_ptr: torch.Tensor,
+    col_idx: torch.Tensor,
+    mask_idx: torch.Tensor,
+    masks: torch.Tensor,
+    key_padding_mask: torch.Tensor | None,
+    block_size: int,
+    scale: float,
+) -> torch.Tensor:
+    """Block-sparse attention on CPU from layout arrays (the compiled kernel).
+
+    Same semantics as ``sparse_attn.kernels.block_sparse_attention`` (SPEC sections 1-2):
+    ``softmax(scale * q k^T restricted to visible keys) v`` per (batch, head, query), with
+    softmax and accumulation in fp32.
+
+    Args:
+        query: ``[B, H, S, D]`` float32 / float16 / bfloat16, CPU.
+        key: ``[B, H, S, D]``, same dtype as ``query``.
+        value: ``[B, H, S, Dv]``, same dtype as ``query``.
+        row_ptr: ``int32 [H, nQB + 1]`` CSR row pointers of the FULL layout (its max
+            seq_len, ``nQB >= ceil(S / block_size)``).
+        col_idx: ``int32 [H, nnz]`` key-block index per stored tile.
+        mask_idx: ``int32 [H, nnz]``; -1 = full tile, ``k >= 0`` = partial tile ``masks[k]``.
+        masks: ``uint8 [M, block_size, block_size]`` (1 = visible), ``M >= 0``.
+        key_padding_mask: ``None`` or ``[B, S]`` (or ``[B, S' >= S]``, cropped) bool /
+            integer, True / nonzero = real token.
+        block_size: tokens per block side (>= 1).
+        scale: softmax scale applied to ``q . k`` (a finite float).
+
+    Returns:
+        ``[B, H, S, Dv]`` in ``query``'s dtype. Rows with no visible key are exactly 0;
+        masked keys (pattern, padding, keys >= S) never influence the output, even when
+        their K/V hold NaN or Inf. Key blocks ``>= ceil(S / block_size)`` are skipped.
+
+    Raises:
+        InvalidInputError: wrong ranks / shapes / dtypes / devices, or a malformed layout
+            (row_ptr not non-decreasing, col_idx or mask_idx out of range).
+        UnsupportedEnvironmentError: the extension is not available (see
+            :func:`unavailable_reason`).
+    """
+    for name, t in (("query", query), ("key", key), ("value", value)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 4:
+            shape = list(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise InvalidInputError(f"{name} must be a 4-D tensor [B, H, S, D], got {shape}")
+        if t.device.type != "cpu":
+            raise InvalidInputError(f"{name} is on {t.device}; the CPU kernel needs CPU tensors")
+        if t.dtype not in SUPPORTED_DTYPES:
+            raise InvalidInputError(
+                f"{name} has dtype {t.dtype}; the CPU kernel takes float32, float16 or bfloat16"
+            )
+    if key.dtype != query.dtype or value.dtype != query.dtype:
+        raise InvalidInputError(
+            f"query/key/value must share one dtype, got {query.dtype}, {key.dtype}, {value.dtype}"
+        )
+    if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 1:
+        raise InvalidInputError(f"block_size must be an int >= 1, got {block_size!r}")
+    scale = float(scale)
+    if not math.isfinite(scale):
+        raise InvalidInputError(f"scale must be finite, got {scale}")
+    for name, t in (("row_ptr", row_ptr), ("col_idx", col_idx), ("mask_idx", mask_idx)):
+        if not isinstance(t, torch.Tensor) or t.dtype != torch.int32 or t.dim() != 2:
+            got = (t.dtype, list(t.shape)) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise InvalidInputError(f"{name} must be a 2-D int32 tensor, got {got}")
+    if not isinstance(masks, torch.Tensor) or masks.dtype not in (torch.uint8, torch.bool):
+        raise InvalidInputError("masks must be a uint8 tensor [M, block_size, block_size]")
+    if key_padding_mask is not None and (
+        not isinstance(key_padding_mask, torch.Tensor) or key_padding_mask.device.type != "cpu"
+    ):
+        raise InvalidInputError("key_padding_mask must be None or a CPU tensor [B, S]")
+    build()  # raises UnsupportedEnvironmentError with the reason when it cannot
+    layout_arrays = [t.cpu() for t in (row_ptr, col_idx, mask_idx, masks)]
+    try:
+        return torch.ops.sparse_attn_cpu.attention_arrays(
+            query, key, value, *layout_arrays, key_padding_mask, block_size, scale
+        )
+    except ValueError as exc:  # TORCH_CHECK_VALUE in the kernel's argument checks
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+        raise InvalidInputError(f"CPU kernel rejected its inputs: {first}") from exc
+
+
+def _main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m sparse_attn.kernels.cpu_ext",
+        description="Build / check the sparse_attn compiled CPU kernel.",
+    )
+    parser.add_argument("--build", action="store_true", help="compile and load the extension")
+    parser.add_argument("--verbose", action="store_true", help="show compiler output")
+    args = parser.parse_args(argv)
+    if not args.build:
+        ok = is_available()
+        print(f"cpu_ext available: {ok}" + ("" if ok else f" ({unavailable_reason()})"))
+        return 0 if ok else 1
+    t0 = time.perf_counter()
+    try:
+        path = build(verbose=args.verbose)
+    except UnsupportedEnvironmentError as exc:
+        # Not fatal for an install: the torch backend falls back to pure PyTorch.
+        print(f"warning: {exc}", file=sys.stderr)
+        return 1
+    print(f"sparse_attn CPU extension ready in {path} ({time.perf_counter() - t0:.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())
