@@ -94,9 +94,10 @@ class Atom:
         known = {p.name: p for p in cls.params}
         for k in values:
             if k not in known:
-                raise PatternSyntaxError(
+                raise param_error(
                     f"unknown parameter {k!r} for {cls.name}(); "
-                    f"known parameters: {', '.join(known) or 'none'}"
+                    f"known parameters: {', '.join(known) or 'none'}",
+                    k,
                 )
         out = {}
         for p in cls.params:
@@ -166,7 +167,9 @@ class Atom:
 def _check_value(atom: str, p: Param, v):
     if p.kind == "choice":
         if v not in p.choices:
-            raise PatternSyntaxError(f"{atom}(): {p.name}={v} is not one of {', '.join(p.choices)}")
+            raise param_error(
+                f"{atom}(): {p.name}={v} is not one of {', '.join(p.choices)}", p.name
+            )
         return v
     if p.kind == "int_or_auto" and v == "auto":
         return v
@@ -174,8 +177,8 @@ def _check_value(atom: str, p: Param, v):
         if isinstance(v, (int, np.integer)):
             v = (int(v),)
         if not isinstance(v, (list, tuple)) or not v:
-            raise PatternSyntaxError(
-                f"{atom}(): {p.name} must be a non-empty list of ints like [0,5], got {v!r}"
+            raise param_error(
+                f"{atom}(): {p.name} must be a non-empty list of ints like [0,5], got {v!r}", p.name
             )
         vals = tuple(sorted({_as_int(atom, p, x) for x in v}))
         return vals
@@ -184,14 +187,22 @@ def _check_value(atom: str, p: Param, v):
 
 def _as_int(atom: str, p: Param, v) -> int:
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-        raise PatternSyntaxError(f"{atom}(): {p.name} must be an integer, got {v!r}")
+        raise param_error(f"{atom}(): {p.name} must be an integer, got {v!r}", p.name)
     v = int(v)
     if p.minimum is not None and v < p.minimum:
         what = "negative" if v < 0 else ("zero" if v == 0 else "too small")
-        raise PatternSyntaxError(
-            f"{atom}(): {p.name}={v} is {what}; it must be >= {p.minimum}{p.help and ' (' + p.help + ')'}"
+        raise param_error(
+            f"{atom}(): {p.name}={v} is {what}; it must be >= {p.minimum}{p.help and ' (' + p.help + ')'}",
+            p.name,
         )
     return v
+
+
+def param_error(message: str, param: str) -> PatternSyntaxError:
+    """A PatternSyntaxError about parameter ``param`` (the parser points at that token)."""
+    err = PatternSyntaxError(message)
+    err.param = param
+    return err
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -415,8 +426,8 @@ class Summary(_ColumnAtom):
     def __init__(self, **values) -> None:
         super().__init__(**values)
         if self.values["c"] > self.values["l"]:
-            raise PatternSyntaxError(
-                f"summary(): c={self.values['c']} must be <= l={self.values['l']}"
+            raise param_error(
+                f"summary(): c={self.values['c']} must be <= l={self.values['l']}", "c"
             )
 
     def column(self, j, ctx):

@@ -151,11 +151,7 @@ class _Parser:
         except PatternSyntaxError as exc:
             if hasattr(exc, "position"):
                 raise
-            bad = t
-            for pname, ptok in positions.items():
-                if f"{pname!r}" in str(exc) or f"{pname}=" in str(exc):
-                    bad = ptok
-                    break
+            bad = positions.get(getattr(exc, "param", None), t)
             raise self.located(str(exc), bad) from None
 
     def params(self, open_tok: _Tok) -> tuple[dict, dict]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sparse_attn.errors import PatternSyntaxError
 from sparse_attn.patterns.atoms import (
     Atom,
     Band,
@@ -25,6 +24,7 @@ from sparse_attn.patterns.atoms import (
     Summary,
     VerticalStride,
     _check_value,
+    param_error,
 )
 from sparse_attn.patterns.pattern import Pattern
 
@@ -60,9 +60,10 @@ def longformer(window: int = 512, n: int = 1) -> Pattern:
     classification. ``n=0`` drops the global tokens. ``window`` must be even, as in HF.
     """
     if window % 2:
-        raise PatternSyntaxError(
+        raise param_error(
             f"longformer(): window={window} must be even (it is the total attention window, "
-            "window//2 tokens each side, as Hugging Face's attention_window)"
+            "window//2 tokens each side, as Hugging Face's attention_window)",
+            "window",
         )
     atoms: list[Atom] = [Band(w=window // 2)]
     if n:
@@ -99,8 +100,8 @@ def sliding_window(w: int = 4096) -> Pattern:
     self included. Hence ``band(w=w-1) | causal``.
     """
     if w < 2:
-        raise PatternSyntaxError(
-            f"sliding_window(): w={w} must be >= 2 (w keys including the query itself)"
+        raise param_error(
+            f"sliding_window(): w={w} must be >= 2 (w keys including the query itself)", "w"
         )
     return Pattern([Band(w=w - 1)], causal=True)
 
@@ -137,9 +138,10 @@ class Preset:
         known = {p.name: p for p in self.params}
         for k in values:
             if k not in known:
-                raise PatternSyntaxError(
+                raise param_error(
                     f"unknown parameter {k!r} for preset {self.name}; "
-                    f"known parameters: {', '.join(known)}"
+                    f"known parameters: {', '.join(known)}",
+                    k,
                 )
         checked = {k: _check_value(self.name, known[k], v) for k, v in values.items()}
         pat = self.build(**checked)
