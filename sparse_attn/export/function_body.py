@@ -1,0 +1,489 @@
+"""The model-local ONNX function of ``sparse_attn::BlockSparseAttention``: standard ops only.
+
+ONNX Runtime (any provider) and ``onnx.reference`` run an exported model through this
+FunctionProto; TensorRT maps the node to the plugin instead (SPEC section 2). The body is
+generated per layout: the layout is a constant of the model, so its structure is baked
+into the function as small integer constants, while the node's layout inputs stay in the
+signature for the plugin (the body does not read them).
+
+Algorithm (block-sparse, exact per SPEC section 1):
+
+1. Cast Q/K/V to float32; pad the sequence axis of the *request* to
+   ``Sp = ceil(S / bs) * bs`` and view Q/K/V as blocks ``[B, H * nb, bs, D]``
+   (``nb = Sp / bs``, dynamic).
+2. Query block rows ``(head, row)`` are grouped at export time into *buckets* of rows with
+   about the same number of stored tiles ``n`` (rows of a bucket are padded to its largest
+   ``n`` with fully masked tiles; a bucket is cut when the padding would exceed
+   ``max_padding``). Rows without tiles form a zero bucket. This keeps a few global rows
+   (all ``nQB`` tiles) from making every row dense (FACTS: a padded ``[rows, max_nnz]``
+   gather pays for the longest row everywhere).
+3. Per bucket, rows are sorted by query block, so the rows inside the request
+   (``row < nb``) are a prefix whose length is computed at run time; only those are
+   gathered. Their key/value tiles are gathered (column indices clamped to ``nb - 1``;
+   keys at positions ``>= S`` are masked) into ``[B, R, n * bs, D]``; scores
+   ``[B, R, bs, n * bs]`` are masked with ``Where`` by the tile masks (full / partial /
+   padding), the request bound and ``key_padding_mask``; V at masked keys is replaced by 0
+   with ``Where`` so NaN/Inf there never reach the output; the softmax is computed in
+   fp32 with a zero-safe normaliser (a row with no visible key outputs exactly 0).
+4. Bucket outputs are concatenated, put back in row order with one ``Gather`` by the
+   inverse permutation, reshaped to ``[B, H, Sp, Dv]``, cropped to ``S`` and cast back to
+   the query dtype.
+
+Work beyond the non-empty tiles: (a) padding tiles of merged buckets (bounded by
+``max_padding``); (b) for a request shorter than ``max_seq_len``, stored tiles whose key
+block lies beyond the request are computed on a clamped duplicate block and masked; (c)
+the ragged last block is padded to ``bs`` tokens. The per-tile masks are expanded from
+constants only, so ONNX Runtime folds them at session creation.
+
+Scaled dot-product attention: Vaswani et al., "Attention Is All You Need"
+(arXiv 1706.03762), Sec. 3.2.1; block-sparse tiling as in Child et al., "Generating Long
+Sequences with Sparse Transformers" (arXiv 1904.10509), Sec. 4.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from sparse_attn import opspec
+from sparse_attn.layout import BlockLayout
+
+#: Function attributes (the node carries them; the body bakes block_size and scale).
+FUNCTION_ATTRIBUTES = tuple(opspec.ATTRIBUTES)
+#: Lowest default-domain opset the body is written for (ReduceMax with axes as an input).
+MIN_OPSET = 18
+#: Score added for keys outside the request or padded (finite: their V is 0, so a row
+#: that sees only such keys averages zeros and outputs exactly 0).
+_KEY_BIAS = -1.0e30
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """Rows of one bucket (export-time constants).
+
+    Attributes:
+        heads: ``int64 [R]`` head of each row; rows sorted by ``rows`` ascending.
+        rows: ``int64 [R]`` query block of each row.
+        cols: ``int64 [R, n]`` key block of each tile (padding repeats a real column).
+        mask_ids: ``int64 [R, n]`` index into the mask table: 0 = full, 1 = padding
+            (nothing visible), ``2 + k`` = ``layout.masks[k]``.
+    """
+
+    heads: np.ndarray
+    rows: np.ndarray
+    cols: np.ndarray
+    mask_ids: np.ndarray
+
+    @property
+    def width(self) -> int:
+        """Tiles per row ``n`` (0 for the zero bucket)."""
+        return int(self.cols.shape[1])
+
+    @property
+    def has_partial(self) -> bool:
+        """Whether any tile of the bucket needs a mask (partial or padding)."""
+        return bool((self.mask_ids != 0).any())
+
+    @property
+    def uniform(self) -> bool:
+        """Whether every row has the same mask sequence (one broadcast mask)."""
+        return bool((self.mask_ids == self.mask_ids[:1]).all())
+
+
+def plan_buckets(
+    layout: BlockLayout, max_padding: float = 0.25, min_uniform_rows: int = 16
+) -> list[Bucket]:
+    """Group the (head, query block) rows of ``layout`` into buckets.
+
+    Rows with the same tiles-per-row count and the same full/partial mask sequence form a
+    *uniform* group; a group of at least ``min_uniform_rows`` rows is a bucket of its own
+    (its mask is one ``[bs, n * bs]`` constant broadcast over the rows). The remaining
+    rows are merged by tile count, widest first, while the padding stays within
+    ``max_padding``.
+
+    Args:
+        layout: the block layout.
+        max_padding: largest fraction of padding tiles a merged bucket may carry.
+        min_uniform_rows: smallest uniform group kept as its own bucket.
+
+    Returns:
+        Buckets; the zero bucket (rows without tiles, ``width == 0``) last if any. Every
+        row ``(h, r)`` of the layout is in exactly one bucket.
+    """
+    h_count, nqb = layout.num_heads, layout.num_blocks
+
+    def mids_of(h: int, r: int) -> tuple[int, ...]:
+        m = layout.row(h, r)[1]
+        return tuple(int(x) for x in np.where(m < 0, 0, m.astype(np.int64) + 2))
+
+    uniform: dict[tuple[int, ...], list[tuple[int, int]]] = {}
+    empty: list[tuple[int, int]] = []
+    for h in range(h_count):
+        for r in range(nqb):
+            key = mids_of(h, r)
+            if key:
+                uniform.setdefault(key, []).append((h, r))
+            else:
+                empty.append((h, r))
+    groups: list[tuple[int, list[tuple[int, int]]]] = []
+    rest: dict[int, list[tuple[int, int]]] = {}
+    for key, members in uniform.items():
+        if len(members) >= min_uniform_rows:
+            groups.append((len(key), members))
+        else:
+            rest.setdefault(len(key), []).extend(members)
+    merged: list[tuple[int, list[tuple[int, int]]]] = []
+    for n in sorted(rest, reverse=True):
+        rows = rest[n]
+        if merged:
+            width, members = merged[-1]
+            real = sum(len(layout.row(h, r)[0]) for h, r in members) + n * len(rows)
+            total = width * (len(members) + len(rows))
+            if 1.0 - real / total <= max_padding:
+                members.extend(rows)
+                continue
+        merged.append((n, list(rows)))
+    buckets = []
+    for width, members in sorted(groups + merged, key=lambda g: -g[0] * len(g[1])):
+        members = sorted(members, key=lambda hr: (hr[1], hr[0]))
+        cols = np.zeros((len(members), width), dtype=np.int64)
+        mids = np.ones((len(members), width), dtype=np.int64)
+        for i, (h, r) in enumerate(members):
+            c = layout.row(h, r)[0]
+            cols[i, : len(c)] = c
+            cols[i, len(c) :] = c[0]
+            mids[i, : len(c)] = mids_of(h, r)
+        buckets.append(_bucket(members, cols, mids))
+    if empty:
+        members = sorted(empty, key=lambda hr: (hr[1], hr[0]))
+        z = np.zeros((len(members), 0), dtype=np.int64)
+        buckets.append(_bucket(members, z, z))
+    return buckets
+
+
+def _bucket(members: list[tuple[int, int]], cols: np.ndarray, mids: np.ndarray) -> Bucket:
+    return Bucket(
+        heads=np.array([h for h, _ in members], dtype=np.int64),
+        rows=np.array([r for _, r in members], dtype=np.int64),
+        cols=cols,
+        mask_ids=mids,
+    )
+
+
+class _Graph:
+    """Tiny node emitter with unique names."""
+
+    def __init__(self, prefix: str = "") -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self.count = 0
+        self.prefix = prefix
+
+    def name(self, hint: str) -> str:
+        self.count += 1
+        return f"{self.prefix}{hint}_{self.count}"
+
+    def op(self, op_type: str, inputs: list[str], hint: str | None = None, **attrs) -> str:
+        out = self.name(hint or op_type.lower())
+        self.nodes.append(helper.make_node(op_type, inputs, [out], **attrs))
+        return out
+
+    def const(self, value, hint: str = "c") -> str:
+        arr = np.asarray(value)
+        out = self.name(hint)
+        self.nodes.append(
+            helper.make_node("Constant", [], [out], value=numpy_helper.from_array(arr, out))
+        )
+        return out
+
+
+def _i64(*values: int) -> np.ndarray:
+    return np.array(values, dtype=np.int64)
+
+
+def build_function(
+    layout: BlockLayout,
+    *,
+    scale: float,
+    has_key_padding_mask: bool,
+    opset: int,
+    overload: str = "",
+    max_padding: float = 0.25,
+) -> onnx.FunctionProto:
+    """Build the block-sparse FunctionProto for one layout (see the module docstring).
+
+    Args:
+        layout: the layout held by the node's constant inputs (max sequence length).
+        scale: softmax scale baked into the body (the node's ``scale`` attribute).
+        has_key_padding_mask: whether nodes calling this function pass ``key_padding_mask``
+            (the body reads the input only when True).
+        opset: the model's default-domain opset version (>= ``MIN_OPSET``); the function
+            imports exactly this version, or ``onnx.checker`` rejects the model.
+        overload: ``FunctionProto.overload`` (IR >= 10), to tell apart several layouts in
+            one model; "" for the single-layout case.
+        max_padding: see :func:`plan_buckets`.
+
+    Returns:
+        ``FunctionProto`` with domain ``opspec.DOMAIN``, name ``opspec.OP_TYPE``, inputs
+        ``opspec.INPUT_NAMES`` and output ``opspec.OUTPUT_NAMES``. Inputs: query/key
+        ``[B, H, S, D]``, value ``[B, H, S, Dv]`` float32 or float16 with ``H ==
+        layout.num_heads`` and ``1 <= S <= nQB * block_size``; key_padding_mask ``[B, S]``
+        bool (True = real token). Output ``[B, H, S, Dv]`` in the dtype of ``query``.
+
+    Raises:
+        ValueError: ``opset < MIN_OPSET`` or a non-finite / non-positive ``scale``.
+    """
+    if opset < MIN_OPSET:
+        raise ValueError(f"function body needs default opset >= {MIN_OPSET}, got {opset}")
+    if not np.isfinite(scale) or scale <= 0:
+        raise ValueError(f"scale must be a finite positive float, got {scale}")
+    bs = int(layout.block_size)
+    n_heads = layout.num_heads
+    buckets = plan_buckets(layout, max_padding)
+    g = _Graph()
+    f32 = TensorProto.FLOAT
+    q_in, k_in, v_in = opspec.INPUT_NAMES[:3]
+    kpm_in = opspec.INPUT_NAMES[7]
+
+    # -- 1. request sizes; padded, sanitised, augmented block views
+    zero1, one1 = g.const(_i64(0), "zero"), g.const(_i64(1), "one")
+    m1 = g.const(_i64(-1), "m1")
+    shape_q = g.op("Shape", [q_in], "shape_q")
+    shape_v = g.op("Shape", [v_in], "shape_v")
+    s1 = g.op("Slice", [shape_q, g.const(_i64(2)), g.const(_i64(3))], "S")
+    d1 = g.op("Slice", [shape_q, g.const(_i64(3)), g.const(_i64(4))], "D")
+    dv1 = g.op("Slice", [shape_v, g.const(_i64(3)), g.const(_i64(4))], "Dv")
+    b1 = g.op("Slice", [shape_q, zero1, one1], "B")
+    bs1 = g.const(_i64(bs), "bs")
+    nb1 = g.op("Div", [g.op("Add", [s1, g.const(_i64(bs - 1))]), bs1], "nb")
+    nbx1 = g.op("Add", [nb1, one1], "nb_ext")  # + one all-invalid block for cropped tiles
+    spx1 = g.op("Mul", [nbx1, bs1], "Sp_ext")
+    padlen = g.op("Sub", [spx1, s1], "padlen")
+    pads4 = g.op("Concat", [g.const(_i64(0, 0, 0, 0, 0, 0)), padlen, zero1], "pads4", axis=0)
+    fzero = g.const(np.array(0.0, dtype=np.float32), "fzero")
+
+    # key validity over the extended sequence [B|1, Sp_ext]: inside the request and real
+    key_ok = g.op(
+        "Less",
+        [g.op("Range", [g.const(np.int64(0)), g.op("Squeeze", [spx1]), g.const(np.int64(1))]), s1],
+        "in_request",
+    )
+    key_ok = g.op("Unsqueeze", [key_ok, zero1], "in_request2")  # [1, Sp_ext]
+    if has_key_padding_mask:
+        kpm_u8 = g.op(
+            "Cast", [g.op("Cast", [kpm_in], "kpm_bool", to=TensorProto.BOOL)], to=TensorProto.UINT8
+        )
+        pads2 = g.op("Concat", [g.const(_i64(0, 0, 0)), padlen], "pads2", axis=0)
+        kpm_pad = g.op("Pad", [kpm_u8, pads2, g.const(np.array(0, dtype=np.uint8))], "kpm_pad")
+        key_ok = g.op("And", [g.op("Cast", [kpm_pad], to=TensorProto.BOOL), key_ok], "key_ok")
+    key_ok4 = g.op("Unsqueeze", [key_ok, g.const(_i64(1, 3))], "key_ok4")  # [B|1, 1, Sp_ext, 1]
+    key_bias = g.op("Where", [key_ok4, fzero, g.const(np.array(_KEY_BIAS, np.float32))], "key_bias")
+
+    def padded(x: str, hint: str) -> str:
+        x32 = g.op("Cast", [x], f"{hint}32", to=f32)
+        return g.op("Pad", [x32, pads4, fzero], f"{hint}pad")  # [B, H, Sp_ext, d]
+
+    def blocks(x: str, dim: str, hint: str) -> str:
+        shp = g.op("Concat", [zero1, m1, bs1, dim], f"{hint}shp", axis=0)
+        return g.op("Reshape", [x, shp], f"{hint}blk")  # [B, H*nb_ext, bs, dim]
+
+    d_aug = g.op("Add", [d1, one1], "D_aug")
+    qp = g.op("Mul", [padded(q_in, "q"), g.const(np.array(scale, dtype=np.float32), "scale")])
+    ones = g.op(
+        "Expand",
+        [
+            g.const(np.ones((1, 1, 1, 1), np.float32)),
+            g.op("Concat", [g.op("Shape", [qp], end=3), one1], axis=0),
+        ],
+        "ones",
+    )
+    qb = blocks(g.op("Concat", [qp, ones], "q_aug", axis=3), d_aug, "q")
+    # Padded slots hold NaN/Inf only when the caller masks them: select them away (Where,
+    # never multiply). Without a key padding mask, the slots beyond S are Pad's zeros.
+    kp, vp = padded(k_in, "k"), padded(v_in, "v")
+    if has_key_padding_mask:
+        kp = g.op("Where", [key_ok4, kp, fzero], "k_safe")
+        vp = g.op("Where", [key_ok4, vp, fzero], "v_safe")
+    kb_bias = g.op("Expand", [key_bias, g.op("Concat", [g.op("Shape", [kp], end=3), one1], axis=0)])
+    kb = blocks(g.op("Concat", [kp, kb_bias], "k_aug", axis=3), d_aug, "k")
+    vb = blocks(vp, dv1, "v")
+
+    table = np.concatenate(
+        [
+            np.ones((1, bs, bs), dtype=bool),
+            np.zeros((1, bs, bs), dtype=bool),
+            layout.masks.astype(bool),
+        ]
+    )
+    if any(b.has_partial for b in buckets):
+        bias_table = g.const(np.where(table, 0.0, -np.inf).astype(np.float32), "bias_table")
+
+    outs, row_ids = [], []
+    for bi, bk in enumerate(buckets):
+        p = f"b{bi}_"
+        rows_r = g.const(bk.rows, p + "rows")
+        count = g.op(
+            "ReduceSum",
+            [g.op("Cast", [g.op("Less", [rows_r, nb1])], p + "inreq", to=TensorProto.INT64)],
+            p + "count",
+            keepdims=1,
+        )
+
+        def head(name: str, arr_name: str, count: str = count) -> str:
+            return g.op("Slice", [arr_name, zero1, count, zero1], name)
+
+        heads_c = head(p + "heads", g.const(bk.heads, p + "heads_all"))
+        rows_c = head(p + "rows_in", rows_r)
+        row_ids.append(g.op("Add", [g.op("Mul", [heads_c, nb1]), rows_c], p + "row_id"))
+        if bk.width == 0:
+            zshape = g.op("Concat", [b1, g.op("Shape", [rows_c]), bs1, dv1], p + "zshape", axis=0)
+            outs.append(
+                g.op("Expand", [g.const(np.zeros((1, 1, 1, 1), np.float32)), zshape], p + "zero")
+            )
+            continue
+        n = bk.width
+        heads_x = g.op("Mul", [heads_c, nbx1], p + "head_off")  # [Rc]
+        qidx = g.op("Add", [heads_x, rows_c], p + "qidx")
+        cols_c = head(p + "cols", g.const(bk.cols, p + "cols_all"))  # [Rc, n]
+        kidx = g.op(
+            "Add",
+            [g.op("Unsqueeze", [heads_x, m1]), g.op("Min", [cols_c, nb1])],
+            p + "kidx",
+        )  # [Rc, n]; key blocks beyond the request -> the all-invalid block nb
+        qg = g.op("Gather", [qb, qidx], p + "qg", axis=1)  # [B, Rc, bs, D+1]
+
+        def gather_kv(src: str, dim: str, hint: str, kidx: str = kidx, p: str = p) -> str:
+            x = g.op("Gather", [src, kidx], p + hint + "g5", axis=1)  # [B, Rc, n, bs, d]
+            shp = g.op("Concat", [g.const(_i64(0, 0, -1)), dim], p + hint + "shp", axis=0)
+            return g.op("Reshape", [x, shp], p + hint + "g")  # [B, Rc, n*bs, d]
+
+        kg = gather_kv(kb, d_aug, "k")
+        vg = gather_kv(vb, dv1, "v")
+        scores = g.op(
+            "MatMul", [qg, g.op("Transpose", [kg], p + "kT", perm=[0, 1, 3, 2])], p + "scores"
+        )  # [B, Rc, bs, n*bs]; invalid keys carry _KEY_BIAS through the augmented column
+        if bk.has_partial and bk.uniform:
+            tb = g.op("Gather", [bias_table, g.const(bk.mask_ids[0], p + "mids")], p + "tiles")
+            tb = g.op("Transpose", [tb], p + "tilesT", perm=[1, 0, 2])  # [bs, n, bs]
+            tb = g.op("Reshape", [tb, g.const(_i64(bs, n * bs))], p + "tbias")  # folded
+            scores = g.op("Add", [scores, tb], p + "masked")
+        elif bk.has_partial:
+            tb = g.op("Gather", [bias_table, g.const(bk.mask_ids, p + "mids")], p + "tiles")
+            tb = g.op("Transpose", [tb], p + "tilesT", perm=[0, 2, 1, 3])  # [R, bs, n, bs]
+            tb = g.op("Reshape", [tb, g.const(_i64(len(bk.rows), bs, n * bs))], p + "tbias")
+            scores = g.op("Add", [scores, head(p + "tbias_in", tb)], p + "masked")
+        probs = g.op("Softmax", [scores], p + "probs", axis=-1)
+        o = g.op("MatMul", [probs, vg], p + "pv")  # [B, Rc, bs, Dv]
+        dead = ~table[bk.mask_ids].any(axis=(1, 3))  # [R, bs] rows with no visible key
+        if dead.any() and bk.uniform:
+            o = g.op("Where", [g.const(dead[0][:, None], p + "dead"), fzero, o], p + "out")
+        elif dead.any():
+            dead_c = g.const(dead[:, :, None], p + "dead_all")
+            o = g.op("Where", [head(p + "dead", dead_c), fzero, o], p + "out")
+        outs.append(o)
+
+    # -- 4. back to row order, crop, cast
+    cat = outs[0] if len(outs) == 1 else g.op("Concat", outs, "cat", axis=1)
+    ids = row_ids[0] if len(row_ids) == 1 else g.op("Concat", row_ids, "row_ids", axis=0)
+    n_rows = g.op("Shape", [ids], "n_rows")
+    inv = g.op(
+        "ScatterElements",
+        [
+            g.op("ConstantOfShape", [n_rows], "inv0", value=helper.make_tensor("v", 7, [1], [0])),
+            ids,
+            g.op("Range", [g.const(np.int64(0)), g.op("Squeeze", [n_rows]), g.const(np.int64(1))]),
+        ],
+        "inv",
+        axis=0,
+    )
+    ordered = g.op("Gather", [cat, inv], "ordered", axis=1)  # [B, H*nb, bs, Dv]
+    shp = g.op("Concat", [zero1, g.const(_i64(n_heads)), m1, dv1], "out_shape", axis=0)
+    full = g.op("Reshape", [ordered, shp], "out_full")  # [B, H, Sp, Dv]
+    cropped = g.op("Slice", [full, zero1, s1, g.const(_i64(2))], "out_crop")
+    g.nodes.append(helper.make_node("CastLike", [cropped, q_in], [opspec.OUTPUT_NAMES[0]]))
+
+    return helper.make_function(
+        opspec.DOMAIN,
+        opspec.OP_TYPE,
+        list(opspec.INPUT_NAMES),
+        list(opspec.OUTPUT_NAMES),
+        g.nodes,
+        [helper.make_opsetid("", opset)],
+        attributes=list(FUNCTION_ATTRIBUTES),
+        doc_string=(
+            f"Block-sparse attention over a baked layout (hash {layout.layout_hash()[:16]}, "
+            f"block {bs}, {n_heads} heads, {len(buckets)} buckets); see sparse_attn docs."
+        ),
+        overload=overload,
+    )
+
+
+def make_node_model(
+    layout: BlockLayout,
+    *,
+    dtype: str = "float32",
+    head_dim: int = 16,
+    value_dim: int | None = None,
+    key_padding_mask: bool = True,
+    scale: float | None = None,
+    opset: int = 20,
+) -> onnx.ModelProto:
+    """A model holding one ``BlockSparseAttention`` node and its function (tests, benches).
+
+    Inputs ``query``/``key`` ``[batch, H, seq_len, head_dim]``, ``value``
+    ``[batch, H, seq_len, value_dim]`` of ``dtype`` and optional ``key_padding_mask
+    [batch, seq_len]`` bool; output ``output``. The layout tensors are initializers.
+    """
+    dv = head_dim if value_dim is None else value_dim
+    scale = opspec.default_scale(head_dim) if scale is None else float(scale)
+    et = TensorProto.FLOAT16 if dtype == "float16" else TensorProto.FLOAT
+    h = layout.num_heads
+    masks = layout.masks if layout.masks.shape[0] else np.zeros((1, *layout.masks.shape[1:]))
+    inits = [
+        numpy_helper.from_array(np.asarray(a, dtype=dt), name)
+        for name, a, dt in (
+            ("row_ptr", layout.row_ptr, np.int32),
+            ("col_idx", layout.col_idx, np.int32),
+            ("mask_idx", layout.mask_idx, np.int32),
+            ("masks", masks, np.uint8),
+        )
+    ]
+    inputs = [
+        helper.make_tensor_value_info("query", et, ["batch", h, "seq_len", head_dim]),
+        helper.make_tensor_value_info("key", et, ["batch", h, "seq_len", head_dim]),
+        helper.make_tensor_value_info("value", et, ["batch", h, "seq_len", dv]),
+    ]
+    node_inputs = ["query", "key", "value", "row_ptr", "col_idx", "mask_idx", "masks"]
+    if key_padding_mask:
+        inputs.append(
+            helper.make_tensor_value_info(
+                "key_padding_mask", TensorProto.BOOL, ["batch", "seq_len"]
+            )
+        )
+        node_inputs.append("key_padding_mask")
+    node = helper.make_node(
+        opspec.OP_TYPE,
+        node_inputs,
+        ["output"],
+        domain=opspec.DOMAIN,
+        **opspec.OpAttributes(layout.block_size, scale).as_onnx_attributes(),
+    )
+    graph = helper.make_graph(
+        [node],
+        "block_sparse_attention",
+        inputs,
+        [helper.make_tensor_value_info("output", et, ["batch", h, "seq_len", dv])],
+        initializer=inits,
+    )
+    fn = build_function(layout, scale=scale, has_key_padding_mask=key_padding_mask, opset=opset)
+    return helper.make_model(
+        graph,
+        opset_imports=[
+            helper.make_opsetid("", opset),
+            helper.make_opsetid(opspec.DOMAIN, opspec.OP_VERSION),
+        ],
+        functions=[fn],
+        ir_version=10,
+    )
