@@ -426,11 +426,14 @@ def _compile_head(pattern, head: int, num_heads: int, seq_len: int, bs: int, bui
 
     ctx = Context(seq_len, bs, head, num_heads)
     nb = ctx.num_blocks
-    cand = np.zeros((nb, nb), dtype=bool)
-    for a in pattern.atoms:
-        cand |= a.block_candidates(ctx)
-    if pattern.causal:
-        cand &= np.tri(nb, dtype=bool)
+    cand = np.zeros((nb, nb), dtype=bool)  # O(nQB^2) bits, never O(S^2) for block_size > 1
+    chunk = max(1, (1 << 20) // nb)  # bound int64 temporaries of the atoms to ~8 MB
+    for r0 in range(0, nb, chunk):
+        rows = np.arange(r0, min(nb, r0 + chunk), dtype=np.int64)
+        for a in pattern.atoms:
+            cand[r0 : r0 + rows.size] |= a.block_candidates(ctx, rows)
+        if pattern.causal:
+            cand[r0 : r0 + rows.size] &= np.arange(nb)[None, :] <= rows[:, None]
     r, c = np.nonzero(cand)  # row-major: ascending rows, ascending cols within a row
     if r.size == 0:
         return

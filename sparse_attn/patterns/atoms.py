@@ -155,8 +155,12 @@ class Atom:
         """``bool`` array (broadcast of ``i`` and ``j``, int64 token positions): ``V(i, j)``."""
         raise NotImplementedError
 
-    def block_candidates(self, ctx: Context) -> np.ndarray:
-        """``bool [nQB, nQB]``: superset of the kernel tiles holding a visible pair."""
+    def block_candidates(self, ctx: Context, rows: np.ndarray) -> np.ndarray:
+        """``bool [len(rows), nQB]``: superset of the kernel tiles holding a visible pair.
+
+        ``rows`` are query block indices (int64); the compiler asks for chunks of rows so that
+        temporaries stay O(chunk * nQB).
+        """
         raise NotImplementedError
 
     def tile_keys(self, r: np.ndarray, c: np.ndarray, ctx: Context) -> np.ndarray:
@@ -210,10 +214,10 @@ def _block_diff_tokens(r: np.ndarray, c: np.ndarray, bs: int) -> np.ndarray:
     return (r.astype(np.int64) - c.astype(np.int64)) * bs
 
 
-def _distance_candidates(ctx: Context, reach: int) -> np.ndarray:
-    """Tiles where some pair has ``|i - j| <= reach``."""
+def _distance_candidates(ctx: Context, rows: np.ndarray, reach: int) -> np.ndarray:
+    """Tiles of query blocks ``rows`` where some pair has ``|i - j| <= reach``."""
     nb, bs = ctx.num_blocks, ctx.block_size
-    d = np.abs(np.arange(nb)[:, None] - np.arange(nb)[None, :]).astype(np.int64)
+    d = np.abs(rows[:, None] - np.arange(nb, dtype=np.int64)[None, :])
     return np.maximum(0, d * bs - (bs - 1)) <= reach
 
 
@@ -287,9 +291,9 @@ class Global(Atom):
         n = p.shape[0]
         return p[np.clip(i, 0, n - 1)] | p[np.clip(j, 0, n - 1)]
 
-    def block_candidates(self, ctx):
+    def block_candidates(self, ctx, rows):
         _, anyb, _ = self._padded(ctx)
-        return anyb[:, None] | anyb[None, :]
+        return anyb[rows][:, None] | anyb[None, :]
 
     def tile_keys(self, r, c, ctx):
         _, _, sig = self._padded(ctx)
@@ -307,8 +311,8 @@ class Dense(Atom):
     def visible(self, i, j, ctx):
         return np.ones(np.broadcast_shapes(np.shape(i), np.shape(j)), dtype=bool)
 
-    def block_candidates(self, ctx):
-        return np.ones((ctx.num_blocks, ctx.num_blocks), dtype=bool)
+    def block_candidates(self, ctx, rows):
+        return np.ones((len(rows), ctx.num_blocks), dtype=bool)
 
     def tile_keys(self, r, c, ctx):
         return np.zeros((len(r), 1), dtype=np.int64)
@@ -331,8 +335,8 @@ class Band(Atom):
     def visible(self, i, j, ctx):
         return np.abs(i - j) <= self.values["w"]
 
-    def block_candidates(self, ctx):
-        return _distance_candidates(ctx, self.reach())
+    def block_candidates(self, ctx, rows):
+        return _distance_candidates(ctx, rows, self.reach())
 
     def tile_keys(self, r, c, ctx):
         bs = ctx.block_size
@@ -376,9 +380,9 @@ class Strided(Atom):
     def visible(self, i, j, ctx):
         return (i - j) % self.values["l"] == 0
 
-    def block_candidates(self, ctx):
+    def block_candidates(self, ctx, rows):
         nb, bs, step = ctx.num_blocks, ctx.block_size, self.values["l"]
-        d = (np.arange(nb)[:, None] - np.arange(nb)[None, :]).astype(np.int64) * bs
+        d = (rows[:, None] - np.arange(nb, dtype=np.int64)[None, :]) * bs
         lo, hi = d - (bs - 1), d + (bs - 1)
         return (hi // step) * step >= lo
 
@@ -403,9 +407,9 @@ class _ColumnAtom(Atom):
     def visible(self, i, j, ctx):
         return np.broadcast_to(self.column(j, ctx), np.broadcast_shapes(np.shape(i), np.shape(j)))
 
-    def block_candidates(self, ctx):
+    def block_candidates(self, ctx, rows):
         anyb, _ = self._cols(ctx)
-        return np.broadcast_to(anyb[None, :], (ctx.num_blocks, ctx.num_blocks))
+        return np.broadcast_to(anyb[None, :], (len(rows), ctx.num_blocks))
 
     def tile_keys(self, r, c, ctx):
         return self._cols(ctx)[1][c][:, None]
@@ -492,9 +496,10 @@ class BlockLocal(Atom):
         b = self.values["b"]
         return np.abs(i // b - j // b) <= self.width()
 
-    def block_candidates(self, ctx):
+    def block_candidates(self, ctx, rows):
         lo, hi = _lblock_ranges(ctx, self.values["b"])
-        gap = np.maximum(0, np.maximum(lo[None, :] - hi[:, None], lo[:, None] - hi[None, :]))
+        qlo, qhi = lo[rows][:, None], hi[rows][:, None]
+        gap = np.maximum(0, np.maximum(lo[None, :] - qhi, qlo - hi[None, :]))
         return gap <= self.width()
 
     def tile_keys(self, r, c, ctx):
@@ -587,7 +592,11 @@ class Random(Atom):
         kj = np.asarray(j) // b
         return (tab[qi] == kj[..., None]).any(axis=-1)
 
-    def block_candidates(self, ctx):
+    def block_candidates(self, ctx, rows):
+        return self._cand_matrix(ctx)[rows]
+
+    def _cand_matrix(self, ctx: Context) -> np.ndarray:
+        """``bool [nQB, nQB]`` kernel tiles touched by a chosen (query block, key block) pair."""
         key = ("random_cand", id(self), ctx.head)
         if key in ctx.cache:
             return ctx.cache[key]
@@ -608,7 +617,7 @@ class Random(Atom):
         return cand
 
     def tile_keys(self, r, c, ctx):
-        cand = self.block_candidates(ctx)[r, c]
+        cand = self._cand_matrix(ctx)[r, c]
         if self.block_length(ctx) % ctx.block_size == 0:
             # every kernel tile lies inside one (query block, key block) pair: full or empty
             return cand.astype(np.int64)[:, None]
