@@ -1,0 +1,291 @@
+"""Smoke tests of ``sparse-attn bench`` (issue 6): tiny sizes, schema/table/plot, no timings.
+
+Nothing here asserts a timing. What is checked: the outputs exist and follow the schema,
+the statistics are ordered, unavailable cells become ``n/a (reason)`` instead of crashing,
+and every implementation that computes the pattern agrees with dense masked SDPA (the
+accuracy column is itself a correctness test of the alternatives' set-up).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from sparse_attn.bench import BenchConfig, run_bench
+from sparse_attn.bench.attention import TimingPolicy, run_attention_suite
+from sparse_attn.bench.harness import PeakRSS, time_callable
+from sparse_attn.bench.impls import IMPLS, Impl
+from sparse_attn.bench.report import REFERENCE_SPEC, targets_check
+from sparse_attn.cli import main
+
+TINY_PATTERNS = (("band(w=16) | global(n=4)", False), ("band(w=40) | causal", False))
+FAST_IMPLS = (
+    "sdpa_dense",
+    "sdpa_causal",
+    "sdpa_mask",
+    "ours_torch",
+    "ort_dense",
+    "ort_mha",
+    "ort_sparse",
+)
+CELL_KEYS = {"suite", "impl", "label", "pattern", "seq_len", "status", "reason", "median_ms"}
+OK_KEYS = {"q1_ms", "q3_ms", "min_ms", "max_ms", "repeats", "peak_mem_mib", "gflops"}
+
+
+def _tiny_config(**kw) -> BenchConfig:
+    cfg = BenchConfig(
+        sizes=(96, 128),
+        patterns=TINY_PATTERNS,
+        impls=FAST_IMPLS,
+        num_heads=2,
+        head_dim=16,
+        block_size=16,
+        policy=TimingPolicy(warmup=1, min_repeats=2, max_repeats=2, budget_s=0.01),
+        suites=("attention", "layout"),
+        layout_seq_len=1024,
+        layout_patterns=("band(w=16) | global(n=4)", "sliding_window(w=64)"),
+        gemm_n=128,
+        quick=True,
+    )
+    return replace(cfg, **kw)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    result = run_bench(_tiny_config(), out, log=lambda m: None)
+    return out, result
+
+
+def test_outputs_written_and_schema(tiny_run):
+    out, result = tiny_run
+    data = json.loads((out / "bench.json").read_text())
+    assert data["schema"] == "sparse-attn-bench/1"
+    for key in ("machine", "gemm", "config", "attention", "model", "layout_compile", "targets"):
+        assert key in data, key
+    assert len(data["machine"]["loadavg_start"]) == 3
+    assert data["gemm"]["gflops"] > 0
+    cells = data["attention"]["cells"]
+    # 2 sizes x (2 patterns) x impls, causal-only impls only on the causal pattern
+    assert len(cells) == 2 * (len(FAST_IMPLS) - 2) + 2 * len(FAST_IMPLS)
+    for c in cells:
+        assert CELL_KEYS <= set(c), set(CELL_KEYS) - set(c)
+        if c["status"] == "ok":
+            assert OK_KEYS <= set(c), OK_KEYS - set(c)
+            assert c["min_ms"] <= c["q1_ms"] <= c["median_ms"] <= c["q3_ms"] <= c["max_ms"]
+            assert c["repeats"] == 2
+        else:
+            assert c["status"] == "n/a" and c["reason"], c
+    md = (out / "bench.md").read_text()
+    assert "| S | density |" in md and "## Layout compile" in md
+    png = out / "attention_time_vs_S.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    layouts = data["layout_compile"]["cells"]
+    assert [c["status"] for c in layouts] == ["ok", "ok"], layouts
+
+
+def test_derived_figures_consistent(tiny_run):
+    _, result = tiny_run
+    cells = [c for c in result["attention"]["cells"] if c["status"] == "ok"]
+    for c in cells:
+        dense = next(d for d in cells if d["impl"] == "sdpa_dense" and d["seq_len"] == c["seq_len"])
+        exp_speedup = dense["median_ms"] / c["median_ms"]
+        assert math.isclose(c["speedup_vs_dense"], exp_speedup, rel_tol=1e-9)
+        assert math.isclose(c["ideal_ms"], dense["median_ms"] * c["density_tokens"], rel_tol=1e-9)
+        assert 0 < c["density_tokens"] <= 1
+
+
+def test_pattern_implementations_agree_with_masked_sdpa(tiny_run):
+    """Every pattern cell (and ORT SparseAttention vs its block-causal mask) matches fp32 SDPA."""
+    _, result = tiny_run
+    checked = 0
+    for c in result["attention"]["cells"]:
+        if c["status"] != "ok" or c.get("max_abs_diff") is None:
+            continue
+        checked += 1
+        assert c["max_abs_diff"] < 1e-4, (
+            f"{c['impl']} on {c['pattern']} S={c['seq_len']}: max abs diff {c['max_abs_diff']} "
+            f"at index {c.get('worst_index')} vs {c.get('diff_reference')}"
+        )
+    assert checked >= 8
+
+
+def test_time_callable_orders_statistics():
+    calls = []
+    timing, first = time_callable(
+        lambda: calls.append(1) or len(calls), warmup=2, min_repeats=3, max_repeats=4, budget_s=0
+    )
+    assert first == 1  # the first call's result is returned
+    assert len(calls) == 2 + timing.repeats and timing.repeats == 3
+    assert timing.min_ms <= timing.q1_ms <= timing.median_ms <= timing.q3_ms <= timing.max_ms
+    with pytest.raises(ValueError, match="warmup"):
+        time_callable(lambda: None, warmup=0)
+
+
+def test_peak_rss_sees_a_large_allocation():
+    with PeakRSS() as probe:
+        pass
+    if probe.peak_mib is None:
+        pytest.skip("this kernel does not allow resetting VmHWM (/proc/self/clear_refs)")
+    with PeakRSS() as peak:
+        a = np.ones(200 * 2**20 // 8)  # 200 MiB, touched
+        a.sum()
+        del a
+    assert peak.peak_mib is not None and peak.peak_mib > 150, peak.peak_mib
+
+
+def test_unavailable_cells_are_reported_not_raised(tmp_path):
+    res = run_attention_suite(
+        sizes=[64],
+        patterns=[("band(w=8)", False)],
+        impls=["sdpa_dense", "sdpa_mask"],
+        num_heads=1,
+        head_dim=16,
+        block_size=16,
+        policy=TimingPolicy(1, 1, 1, 0.0),
+        max_cell_gib=1e-6,  # below every estimate: all cells skipped for memory
+        workdir=tmp_path,
+        log=lambda m: None,
+    )
+    by = {c["impl"]: c for c in res["cells"]}
+    assert by["sdpa_dense"]["status"] == "n/a" and "GiB" in by["sdpa_dense"]["reason"]
+    res = run_attention_suite(
+        sizes=[64],
+        patterns=[("band(w=8)", False), ("not_a_preset", False)],
+        impls=["sdpa_mask"],
+        num_heads=1,
+        head_dim=16,
+        block_size=16,
+        policy=TimingPolicy(1, 1, 1, 0.0),
+        workdir=tmp_path,
+        log=lambda m: None,
+    )
+    by = {c["pattern"]: c for c in res["cells"]}
+    assert by["band(w=8)"]["status"] == "ok"
+    assert by["not_a_preset"]["status"] == "n/a" and "layout failed" in by["not_a_preset"]["reason"]
+
+
+def test_prepare_error_becomes_na(tmp_path):
+    def broken(case):
+        raise RuntimeError("boom")
+
+    IMPLS["_broken"] = Impl(
+        "_broken", "broken", False, "pattern", False, lambda c: 0, broken, lambda o, c: o
+    )
+    try:
+        res = run_attention_suite(
+            sizes=[64],
+            patterns=[("band(w=8)", False)],
+            impls=["_broken"],
+            num_heads=1,
+            head_dim=16,
+            block_size=16,
+            policy=TimingPolicy(1, 1, 1, 0.0),
+            workdir=tmp_path,
+            log=lambda m: None,
+        )
+    finally:
+        del IMPLS["_broken"]
+    (cell,) = res["cells"]
+    assert cell["status"] == "n/a" and cell["reason"] == "error: RuntimeError: boom"
+
+
+def test_targets_check_logic():
+    def cell(s, impl, ms, ideal=None):
+        return {
+            "pattern": REFERENCE_SPEC,
+            "seq_len": s,
+            "impl": impl,
+            "status": "ok",
+            "median_ms": ms,
+            "ideal_ms": ideal,
+        }
+
+    cells = [
+        cell(4096, "ours_onnx_ort", 100.0, 40.0),
+        cell(4096, "ort_dense", 320.0, 40.0),
+        cell(4096, "flex_compiled", 80.0, 40.0),
+        cell(4096, "ours_torch", 55.0, 40.0),
+        cell(8192, "ours_torch", 200.0, 70.0),
+        cell(8192, "flex_compiled", 150.0, 70.0),
+    ]
+    chk = targets_check({"attention": {"cells": cells}})
+    st = {c["text"]: c["status"] for c in chk["claims"]}
+    assert st["exported sparse attention in ORT at S=4096 >= 3x faster than ORT dense"] == "met"
+    assert st["S=4096: our best CPU path faster than FlexAttention"] == "met"
+    assert st["S=4096: our best CPU path within 1.5x of the ideal"] == "met"
+    assert st["S=8192: our best CPU path faster than FlexAttention"] == "not met"
+    assert st["S=8192: our best CPU path within 1.5x of the ideal"] == "not met"
+    assert st["S=16384: our best CPU path faster than FlexAttention"] == "not measured"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["bench", "--sizes", "12x"],
+        ["bench", "--impls", "nope"],
+        ["bench", "--suites", "attention,nope"],
+        ["bench", "--causal"],
+        ["bench", "--threads", "0"],
+    ],
+)
+def test_cli_bad_input_exit_2(args, capsys):
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sparse-attn: error:") and err.count("\n") == 1
+
+
+def test_cli_json_run(tmp_path, capsys):
+    rc = main(
+        [
+            "bench",
+            "--sizes",
+            "64",
+            "--pattern",
+            "band(w=8)",
+            "--impls",
+            "sdpa_dense,sdpa_mask",
+            "--suites",
+            "attention",
+            "--num-heads",
+            "1",
+            "--head-dim",
+            "16",
+            "--block-size",
+            "16",
+            "--repeats",
+            "1",
+            "--no-plot",
+            "--json",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    assert rc == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [c["impl"] for c in data["attention"]["cells"]] == ["sdpa_dense", "sdpa_mask"]
+    assert (tmp_path / "bench.json").is_file() and (tmp_path / "bench.md").is_file()
+
+
+@pytest.mark.slow
+def test_flex_and_export_cells(tmp_path):
+    """FlexAttention compiles (seconds per shape) and our ONNX export: slow, run by test-slow."""
+    res = run_attention_suite(
+        sizes=[128],
+        patterns=[("band(w=16) | global(n=4)", False)],
+        impls=["sdpa_mask", "flex_compiled", "ours_onnx_ort"],
+        num_heads=2,
+        head_dim=16,
+        block_size=16,
+        policy=TimingPolicy(1, 1, 1, 0.0),
+        workdir=tmp_path,
+        log=lambda m: None,
+    )
+    for c in res["cells"]:
+        if c["status"] != "ok":
+            pytest.skip(f"{c['impl']}: {c['reason']}")
+        assert c["max_abs_diff"] < 1e-4, c
