@@ -408,8 +408,14 @@ def compile_layout(
     assert all(isinstance(p, Pattern) for p in patterns)
 
     builder = _LayoutBuilder(num_heads, -(-seq_len // block_size), block_size)
+    done: dict[str, int] = {}  # spec -> head already compiled (head-independent patterns)
     for h, pat in enumerate(patterns):
+        key = pat.spec()
+        if not pat.head_dependent and key in done:
+            builder.rows[h] = list(builder.rows[done[key]])
+            continue
         _compile_head(pat, h, num_heads, seq_len, block_size, builder)
+        done[key] = h
     specs = [p.spec() for p in patterns]
     spec_str = specs[0] if len(set(specs)) == 1 else json.dumps(specs)
     return builder.build(

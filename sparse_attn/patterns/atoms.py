@@ -151,6 +151,11 @@ class Atom:
         """True when ``V(i, j)`` depends on the sequence length (not prefix-stable)."""
         return False
 
+    @property
+    def head_dependent(self) -> bool:
+        """True when ``V(i, j)`` differs between heads (random draws, per-head shifts)."""
+        return False
+
     def visible(self, i: np.ndarray, j: np.ndarray, ctx: Context) -> np.ndarray:
         """``bool`` array (broadcast of ``i`` and ``j``, int64 token positions): ``V(i, j)``."""
         raise NotImplementedError
@@ -467,6 +472,10 @@ class VerticalStride(_ColumnAtom):
     formula = "(j // b + h*step + 1) % s == 0; step=auto: max(1, s // H)"
     summary = "every s-th block of b keys, shifted by step blocks per head (Phi-3-small)"
 
+    @property
+    def head_dependent(self) -> bool:
+        return self.values["step"] != 0
+
     def head_offset(self, ctx: Context) -> int:
         step = self.values["step"]
         if step == "auto":
@@ -565,6 +574,10 @@ class Random(Atom):
     @property
     def requires_static_seq_len(self) -> bool:
         return self.values["scope"] == "all"
+
+    @property
+    def head_dependent(self) -> bool:
+        return True
 
     def block_length(self, ctx: Context) -> int:
         return self.values["b"] or ctx.block_size

@@ -75,6 +75,11 @@ class Pattern:
         """True when some atom depends on the end of the sequence (not prefix-stable)."""
         return any(a.requires_static_seq_len for a in self.atoms)
 
+    @property
+    def head_dependent(self) -> bool:
+        """True when heads of the same pattern get different masks (random, per-head shifts)."""
+        return any(a.head_dependent for a in self.atoms)
+
     def visible(self, i: np.ndarray, j: np.ndarray, ctx: Context) -> np.ndarray:
         """``bool`` broadcast of int64 position arrays ``i`` (queries), ``j`` (keys): ``V(i, j)``."""
         i = np.asarray(i, dtype=np.int64)
