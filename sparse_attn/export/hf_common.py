@@ -208,3 +208,133 @@ def as_path(output_path) -> Path:
         raise InvalidInputError(f"output path must end in .onnx, got {str(p)!r}")
     p.parent.mkdir(parents=True, exist_ok=True)
     return p
+
+
+def layouts_hash(layouts) -> str:
+    """Hash of the model's layouts as written to ``sparse_attn.layout_hash`` (export metadata)."""
+    from sparse_attn.export.metadata import layouts_hash as _hash
+
+    return _hash(list(layouts))
+
+
+def pattern_for_config(pattern):
+    """JSON-safe form of a ``pattern`` argument for ``model_config`` (rebuilt by ``build_model``).
+
+    A spec string or a list of them is kept; a Pattern object becomes its ``spec()`` string;
+    a BlockLayout becomes its ``spec`` (rebuild recompiles it and checks the layout hash).
+    """
+    from sparse_attn.layout import BlockLayout
+
+    if pattern is None or isinstance(pattern, str):
+        return pattern
+    if isinstance(pattern, BlockLayout):
+        return pattern.spec
+    if isinstance(pattern, (list, tuple)):
+        return [pattern_for_config(p) for p in pattern]
+    spec = getattr(pattern, "spec", None)
+    return spec() if callable(spec) else str(pattern)
+
+
+def check_rebuilt_layouts(model_config: dict, layouts) -> None:
+    """Refuse a rebuilt model whose layouts differ from the exported ones.
+
+    Raises:
+        InvalidInputError: the layout hash recorded in ``model_config`` differs (e.g. the
+            pattern was a hand-made layout whose spec does not compile to the same layout, or
+            the pattern compiler changed since the export).
+    """
+    want = model_config.get("layout_hash")
+    got = layouts_hash(layouts)
+    if want and want != got:
+        raise InvalidInputError(
+            f"rebuilt layout hash {got[:12]} differs from the exported {want[:12]}; the model's "
+            f"pattern {model_config.get('pattern')!r} cannot be rebuilt from its spec: re-export "
+            f"it from a spec string"
+        )
+
+
+def export_family(
+    model,
+    output_path,
+    *,
+    family: str,
+    example_inputs: dict,
+    check_inputs: dict | None,
+    output_names: Sequence[str],
+    static_seq_len: bool,
+    model_config: dict,
+    layouts,
+    pattern_spec: str,
+    causal: bool,
+    max_seq_len: int,
+    dtype: str,
+    num_heads: int,
+    head_dim: int,
+    tolerance=None,
+) -> Path:
+    """Run the export pipeline (:func:`sparse_attn.export.exporter.export_model`) for a family.
+
+    Args:
+        model: module whose ``forward(**example_inputs)`` returns ``{output_name: tensor}``.
+        output_path: ``.onnx`` file to write.
+        family: ``sparse_attn.model`` metadata value.
+        example_inputs: ordered ``{name: tensor}`` (the ONNX input order).
+        check_inputs: inputs of the ORT-vs-PyTorch check (default: ``example_inputs``).
+        output_names: ONNX output names.
+        static_seq_len: True when S is fixed at ``max_seq_len`` (no ``seq_len`` dynamic axis).
+        model_config: JSON-safe dict for ``build_torch_model`` (the layout hash is added).
+        layouts: the layouts in the model (for ``sparse_attn.layout_hash``).
+        pattern_spec, causal, max_seq_len, dtype, num_heads, head_dim: metadata
+            (:func:`sparse_attn.export.metadata.build_metadata`).
+
+    Returns:
+        The written path.
+    """
+    from sparse_attn.export import exporter
+    from sparse_attn.export.metadata import build_metadata
+
+    layouts = list(layouts)
+    model_config = dict(model_config, layout_hash=layouts_hash(layouts))
+    axes = {"batch": 0} if static_seq_len else {"batch": 0, "seq_len": 1}
+    dynamic_axes = {name: {ax: label for label, ax in axes.items()} for name in example_inputs}
+    metadata = build_metadata(
+        model=family,
+        layout=layouts,
+        dtype=dtype,
+        model_config=model_config,
+        max_seq_len=max_seq_len,
+        num_heads=num_heads,
+        head_dim=head_dim,
+        pattern=pattern_spec,
+        causal=causal,
+        static_seq_len=static_seq_len,
+    )
+    result = exporter.export_model(
+        model,
+        example_inputs,
+        as_path(output_path),
+        output_names=list(output_names),
+        dynamic_axes=dynamic_axes,
+        metadata=metadata,
+        check_inputs=check_inputs,
+        tolerance=tolerance,
+    )
+    return Path(getattr(result, "path", output_path))
+
+
+def random_token_inputs(
+    batch: int, seq_len: int, vocab_size: int, *, seed: int, low: int = 3, pad_last: int = 0
+) -> dict:
+    """Seeded random ``input_ids`` / ``attention_mask`` (int64 ``[batch, seq_len]``).
+
+    Ids are drawn from ``low..vocab_size-1`` (above the special ids); the last row has its
+    final ``pad_last`` positions padded (mask 0) when ``batch > 1``.
+    """
+    import torch
+
+    g = torch.Generator().manual_seed(int(seed))
+    ids = torch.randint(low, int(vocab_size), (batch, seq_len), generator=g, dtype=torch.int64)
+    mask = torch.ones(batch, seq_len, dtype=torch.int64)
+    if batch > 1 and pad_last:
+        mask[-1, seq_len - min(pad_last, seq_len - 1) :] = 0
+    return {"input_ids": ids, "attention_mask": mask}

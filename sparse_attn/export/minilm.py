@@ -306,3 +306,114 @@ def _check_max_seq_len(max_seq_len) -> int:
                 f"embeddings; use --max-seq-len {MAX_POSITIONS} or less"
             )
     return hf_common.check_positive_int("max_seq_len", max_seq_len, maximum=MAX_POSITIONS)
+
+
+#: Sentences used as example inputs for tracing and for the export-time ORT check.
+EXAMPLE_TEXTS = (
+    "Block-sparse attention lets a transformer read long documents.",
+    "Each token attends to its neighbours and to a few global tokens, which keeps the cost "
+    "linear in the sequence length while information still flows across the whole text.",
+)
+
+
+def model_config_for(
+    pattern, *, block_size: int, max_seq_len: int, dtype: str, causal: bool
+) -> dict:
+    """The JSON ``sparse_attn.model_config`` of a MiniLM export (see :func:`build_torch_model`)."""
+    return {
+        "family": NAME,
+        "pattern": hf_common.pattern_for_config(pattern),
+        "block_size": int(block_size),
+        "max_seq_len": int(max_seq_len),
+        "dtype": dtype,
+        "causal": bool(causal),
+    }
+
+
+def build_torch_model(model_config: dict):
+    """Rebuild the eager model from metadata ``sparse_attn.model_config`` (eval mode).
+
+    ``forward(input_ids=..., attention_mask=...)`` returns ``{"last_hidden_state",
+    "sentence_embedding"}``, as the ONNX file does.
+
+    Raises:
+        InvalidInputError: a config missing keys, or whose pattern no longer compiles to the
+            exported layout (hash check).
+    """
+    try:
+        model = build_model(
+            model_config["pattern"],
+            block_size=model_config["block_size"],
+            max_seq_len=model_config["max_seq_len"],
+            dtype=model_config.get("dtype", "float32"),
+            causal=bool(model_config.get("causal", False)),
+        )
+    except KeyError as exc:
+        raise InvalidInputError(f"minilm model_config lacks {exc}; re-export the model") from exc
+    hf_common.check_rebuilt_layouts(model_config, [model.layout])
+    return model
+
+
+def export_onnx(
+    output_path,
+    *,
+    pattern=DEFAULT_PATTERN,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    max_seq_len: int | None = DEFAULT_MAX_SEQ_LEN,
+    dtype: str = "float32",
+    causal: bool = False,
+    check_texts=None,
+):
+    """Export all-MiniLM-L6-v2 with sparse attention to one ONNX file.
+
+    Args:
+        output_path: ``.onnx`` path to write.
+        pattern: see :func:`build_model` (default :data:`DEFAULT_PATTERN`).
+        block_size: tokens per block.
+        max_seq_len: 1..512 (``None`` = 512).
+        dtype: ``"float32"`` or ``"float16"`` (fp16 weights and activations; the op keeps
+            softmax/accumulation in fp32).
+        causal: intersect the pattern with ``j <= i``.
+        check_texts: texts of the export-time ONNX Runtime check (default: two sentences of
+            different lengths, another batch than the tracing one).
+
+    Returns:
+        The written path. Inputs ``input_ids``/``attention_mask`` int64 ``[batch, seq_len]``;
+        outputs ``last_hidden_state`` ``[batch, seq_len, 384]``, ``sentence_embedding``
+        ``[batch, 384]``.
+
+    Raises:
+        InvalidInputError: bad arguments (checked before any work).
+        RuntimeError: an export-time check failed.
+    """
+    import torch
+
+    max_seq_len = _check_max_seq_len(DEFAULT_MAX_SEQ_LEN if max_seq_len is None else max_seq_len)
+    hf_common.torch_dtype(dtype)
+    path = hf_common.as_path(output_path)
+    model = build_model(
+        pattern, block_size=block_size, max_seq_len=max_seq_len, dtype=dtype, causal=causal
+    )
+    example = {k: torch.from_numpy(v) for k, v in tokenize(EXAMPLE_TEXTS, max_seq_len).items()}
+    texts = list(check_texts) if check_texts else [EXAMPLE_TEXTS[1] + " " + EXAMPLE_TEXTS[0]]
+    check = {k: torch.from_numpy(v) for k, v in tokenize(texts, max_seq_len).items()}
+    cfg = model.bert.config
+    return hf_common.export_family(
+        model,
+        path,
+        family=NAME,
+        example_inputs=example,
+        check_inputs=check,
+        output_names=OUTPUT_NAMES,
+        static_seq_len=bool(model.layout.requires_static_seq_len),
+        model_config=model_config_for(
+            pattern, block_size=block_size, max_seq_len=max_seq_len, dtype=dtype, causal=causal
+        ),
+        layouts=[model.layout],
+        pattern_spec=model.layout.spec,
+        causal=causal,
+        max_seq_len=max_seq_len,
+        dtype=dtype,
+        num_heads=int(cfg.num_attention_heads),
+        head_dim=int(cfg.hidden_size // cfg.num_attention_heads),
+    )

@@ -213,3 +213,116 @@ def build_model(
     model = _module_class()(hf, attention).eval()
     model.layout = layout
     return model.to(hf_common.torch_dtype(dtype))
+
+
+def model_config_for(pattern, *, block_size, max_seq_len, dtype, config, seed) -> dict:
+    """The JSON ``sparse_attn.model_config`` of a Mistral export (see :func:`build_torch_model`)."""
+    return {
+        "family": NAME,
+        "pattern": hf_common.pattern_for_config(pattern),
+        "block_size": int(block_size),
+        "max_seq_len": int(max_seq_len),
+        "dtype": dtype,
+        "config": dict(config or {}),
+        "seed": int(seed),
+    }
+
+
+def build_torch_model(model_config: dict):
+    """Rebuild the eager model (same seeded weights) from ``sparse_attn.model_config``.
+
+    Raises:
+        InvalidInputError: missing keys, or a layout that differs from the exported one.
+    """
+    try:
+        model = build_model(
+            model_config["pattern"],
+            block_size=model_config["block_size"],
+            max_seq_len=model_config["max_seq_len"],
+            dtype=model_config.get("dtype", "float32"),
+            config=model_config.get("config"),
+            seed=model_config.get("seed", DEFAULT_SEED),
+        )
+    except KeyError as exc:
+        raise InvalidInputError(f"mistral model_config lacks {exc}; re-export the model") from exc
+    hf_common.check_rebuilt_layouts(model_config, [model.layout])
+    return model
+
+
+def export_onnx(
+    output_path,
+    *,
+    pattern=None,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    max_seq_len: int | None = DEFAULT_MAX_SEQ_LEN,
+    dtype: str = "float32",
+    causal: bool = True,
+    sliding_window: int | None = None,
+    seed: int = DEFAULT_SEED,
+    config: dict | None = None,
+):
+    """Export the small Mistral (prefill) with sliding-window attention on the sparse op.
+
+    Args:
+        output_path: ``.onnx`` path.
+        pattern: ``None`` = the model's own sliding window (``band(w=W-1)``, causal); any other
+            pattern is intersected with causal.
+        block_size: tokens per block.
+        max_seq_len: largest S (``None`` = ``DEFAULT_MAX_SEQ_LEN``).
+        dtype: ``"float32"`` or ``"float16"``.
+        causal: ignored (always causal: Mistral is a decoder); accepted for the common
+            signature.
+        sliding_window: overrides the config's ``sliding_window`` (``CLI_OPTIONS``).
+        seed: seed of the random weights.
+        config: further ``MistralConfig`` overrides.
+
+    Returns:
+        The written path: inputs ``input_ids``/``attention_mask`` int64 ``[batch, seq_len]``,
+        outputs ``logits`` ``[batch, seq_len, vocab]``, ``last_hidden_state``.
+
+    Raises:
+        InvalidInputError: bad arguments (before any work). RuntimeError: a failed check.
+    """
+    max_seq_len = DEFAULT_MAX_SEQ_LEN if max_seq_len is None else max_seq_len
+    config = dict(config or {})
+    if sliding_window is not None:
+        config["sliding_window"] = hf_common.check_positive_int("sliding_window", sliding_window)
+    hf_common.torch_dtype(dtype)
+    path = hf_common.as_path(output_path)
+    model = build_model(
+        pattern,
+        block_size=block_size,
+        max_seq_len=max_seq_len,
+        dtype=dtype,
+        config=config,
+        seed=seed,
+    )
+    cfg = model.hf.config
+    s1 = max(2, min(max_seq_len, 24))
+    s2 = max(1, min(max_seq_len, 2 * s1 + 5))
+    example = hf_common.random_token_inputs(2, s1, cfg.vocab_size, seed=1, pad_last=3)
+    check = hf_common.random_token_inputs(2, s2, cfg.vocab_size, seed=2, pad_last=5)
+    return hf_common.export_family(
+        model,
+        path,
+        family=NAME,
+        example_inputs=example,
+        check_inputs=check,
+        output_names=OUTPUT_NAMES,
+        static_seq_len=bool(model.layout.requires_static_seq_len),
+        model_config=model_config_for(
+            pattern,
+            block_size=block_size,
+            max_seq_len=max_seq_len,
+            dtype=dtype,
+            config=config,
+            seed=seed,
+        ),
+        layouts=[model.layout],
+        pattern_spec=model.layout.spec,
+        causal=True,
+        max_seq_len=max_seq_len,
+        dtype=dtype,
+        num_heads=model.num_heads,
+        head_dim=model.head_dim,
+    )
