@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from sparse_attn.errors import InvalidInputError
+
 
 @dataclass(frozen=True, eq=False)
 class BlockLayout:
@@ -106,17 +108,18 @@ class BlockLayout:
             block_size: tokens per block, >= 1.
 
         Raises:
-            ValueError: on a mask of the wrong rank, non-square, S = 0 or block_size < 1.
+            InvalidInputError (a ValueError): on a mask of the wrong rank, non-square, S = 0
+                or block_size < 1.
         """
         mask = np.asarray(mask, dtype=bool)
         if mask.ndim == 2:
             mask = mask[None]
         if mask.ndim != 3 or mask.shape[1] != mask.shape[2]:
-            raise ValueError(f"mask must be [H, S, S], got {list(mask.shape)}")
+            raise InvalidInputError(f"mask must be [H, S, S], got {list(mask.shape)}")
         if mask.shape[1] == 0:
-            raise ValueError("mask has S = 0; sequence length must be >= 1")
+            raise InvalidInputError("mask has S = 0; sequence length must be >= 1")
         if block_size < 1:
-            raise ValueError(f"block_size must be >= 1, got {block_size}")
+            raise InvalidInputError(f"block_size must be >= 1, got {block_size}")
         h, s, _ = mask.shape
         nb = -(-s // block_size)
         padded = np.zeros((h, nb * block_size, nb * block_size), dtype=bool)
@@ -147,17 +150,18 @@ class BlockLayout:
         """Top-left crop to ``seq_len <= self.seq_len`` tokens (SPEC: prefix stability).
 
         Raises:
-            ValueError: if ``seq_len`` is out of ``1..self.seq_len``, or the layout needs a
-                static sequence length (``requires_static_seq_len``) and ``seq_len`` differs.
+            InvalidInputError (a ValueError): if ``seq_len`` is out of ``1..self.seq_len``, or
+                the layout needs a static sequence length (``requires_static_seq_len``) and
+                ``seq_len`` differs.
         """
         if not 1 <= seq_len <= self.seq_len:
-            raise ValueError(
+            raise InvalidInputError(
                 f"seq_len must be in 1..{self.seq_len} (the layout's max), got {seq_len}"
             )
         if seq_len == self.seq_len:
             return self
         if self.requires_static_seq_len:
-            raise ValueError(
+            raise InvalidInputError(
                 f"pattern {self.spec!r} depends on the end of the sequence, so the layout is "
                 f"fixed at seq_len={self.seq_len}; pad inputs to {self.seq_len} tokens"
             )
@@ -346,6 +350,8 @@ class _LayoutBuilder:
 
 
 # ---------------------------------------------------------------------------- compiler
+#: Most blocks per side compile_layout accepts (its tile grid is nQB^2 bits, 256 MiB here).
+MAX_COMPILE_BLOCKS = 16384
 #: Tiles evaluated per numpy batch when filling representative tiles (bounds peak memory).
 _TILE_BATCH_ELEMS = 1 << 21
 
@@ -388,13 +394,19 @@ def compile_layout(
             length, or an unsupported ``spec`` type.
         PatternSyntaxError: a spec string that does not parse.
     """
-    from sparse_attn.errors import InvalidInputError
     from sparse_attn.patterns import Pattern, parse_pattern
 
     for name, v in (("seq_len", seq_len), ("block_size", block_size), ("num_heads", num_heads)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
             raise InvalidInputError(f"{name} must be an integer >= 1, got {v!r}")
     seq_len, block_size, num_heads = int(seq_len), int(block_size), int(num_heads)
+    nb = -(-seq_len // block_size)
+    if nb > MAX_COMPILE_BLOCKS:
+        raise InvalidInputError(
+            f"seq_len={seq_len} / block_size={block_size} gives {nb} blocks per side; the "
+            f"compiler handles at most {MAX_COMPILE_BLOCKS} (an nQB^2 grid of tiles): use a "
+            "larger block_size"
+        )
     if isinstance(spec, (list, tuple)):
         if len(spec) != num_heads:
             raise InvalidInputError(

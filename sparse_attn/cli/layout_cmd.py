@@ -94,15 +94,21 @@ def command(spec, seq_len, block_size, num_heads, causal, as_json, save_mask, pl
     layout = compile_layout(pattern, seq_len, block_size, num_heads=num_heads, causal=causal)
     st = layout.stats()
     st["preset"] = pattern.name
-    if save_mask is not None:
-        import numpy as np
+    try:
+        if save_mask is not None:
+            import numpy as np
 
-        with open(save_mask, "wb") as f:
-            np.save(f, layout.token_mask())
-        st["mask_file"] = str(save_mask)
-    if plot is not None:
-        plot_layout(layout, plot)
-        st["plot_file"] = str(plot)
+            with open(save_mask, "wb") as f:
+                np.save(f, layout.token_mask())
+            st["mask_file"] = str(save_mask)
+        if plot is not None:
+            plot_layout(layout, plot)
+            st["plot_file"] = str(plot)
+    except OSError as exc:
+        raise InvalidInputError(
+            f"cannot write {exc.filename or save_mask or plot}: {exc.strerror or exc}; "
+            "check the output path"
+        ) from None
     if as_json:
         click.echo(json.dumps(st))
         return

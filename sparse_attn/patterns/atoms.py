@@ -28,6 +28,9 @@ import numpy as np
 
 from sparse_attn.errors import PatternSyntaxError
 
+#: Largest value of any integer parameter (positions and sizes are int32 in the layout).
+MAX_PARAM = 2**31 - 1
+
 #: Key value used by atoms for "this atom sees nothing in the tile" (shared by many tiles).
 EMPTY_KEY = np.int64(-(2**62))
 
@@ -198,6 +201,8 @@ def _as_int(atom: str, p: Param, v) -> int:
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
         raise param_error(f"{atom}(): {p.name} must be an integer, got {v!r}", p.name)
     v = int(v)
+    if v > MAX_PARAM:
+        raise param_error(f"{atom}(): {p.name}={v} is too large; it must be <= {MAX_PARAM}", p.name)
     if p.minimum is not None and v < p.minimum:
         what = "negative" if v < 0 else ("zero" if v == 0 else "too small")
         raise param_error(
