@@ -318,3 +318,13 @@ def test_long_sequence_compiles_without_dense_mask(spec):
         assert st["partial_blocks"] == 0
         assert st["full_blocks"] >= 2 * (2 * nb + 3 * (nb - 2))
         assert st["full_blocks"] <= 2 * (2 * nb + 2 * (nb - 2) + 6 * (nb - 2))
+
+
+def test_refuses_huge_block_grid_and_crop_errors_are_invalid_input():
+    with pytest.raises(InvalidInputError, match="larger block_size"):
+        compile_layout("band(w=4)", 10**6, 1)
+    lay = compile_layout("band(w=4)", 64, 16)
+    with pytest.raises(InvalidInputError, match="1..64"):
+        lay.crop(65)
+    with pytest.raises(InvalidInputError, match="end of the sequence"):
+        compile_layout("bigbird(block=16)", 64, 16).crop(32)

@@ -166,3 +166,8 @@ def test_lazy_top_level_names():
     lay = sparse_attn.compile_layout("band(w=2)", seq_len=10, block_size=4)
     assert lay.num_heads == 1 and lay.seq_len == 10
     assert str(sparse_attn.parse_pattern("sliding_window(w=3)")) == "band(w=2) | causal"
+
+
+def test_parameter_too_large():
+    with pytest.raises(PatternSyntaxError, match="too large"):
+        parse_pattern("band(w=99999999999999999999)")
