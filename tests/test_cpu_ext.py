@@ -1,0 +1,318 @@
+"""Tests of the compiled CPU kernel (sparse_attn/kernels/cpu_ext.py + csrc/).
+
+Every case compares with a float64 dense masked reference built from the layout's token mask
+(:meth:`BlockLayout.token_mask` is not used for the expected mask: the masks below are written
+directly as token predicates, and the layout is built from them with
+:meth:`BlockLayout.from_token_mask`). On failure the worst element is reported.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from sparse_attn.errors import InvalidInputError
+from sparse_attn.kernels import cpu_ext
+from sparse_attn.layout import BlockLayout
+
+pytestmark = pytest.mark.skipif(
+    not cpu_ext.is_available(),
+    reason=f"CPU extension cannot be built here: {cpu_ext.unavailable_reason()}",
+)
+
+
+# ----------------------------------------------------------------------------- helpers
+def band_global(s: int, w: int, g: int) -> np.ndarray:
+    """bool [S, S]: |i - j| <= w or i < g or j < g (SPEC band | global)."""
+    i = np.arange(s)
+    return (np.abs(i[:, None] - i[None, :]) <= w) | (i[:, None] < g) | (i[None, :] < g)
+
+
+def layout_arrays(layout: BlockLayout) -> list[torch.Tensor]:
+    masks = layout.masks
+    if masks.shape[0] == 0:  # contract of ops.layout_tensors: never an empty tensor
+        masks = np.zeros((1, layout.block_size, layout.block_size), dtype=np.uint8)
+    return [
+        torch.from_numpy(np.ascontiguousarray(a))
+        for a in (layout.row_ptr, layout.col_idx, layout.mask_idx, masks)
+    ]
+
+
+def reference(q, k, v, token_mask, key_padding_mask, scale):
+    """float64 dense masked attention. token_mask bool [H, S, S]; kpm bool [B, S] or None.
+
+    Rows with no visible key give 0; masked keys' K/V values are never used (they are zeroed
+    before the products, so NaN/Inf in them cannot leak into the reference either).
+    """
+    q, k, v = q.double(), k.double(), v.double()
+    vis = (
+        torch.from_numpy(np.array(token_mask, dtype=bool))[None]
+        .expand(q.shape[0], -1, -1, -1)
+        .clone()
+    )
+    if key_padding_mask is not None:
+        vis &= key_padding_mask[:, None, None, :].bool()
+    any_vis_key = vis.any(dim=2)  # [B, H, S_k]: key visible from some query
+    k = torch.where(any_vis_key[..., None], k, torch.zeros_like(k))
+    v = torch.where(any_vis_key[..., None], v, torch.zeros_like(v))
+    scores = (q @ k.transpose(-1, -2)) * scale
+    scores = scores.masked_fill(~vis, -math.inf)
+    row_any = vis.any(dim=-1, keepdim=True)
+    p = torch.softmax(torch.where(row_any, scores, torch.zeros_like(scores)), dim=-1)
+    p = torch.where(vis, p, torch.zeros_like(p))
+    # sum_j p_ij v_j over visible (i, j) only: a key visible from some queries but not from
+    # query i must not reach row i even when its V holds NaN/Inf (0 * NaN = NaN).
+    terms = p[..., None] * v[:, :, None, :, :]  # [B, H, S_q, S_k, Dv]
+    return torch.where(vis[..., None], terms, torch.zeros_like(terms)).sum(dim=-2)
+
+
+def assert_close(got: torch.Tensor, exp: torch.Tensor, atol: float, rtol: float, what: str):
+    """Assert |got - exp| <= atol + rtol |exp| everywhere; report the worst element."""
+    got64, exp64 = got.double(), exp.double()
+    assert got.shape == exp.shape, f"{what}: shape {list(got.shape)} != {list(exp.shape)}"
+    bad_nan = torch.isnan(got64) != torch.isnan(exp64)
+    err = (got64 - exp64).abs().nan_to_num(nan=0.0)
+    excess = err - (atol + rtol * exp64.abs().nan_to_num(nan=0.0))
+    excess = torch.where(bad_nan, torch.full_like(excess, math.inf), excess)
+    worst = int(torch.argmax(excess).item())
+    if excess.reshape(-1)[worst] > 0:
+        idx = np.unravel_index(worst, tuple(got.shape))
+        frac = float((excess > 0).double().mean())
+        raise AssertionError(
+            f"{what}: worst element at {tuple(int(i) for i in idx)}: got "
+            f"{got64.reshape(-1)[worst].item()!r}, expected {exp64.reshape(-1)[worst].item()!r} "
+            f"(|err| {err.reshape(-1)[worst].item():.3g}, atol {atol}, rtol {rtol}); "
+            f"{frac:.2%} of elements out of tolerance"
+        )
+
+
+def run(q, k, v, layout, kpm=None, scale=None):
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    return cpu_ext.attention_arrays(
+        q, k, v, *layout_arrays(layout), kpm, layout.block_size, float(scale)
+    )
+
+
+def rand(*shape, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g, dtype=torch.float32).to(dtype)
+
+
+# ----------------------------------------------------------------------------- accuracy grid
+@pytest.mark.parametrize(
+    "b,h,s,d,dv,bs,w,g",
+    [
+        (1, 2, 100, 17, 40, 16, 20, 5),  # S not a multiple of bs, odd D, Dv != D
+        (2, 3, 64, 40, 40, 16, 7, 0),  # S multiple of bs, D = 40, no global
+        (1, 1, 1, 8, 3, 16, 4, 1),  # S = 1
+        (1, 2, 77, 64, 64, 32, 40, 3),  # block 32, ragged last block
+        (1, 1, 600, 16, 16, 16, 1000, 0),  # dense rows: runs longer than the 512-key cap
+        (1, 2, 130, 32, 24, 64, 64, 64),  # block 64, ragged, global block
+    ],
+)
+def test_matches_float64_reference(b, h, s, d, dv, bs, w, g):
+    mask = np.broadcast_to(band_global(s, w, g), (h, s, s))
+    layout = BlockLayout.from_token_mask(mask, bs)
+    q, k, v = rand(b, h, s, d, seed=1), rand(b, h, s, d, seed=2), rand(b, h, s, dv, seed=3)
+    out = run(q, k, v, layout)
+    assert out.dtype == torch.float32 and out.shape == (b, h, s, dv)
+    assert_close(out, reference(q, k, v, mask, None, d**-0.5), 2e-5, 2e-5, "band|global fp32")
+
+
+def test_random_token_masks_per_head_with_padding_and_scale():
+    """Arbitrary partial tiles, a different pattern per head, key padding, explicit scale."""
+    rng = np.random.default_rng(7)
+    b, h, s, d, bs = 2, 3, 90, 24, 16
+    mask = rng.random((h, s, s)) < np.array([0.05, 0.3, 0.9])[:, None, None]
+    mask[1] &= np.tril(np.ones((s, s), dtype=bool))  # head 1 causal
+    mask[2, 10:20, :] = False  # head 2: rows with no visible key
+    layout = BlockLayout.from_token_mask(mask, bs)
+    assert layout.masks.shape[0] > 0
+    kpm = torch.ones(b, s, dtype=torch.bool)
+    kpm[0, 80:] = False
+    kpm[1, ::3] = False
+    q, k, v = rand(b, h, s, d, seed=4), rand(b, h, s, d, seed=5), rand(b, h, s, d, seed=6)
+    out = run(q, k, v, layout, kpm, scale=0.3)
+    exp = reference(q, k, v, mask, kpm, 0.3)
+    assert_close(out, exp, 2e-5, 2e-5, "random masks + padding")
+    assert torch.all(out[:, 2, 10:20] == 0), "rows with no visible key must be exactly 0"
+
+
+def test_fully_masked_rows_are_exact_zero():
+    s, bs = 48, 16
+    mask = np.zeros((1, s, s), dtype=bool)
+    mask[0, :20, :20] = True  # rows 20.. see nothing; row block 1 is partially masked
+    layout = BlockLayout.from_token_mask(mask, bs)
+    q, k, v = rand(1, 1, s, 8), rand(1, 1, s, 8, seed=1), rand(1, 1, s, 8, seed=2)
+    out = run(q, k, v, layout)
+    assert not torch.isnan(out).any()
+    assert torch.all(out[0, 0, 20:] == 0)
+    assert_close(out, reference(q, k, v, mask, None, 8**-0.5), 2e-5, 2e-5, "masked rows")
+    # Every key padded: every row is exactly 0.
+    out = run(q, k, v, layout, torch.zeros(1, s, dtype=torch.bool))
+    assert torch.all(out == 0)
+
+
+def test_nan_inf_in_masked_keys_never_leak():
+    """NaN/Inf written into padded keys' K/V: the output stays finite and unchanged."""
+    b, h, s, d, bs = 2, 2, 70, 16, 16
+    mask = np.broadcast_to(band_global(s, 9, 2), (h, s, s))
+    layout = BlockLayout.from_token_mask(mask, bs)
+    kpm = torch.ones(b, s, dtype=torch.bool)
+    kpm[0, 60:] = False
+    kpm[1, 30:35] = False
+    q, k, v = rand(b, h, s, d, seed=8), rand(b, h, s, d, seed=9), rand(b, h, s, d, seed=10)
+    clean = run(q, k, v, layout, kpm)
+    k2, v2 = k.clone(), v.clone()
+    for bb in range(b):
+        pad = ~kpm[bb]
+        k2[bb, :, pad] = math.nan
+        v2[bb, 0, pad] = math.inf
+        v2[bb, 1, pad] = math.nan
+    dirty = run(q, k2, v2, layout, kpm)
+    assert torch.isfinite(dirty).all(), "NaN/Inf of padded keys leaked into the output"
+    # Runs holding non-finite V rows take the NaN-safe loop instead of the SGEMM: the
+    # summation order differs, so compare to rounding, not bit for bit.
+    assert_close(dirty, clean, 1e-6, 1e-6, "padded keys' K/V changed the output")
+    assert_close(clean, reference(q, k, v, mask, kpm, d**-0.5), 2e-5, 2e-5, "padding")
+
+
+def test_nan_in_key_visible_to_other_queries_only():
+    """Key 5 is visible from query 5 only (block-local partial tile); its V holds NaN/Inf.
+
+    Query 5's output is NaN (as in the reference); every other row must stay finite even
+    though key 5 sits inside the same tiles (p == 0 exactly, 0 * NaN must not happen).
+    """
+    s, bs, d = 32, 16, 8
+    mask = np.eye(s, dtype=bool) | band_global(s, 2, 0)
+    mask[:, 5] = False
+    mask[5, 5] = True
+    layout = BlockLayout.from_token_mask(mask[None], bs)
+    q, k, v = rand(1, 1, s, d), rand(1, 1, s, d, seed=1), rand(1, 1, s, d, seed=2)
+    v[0, 0, 5, 0] = math.nan
+    v[0, 0, 5, 1] = math.inf
+    out = run(q, k, v, layout)
+    others = torch.ones(s, dtype=torch.bool)
+    others[5] = False
+    assert torch.isfinite(out[0, 0, others]).all(), "NaN of key 5 leaked into other rows"
+    assert torch.isnan(out[0, 0, 5, 0])
+    exp = reference(q, k, v, mask[None], None, d**-0.5)
+    assert_close(out[0, 0, others], exp[0, 0, others], 2e-5, 2e-5, "other rows")
+
+
+def test_crop_uses_full_layout_arrays():
+    """Layout built for 96 tokens, requests of 70 and 33 tokens use the same arrays."""
+    smax, bs, h = 96, 16, 2
+    full = np.stack([band_global(smax, 11, 3), band_global(smax, 4, 0) & np.tri(smax, dtype=bool)])
+    layout = BlockLayout.from_token_mask(full, bs)
+    for s in (70, 33, 16, 1):
+        q, k, v = rand(1, h, s, 12, seed=s), rand(1, h, s, 12, seed=s + 1), rand(1, h, s, 20)
+        out = run(q, k, v, layout)
+        exp = reference(q, k, v, full[:, :s, :s], None, 12**-0.5)
+        assert_close(out, exp, 2e-5, 2e-5, f"crop to S={s}")
+        # The BlockLayout.crop() arrays give the same result.
+        assert_close(run(q, k, v, layout.crop(s)), exp, 2e-5, 2e-5, f"layout.crop({s})")
+
+
+def test_fp16_scores_beyond_fp16_range():
+    """q.k ~ 3e5 (fp16 max is 65504) before scaling: softmax must run in fp32."""
+    b, h, s, d, bs = 1, 2, 50, 32, 16
+    mask = np.broadcast_to(band_global(s, 12, 1), (h, s, s))
+    layout = BlockLayout.from_token_mask(mask, bs)
+    q = (rand(b, h, s, d, seed=11) * 100).half()
+    k = (rand(b, h, s, d, seed=12) * 100).half()
+    v = rand(b, h, s, d, seed=13).half()
+    qk = (q.double() @ k.double().transpose(-1, -2)).abs().max().item()
+    assert qk > 65504, f"test premise: |q.k| should exceed the fp16 range, got {qk}"
+    out = run(q, k, v, layout, scale=1.0 / 4096)
+    assert out.dtype == torch.float16
+    assert torch.isfinite(out).all()
+    assert_close(out, reference(q, k, v, mask, None, 1.0 / 4096), 2e-3, 2e-3, "fp16")
+
+
+def test_bf16_output_dtype_and_accuracy():
+    mask = band_global(40, 5, 1)[None]
+    layout = BlockLayout.from_token_mask(mask, 16)
+    q, k, v = (rand(1, 1, 40, 16, dtype=torch.bfloat16, seed=i) for i in range(3))
+    out = run(q, k, v, layout)
+    assert out.dtype == torch.bfloat16
+    assert_close(out, reference(q, k, v, mask, None, 0.25), 1e-2, 1e-2, "bf16")
+
+
+def test_thread_count_does_not_change_result():
+    mask = np.broadcast_to(band_global(200, 30, 4), (4, 200, 200))
+    layout = BlockLayout.from_token_mask(mask, 16)
+    q, k, v = rand(2, 4, 200, 32), rand(2, 4, 200, 32, seed=1), rand(2, 4, 200, 32, seed=2)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = run(q, k, v, layout)
+        torch.set_num_threads(2)
+        two = run(q, k, v, layout)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(one, two)
+
+
+def test_non_contiguous_inputs():
+    mask = band_global(48, 6, 2)[None].repeat(2, axis=0)
+    layout = BlockLayout.from_token_mask(mask, 16)
+    q = rand(1, 48, 2, 16).transpose(1, 2)  # [B, S, H, D] storage
+    k = rand(1, 48, 2, 16, seed=1).transpose(1, 2)
+    v = rand(1, 48, 2, 16, seed=2).transpose(1, 2)
+    assert not q.is_contiguous()
+    assert_close(run(q, k, v, layout), reference(q, k, v, mask, None, 0.25), 2e-5, 2e-5, "strided")
+
+
+# ----------------------------------------------------------------------------- errors
+def _good():
+    layout = BlockLayout.from_token_mask(band_global(32, 3, 1)[None], 16)
+    q, k, v = rand(1, 1, 32, 8), rand(1, 1, 32, 8), rand(1, 1, 32, 8)
+    return q, k, v, layout_arrays(layout)
+
+
+def test_bad_inputs_raise_invalid_input_error():
+    q, k, v, arrs = _good()
+    with pytest.raises(InvalidInputError, match="int32"):
+        cpu_ext.attention_arrays(q, k, v, arrs[0].long(), *arrs[1:], None, 16, 0.3)
+    with pytest.raises(InvalidInputError, match="dtype"):
+        cpu_ext.attention_arrays(q.double(), k.double(), v.double(), *arrs, None, 16, 0.3)
+    with pytest.raises(InvalidInputError, match="share one dtype"):
+        cpu_ext.attention_arrays(q, k.half(), v, *arrs, None, 16, 0.3)
+    with pytest.raises(InvalidInputError, match="block_size"):
+        cpu_ext.attention_arrays(q, k, v, *arrs, None, 0, 0.3)
+    with pytest.raises(InvalidInputError, match="masks must be"):
+        cpu_ext.attention_arrays(q, k, v, *arrs[:3], arrs[3][:, :8, :8], None, 16, 0.3)
+    bad_col = arrs[1].clone()
+    bad_col[0, 0] = 7
+    with pytest.raises(InvalidInputError, match="col_idx"):
+        cpu_ext.attention_arrays(q, k, v, arrs[0], bad_col, *arrs[2:], None, 16, 0.3)
+    bad_m = arrs[2].clone()
+    bad_m[0, 0] = 99
+    with pytest.raises(InvalidInputError, match="mask_idx"):
+        cpu_ext.attention_arrays(q, k, v, *arrs[:2], bad_m, arrs[3], None, 16, 0.3)
+    long_q = rand(1, 1, 40, 8)
+    with pytest.raises(InvalidInputError, match="blocks"):
+        cpu_ext.attention_arrays(long_q, long_q, long_q, *arrs, None, 16, 0.3)
+    with pytest.raises(InvalidInputError, match="key_padding_mask"):
+        cpu_ext.attention_arrays(q, k, v, *arrs, torch.ones(2, 32, dtype=torch.bool), 16, 0.3)
+    with pytest.raises(InvalidInputError, match="value"):
+        cpu_ext.attention_arrays(q, k, rand(1, 1, 31, 8), *arrs, None, 16, 0.3)
+
+
+def test_disable_env_forces_unavailable(monkeypatch):
+    monkeypatch.setenv(cpu_ext.DISABLE_ENV, "1")
+    assert cpu_ext.is_available() is False
+    assert cpu_ext.DISABLE_ENV in cpu_ext.unavailable_reason()
+    monkeypatch.delenv(cpu_ext.DISABLE_ENV)
+    assert cpu_ext.is_available() is True
+
+
+def test_not_supported_reasons():
+    q = rand(1, 1, 8, 4)
+    assert cpu_ext.not_supported_reasons(q, q, q) == []
+    reasons = cpu_ext.not_supported_reasons(q.double(), q.double(), q.double())
+    assert any("dtype" in r for r in reasons)
