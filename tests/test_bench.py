@@ -28,6 +28,7 @@ FAST_IMPLS = (
     "sdpa_causal",
     "sdpa_mask",
     "ours_torch",
+    "ours_torch_pure",
     "ort_dense",
     "ort_mha",
     "ort_sparse",

@@ -49,6 +49,7 @@ DEFAULT_IMPLS = (
     "sdpa_causal",
     "sdpa_mask",
     "ours_torch",
+    "ours_torch_pure",
     "ours_onnx_ort",
     "flex_compiled",
     "ort_dense",
@@ -375,6 +376,7 @@ def _run_cell(impl: Impl, case: Case, policy: TimingPolicy, max_cell_gib: float)
         estimate_mib=est / 2**20,
         loadavg_1m=os.getloadavg()[0],
         shared=False,
+        note=getattr(fn, "note", None),
     )
     return cell, out
 

@@ -8,6 +8,8 @@ how to bring its output back to ``[B, H, S, Dv]`` for the accuracy column.
 
 Ours:
   ``ours_torch``     ``sparse_attn.kernels.block_sparse_attention(..., backend="torch")``
+                     (the compiled CPU kernel ``cpu_ext`` when available)
+  ``ours_torch_pure`` the same with ``SPARSE_ATTN_DISABLE_CPU_EXT=1`` (PyTorch ops only)
   ``ours_onnx_ort``  the ``attention`` family export (custom op + its function body) in ORT
 
 Alternatives:
@@ -26,6 +28,7 @@ Alternatives:
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -190,19 +193,51 @@ def head_token_mask(layout, head: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------- ours: torch
-def _ours_torch_prepare(case: Case):
-    try:
-        from sparse_attn.kernels import block_sparse_attention
-    except ImportError as exc:
-        raise NotAvailable(f"sparse_attn.kernels.block_sparse_attention missing ({exc})") from exc
-    torch = _torch()
-    q, k, v, lay = case.query, case.key, case.value, case.layout
+_DISABLE_CPU_EXT = "SPARSE_ATTN_DISABLE_CPU_EXT"
 
-    def run():
-        with torch.inference_mode():
-            return block_sparse_attention(q, k, v, lay, backend="torch")
 
-    return run
+def _ours_torch_prepare_for(pure: bool):
+    def prepare(case: Case):
+        try:
+            from sparse_attn.kernels import block_sparse_attention
+        except ImportError as exc:
+            raise NotAvailable(
+                f"sparse_attn.kernels.block_sparse_attention missing ({exc})"
+            ) from exc
+        torch = _torch()
+        q, k, v, lay = case.query, case.key, case.value, case.layout
+
+        def run():
+            with torch.inference_mode():
+                return block_sparse_attention(q, k, v, lay, backend="torch")
+
+        if pure:
+
+            def run_pure():
+                old = os.environ.get(_DISABLE_CPU_EXT)
+                os.environ[_DISABLE_CPU_EXT] = "1"
+                try:
+                    return run()
+                finally:
+                    if old is None:
+                        del os.environ[_DISABLE_CPU_EXT]
+                    else:
+                        os.environ[_DISABLE_CPU_EXT] = old
+
+            run_pure.note = "pure PyTorch path (SPARSE_ATTN_DISABLE_CPU_EXT=1)"
+            return run_pure
+        try:
+            from sparse_attn.kernels.torch_backend import cpu_ext_active
+
+            active = bool(cpu_ext_active())
+        except Exception:  # noqa: BLE001 - older backend without the probe
+            active = False
+        if os.environ.get(_DISABLE_CPU_EXT, "") not in ("", "0"):
+            active = False
+        run.note = "compiled CPU kernel (cpu_ext)" if active else "pure PyTorch path"
+        return run
+
+    return prepare
 
 
 def _ours_torch_bytes(case: Case) -> int:
@@ -570,7 +605,17 @@ IMPLS: dict[str, Impl] = {
             "pattern",
             False,
             _ours_torch_bytes,
-            _ours_torch_prepare,
+            _ours_torch_prepare_for(pure=False),
+            _identity,
+        ),
+        Impl(
+            "ours_torch_pure",
+            "ours: torch backend, pure PyTorch",
+            True,
+            "pattern",
+            False,
+            _ours_torch_bytes,
+            _ours_torch_prepare_for(pure=True),
             _identity,
         ),
         Impl(

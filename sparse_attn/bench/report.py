@@ -103,6 +103,8 @@ def detail_table(result: dict) -> str:
             f"| {_fmt(c.get('peak_mem_mib'), 0)} "
             f"| {'-' if diff is None else f'{diff:.1e}'} |"
         )
+        if c.get("note"):
+            out[-1] = out[-1].replace(f"| {c['label']}", f"| {c['label']} ({c['note']})", 1)
     out.append(
         "\n`*` = pattern-independent baseline measured once per S and repeated in each "
         "pattern's rows. GFLOP/s counts `4 S^2 D H` for dense work and `4 S^2 D H x density` "
