@@ -369,7 +369,8 @@ def compile_layout(
         spec: a spec string (``"band(w=256) | global(n=64)"``), a preset name with optional
             overrides (``"bigbird(r=2)"``), a :class:`~sparse_attn.patterns.Pattern` or
             :class:`~sparse_attn.patterns.Atom`, or a list of those, one per head (its length
-            must equal ``num_heads``). One pattern is applied to every head.
+            must equal ``num_heads``; a JSON list string such as a per-head ``layout.spec``
+            is accepted too). One pattern is applied to every head.
         seq_len: maximum sequence length S (tokens), >= 1. Requests may use any
             ``S' <= seq_len`` through :meth:`BlockLayout.crop` (prefix stability).
         block_size: kernel block size (tokens per tile side), >= 1.
@@ -407,6 +408,15 @@ def compile_layout(
             f"compiler handles at most {MAX_COMPILE_BLOCKS} (an nQB^2 grid of tiles): use a "
             "larger block_size"
         )
+    if isinstance(spec, str) and spec.lstrip().startswith("["):
+        try:  # a per-head JSON list, as stored in BlockLayout.spec / export metadata
+            spec = json.loads(spec)
+        except json.JSONDecodeError as exc:
+            raise InvalidInputError(
+                f"spec starts with '[' but is not a JSON list of spec strings: {exc}"
+            ) from None
+        if not all(isinstance(x, str) for x in spec):
+            raise InvalidInputError("a JSON per-head spec list must hold spec strings only")
     if isinstance(spec, (list, tuple)):
         if len(spec) != num_heads:
             raise InvalidInputError(

@@ -328,3 +328,11 @@ def test_refuses_huge_block_grid_and_crop_errors_are_invalid_input():
         lay.crop(65)
     with pytest.raises(InvalidInputError, match="end of the sequence"):
         compile_layout("bigbird(block=16)", 64, 16).crop(32)
+
+
+def test_per_head_json_spec_round_trip():
+    lay = compile_layout(["band(w=5)", "random(r=2, seed=7)"], 100, 16, num_heads=2)
+    again = compile_layout(lay.spec, 100, 16, num_heads=2)
+    assert again.equals(lay) and again.spec == lay.spec
+    with pytest.raises(InvalidInputError, match="JSON"):
+        compile_layout('["band(w=5)", ', 100, 16, num_heads=2)
