@@ -336,3 +336,18 @@ def test_per_head_json_spec_round_trip():
     assert again.equals(lay) and again.spec == lay.spec
     with pytest.raises(InvalidInputError, match="JSON"):
         compile_layout('["band(w=5)", ', 100, 16, num_heads=2)
+
+
+def test_plot_shows_full_partial_and_empty_tiles(tmp_path):
+    import matplotlib.image
+
+    from sparse_attn.layout import plot_layout
+
+    lay = compile_layout("band(w=20) | global(n=16) | causal", 160, 16, num_heads=3)
+    st = lay.stats()
+    assert st["full_blocks"] > 0 and st["partial_blocks"] > 0
+    out = plot_layout(lay, tmp_path / "p.png")
+    img = matplotlib.image.imread(out)[..., :3]
+    colours = {tuple(np.round(px * 255).astype(int)) for px in img.reshape(-1, 3)}
+    assert (0x1F, 0x3B, 0x73) in colours and (0xF3, 0x9C, 0x12) in colours
+    assert (255, 255, 255) in colours

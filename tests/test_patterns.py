@@ -85,7 +85,7 @@ def test_every_preset_and_atom_is_documented():
     for preset in PRESETS.values():
         doc = preset.build.__doc__ or ""
         assert any(w in doc for w in ("Sec.", "config", "Config")), preset.name
-        assert str(preset()) == preset().spec()
+        assert str(preset()) == preset().spec() == str(preset) == preset.spec()
     for atom in ATOMS.values():
         assert atom.__doc__ and atom.formula, atom.name
 

@@ -150,6 +150,13 @@ class Preset:
         )
         return Pattern(pat.atoms, pat.causal, name=label)
 
+    def spec(self) -> str:
+        """Canonical expanded spec string of the preset with its default parameters."""
+        return self().spec()
+
+    def __str__(self) -> str:
+        return self.spec()
+
     def defaults(self) -> str:
         """``name(p=default, ...)``."""
         return f"{self.name}({', '.join(f'{p.name}={p.default}' for p in self.params)})"
