@@ -123,6 +123,9 @@ def test_time_callable_orders_statistics():
     assert first == 1  # the first call's result is returned
     assert len(calls) == 2 + timing.repeats and timing.repeats == 3
     assert timing.min_ms <= timing.q1_ms <= timing.median_ms <= timing.q3_ms <= timing.max_ms
+    calls.clear()
+    slow, _ = time_callable(lambda: calls.append(1), warmup=3, min_repeats=3, slow_call_s=0.0)
+    assert slow.repeats == 1 and len(calls) == 2  # a slow first call: one timed call only
     with pytest.raises(ValueError, match="warmup"):
         time_callable(lambda: None, warmup=0)
 

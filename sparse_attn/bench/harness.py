@@ -76,6 +76,7 @@ def time_callable(
     min_repeats: int = 3,
     max_repeats: int = 20,
     budget_s: float = 2.0,
+    slow_call_s: float = 30.0,
 ) -> tuple[Timing, object]:
     """Warm up and time ``fn()``; returns the statistics and the first call's result.
 
@@ -87,6 +88,8 @@ def time_callable(
         warmup: untimed calls before timing (>= 1; the first compiles lazily-compiled code).
         min_repeats, max_repeats: bounds of the number of timed calls (>= 1).
         budget_s: wall-clock seconds the timed calls should take in total.
+        slow_call_s: when the first call takes longer than this, no further warm-up is
+            done and a single timed call is made (the cell would otherwise take minutes).
 
     Raises:
         ValueError: on ``warmup < 1`` or ``min_repeats < 1`` or ``max_repeats < min_repeats``.
@@ -100,6 +103,8 @@ def time_callable(
     result = fn()
     first = time.perf_counter() - t0
     last = first
+    if first > slow_call_s:
+        warmup, min_repeats, max_repeats = 1, 1, 1
     for _ in range(warmup - 1):
         t0 = time.perf_counter()
         fn()

@@ -285,6 +285,8 @@ def _ours_onnx_prepare(case: Case):
                 causal=bool(case.layout.causal),
                 num_heads=h,
                 head_dim=d,
+                key_padding_mask=False,
+                verbose=False,
             )
         except NotAvailable:
             raise
