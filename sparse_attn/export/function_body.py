@@ -324,28 +324,38 @@ def build_function(
     for bi, bk in enumerate(buckets):
         p = f"b{bi}_"
         rows_r = g.const(bk.rows, p + "rows")
-        count = g.op(
+        # rows inside the request: a prefix of the bucket (rows sorted by query block);
+        # at least one row is always computed (a zero-row batch trips Reshape), extra
+        # rows are clamped onto the all-invalid block and dropped from the output.
+        count_raw = g.op(
             "ReduceSum",
             [g.op("Cast", [g.op("Less", [rows_r, nb1])], p + "inreq", to=TensorProto.INT64)],
-            p + "count",
+            p + "count_raw",
             keepdims=1,
         )
+        count = g.op("Max", [count_raw, one1], p + "count")
 
         def head(name: str, arr_name: str, count: str = count) -> str:
             return g.op("Slice", [arr_name, zero1, count, zero1], name)
 
         heads_c = head(p + "heads", g.const(bk.heads, p + "heads_all"))
         rows_c = head(p + "rows_in", rows_r)
-        row_ids.append(g.op("Add", [g.op("Mul", [heads_c, nb1]), rows_c], p + "row_id"))
+        row_ids.append(
+            head(
+                p + "row_id",
+                g.op("Add", [g.op("Mul", [heads_c, nb1]), rows_c]),
+                count_raw,
+            )
+        )
         if bk.width == 0:
-            zshape = g.op("Concat", [b1, g.op("Shape", [rows_c]), bs1, dv1], p + "zshape", axis=0)
+            zshape = g.op("Concat", [b1, count_raw, bs1, dv1], p + "zshape", axis=0)
             outs.append(
                 g.op("Expand", [g.const(np.zeros((1, 1, 1, 1), np.float32)), zshape], p + "zero")
             )
             continue
         n = bk.width
         heads_x = g.op("Mul", [heads_c, nbx1], p + "head_off")  # [Rc]
-        qidx = g.op("Add", [heads_x, rows_c], p + "qidx")
+        qidx = g.op("Add", [heads_x, g.op("Min", [rows_c, nb1])], p + "qidx")
         cols_c = head(p + "cols", g.const(bk.cols, p + "cols_all"))  # [Rc, n]
         kidx = g.op(
             "Add",
@@ -354,9 +364,11 @@ def build_function(
         )  # [Rc, n]; key blocks beyond the request -> the all-invalid block nb
         qg = g.op("Gather", [qb, qidx], p + "qg", axis=1)  # [B, Rc, bs, D+1]
 
-        def gather_kv(src: str, dim: str, hint: str, kidx: str = kidx, p: str = p) -> str:
+        def gather_kv(
+            src: str, dim: str, hint: str, kidx: str = kidx, p: str = p, n: int = n
+        ) -> str:
             x = g.op("Gather", [src, kidx], p + hint + "g5", axis=1)  # [B, Rc, n, bs, d]
-            shp = g.op("Concat", [g.const(_i64(0, 0, -1)), dim], p + hint + "shp", axis=0)
+            shp = g.op("Concat", [g.const(_i64(0, 0, n * bs)), dim], p + hint + "shp", axis=0)
             return g.op("Reshape", [x, shp], p + hint + "g")  # [B, Rc, n*bs, d]
 
         kg = gather_kv(kb, d_aug, "k")
@@ -382,7 +394,7 @@ def build_function(
         elif dead.any():
             dead_c = g.const(dead[:, :, None], p + "dead_all")
             o = g.op("Where", [head(p + "dead", dead_c), fzero, o], p + "out")
-        outs.append(o)
+        outs.append(g.op("Slice", [o, zero1, count_raw, one1], p + "out_in"))
 
     # -- 4. back to row order, crop, cast
     cat = outs[0] if len(outs) == 1 else g.op("Concat", outs, "cat", axis=1)

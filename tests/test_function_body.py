@@ -1,0 +1,220 @@
+"""The block-sparse ONNX function body vs the float64 dense reference (ONNX Runtime CPU,
+onnx.reference), directly on one-node models (no torch export involved)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import helper
+
+from sparse_attn import opspec
+from sparse_attn.errors import InvalidInputError
+from sparse_attn.export import exporter, function_body
+from sparse_attn.kernels.reference import reference_attention
+from sparse_attn.layout import BlockLayout, compile_layout
+
+ort = pytest.importorskip("onnxruntime")
+
+
+def assert_close(got, exp, atol, rtol, what):
+    """Fail with the worst element (index, got, expected) and the failing fraction."""
+    got64, exp64 = np.asarray(got, np.float64), np.asarray(exp, np.float64)
+    assert got64.shape == exp64.shape, f"{what}: shape {got64.shape} != {exp64.shape}"
+    assert np.isfinite(got64).all(), (
+        f"{what}: non-finite output at {np.argwhere(~np.isfinite(got64))[:3]}"
+    )
+    err = np.abs(got64 - exp64)
+    bad = err > atol + rtol * np.abs(exp64)
+    if bad.any():
+        idx = np.unravel_index(int(np.argmax(err)), err.shape)
+        pytest.fail(
+            f"{what}: worst at {idx}: got {got64[idx]!r}, expected {exp64[idx]!r} "
+            f"(|err| {err[idx]:.3e}); {bad.mean():.2%} out of tolerance"
+        )
+
+
+def session(model: onnx.ModelProto):
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def make_inputs(rng, b, h, s, d, dv, dtype, poison=True):
+    q, k = (rng.standard_normal((b, h, s, d)).astype(dtype) for _ in range(2))
+    v = rng.standard_normal((b, h, s, dv)).astype(dtype)
+    kpm = rng.random((b, s)) > 0.3
+    kpm[:, 0] = True
+    if b > 1 and s > 2:
+        kpm[1, s // 2 :] = False
+    if poison:  # padded slots hold NaN / Inf: they must not leak
+        pad = ~kpm[:, None, :, None]
+        k = np.where(pad, np.nan, k).astype(dtype)
+        v = np.where(pad, np.inf, v).astype(dtype)
+    return q, k, v, kpm
+
+
+def reference(layout, q, k, v, kpm, scale=None):
+    t = [torch.from_numpy(np.ascontiguousarray(x)) for x in (q, k, v)]
+    m = None if kpm is None else torch.from_numpy(kpm)
+    return reference_attention(*t, layout, m, scale=scale).numpy()
+
+
+def custom_layout() -> BlockLayout:
+    """Per-head patterns with an empty query range, a zero column block and ragged edges."""
+    s = 75
+    i, j = np.arange(s)[:, None], np.arange(s)[None, :]
+    h0 = (np.abs(i - j) <= 4) | (j < 2)
+    h1 = (j <= i) & (i - j < 19)
+    h1[30:41] = False  # queries that see nothing -> exact zeros
+    h2 = np.zeros((s, s), dtype=bool)
+    h2[:, 50:53] = True  # every query sees only keys 50..52
+    return BlockLayout.from_token_mask(np.stack([h0, h1, h2]), 16)
+
+
+CASES = [
+    ("band(w=20) | global(n=3)", 100, 16, 2, False),
+    ("dilated(w=3, d=5) | block_local(b=24)", 90, 16, 2, False),
+    ("band(w=10)", 64, 16, 1, True),
+    ("random(r=2, seed=3) | global(n=1)", 96, 32, 2, False),
+]
+
+
+@pytest.mark.parametrize("spec,max_s,bs,heads,causal", CASES)
+def test_body_matches_reference_fp32(spec, max_s, bs, heads, causal):
+    layout = compile_layout(spec, max_s, bs, num_heads=heads, causal=causal)
+    model = function_body.make_node_model(layout, head_dim=8, value_dim=6)
+    onnx.checker.check_model(model, full_check=True)
+    onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    sess = session(model)
+    rng = np.random.default_rng(0)
+    for s in sorted({1, bs - 1, bs + 3, max_s // 2 + 1, max_s}):
+        q, k, v, kpm = make_inputs(rng, 2, heads, s, 8, 6, np.float32)
+        (out,) = sess.run(None, dict(query=q, key=k, value=v, key_padding_mask=kpm))
+        assert_close(out, reference(layout, q, k, v, kpm), 2e-5, 1e-4, f"{spec} S={s}")
+
+
+def test_body_custom_layout_zero_rows_and_no_padding_input():
+    layout = custom_layout()
+    rng = np.random.default_rng(1)
+    for with_kpm in (True, False):
+        sess = session(function_body.make_node_model(layout, head_dim=4, key_padding_mask=with_kpm))
+        for s in (1, 31, 52, 75):
+            q, k, v, kpm = make_inputs(rng, 2, 3, s, 4, 4, np.float32, poison=with_kpm)
+            feeds = dict(query=q, key=k, value=v)
+            if with_kpm:
+                feeds["key_padding_mask"] = kpm
+            (out,) = sess.run(None, feeds)
+            exp = reference(layout, q, k, v, kpm if with_kpm else None)
+            assert_close(out, exp, 2e-5, 1e-4, f"custom kpm={with_kpm} S={s}")
+            if s > 40:  # head 1 rows 30..40 see nothing: exactly zero
+                assert np.all(out[:, 1, 30:41] == 0.0)
+            if s <= 50:  # head 2 sees only keys 50..52, all beyond the request
+                assert np.all(out[:, 2] == 0.0)
+
+
+def test_body_fp16_graph_keeps_fp32_math():
+    layout = compile_layout("band(w=24) | global(n=2)", 80, 16, num_heads=2)
+    model = function_body.make_node_model(layout, dtype="float16", head_dim=16)
+    onnx.checker.check_model(model, full_check=True)
+    sess = session(model)
+    rng = np.random.default_rng(2)
+    for s in (1, 45, 80):
+        q, k, v, kpm = make_inputs(rng, 2, 2, s, 16, 16, np.float16)
+        (out,) = sess.run(None, dict(query=q, key=k, value=v, key_padding_mask=kpm))
+        assert out.dtype == np.float16
+        exp = reference(layout, q, k, v, kpm)  # float64 math on the fp16 inputs
+        assert_close(out, exp, 1e-3, 4e-3, f"fp16 S={s}")
+
+
+def test_reference_evaluator_runs_the_body():
+    from onnx.reference import ReferenceEvaluator
+
+    layout = custom_layout()
+    model = function_body.make_node_model(layout, head_dim=4)
+    rng = np.random.default_rng(3)
+    q, k, v, kpm = make_inputs(rng, 1, 3, 45, 4, 4, np.float32)
+    with np.errstate(invalid="ignore"):
+        (out,) = ReferenceEvaluator(model).run(
+            None, dict(query=q, key=k, value=v, key_padding_mask=kpm)
+        )
+    assert_close(out, reference(layout, q, k, v, kpm), 2e-5, 1e-4, "onnx.reference")
+
+
+def test_buckets_cover_rows_once_and_isolate_global_rows():
+    layout = compile_layout("band(w=256) | global(n=64)", 4096, 64, num_heads=2)
+    buckets = function_body.plan_buckets(layout)
+    seen = sorted((int(h), int(r)) for b in buckets for h, r in zip(b.heads, b.rows, strict=True))
+    assert seen == [(h, r) for h in range(2) for r in range(layout.num_blocks)]
+    computed = sum(b.cols.size for b in buckets)
+    stored = int(layout.nnz.sum())
+    # one global row per head must not make every row dense (FACTS: padded max_nnz grid)
+    assert computed <= 1.25 * stored, (computed, stored)
+    widths = {b.width for b in buckets}
+    assert layout.num_blocks in widths and max(w for w in widths if w < layout.num_blocks) <= 10
+
+
+def test_several_layouts_in_one_model_use_overloads():
+    lay_a = compile_layout("band(w=5)", 48, 16, num_heads=1)
+    lay_b = compile_layout("global(n=3) | causal", 48, 16, num_heads=1)
+    ma = function_body.make_node_model(lay_a, head_dim=4, key_padding_mask=False)
+    mb = function_body.make_node_model(lay_b, head_dim=4, key_padding_mask=False)
+    # chain: out = attn_b(attn_a(q,k,v), k, v)
+    inits = []
+    nodes = []
+    for tag, m in (("a", ma), ("b", mb)):
+        ren = {t.name: f"{tag}_{t.name}" for t in m.graph.initializer}
+        for t in m.graph.initializer:
+            t2 = onnx.TensorProto()
+            t2.CopyFrom(t)
+            t2.name = ren[t.name]
+            inits.append(t2)
+        n = onnx.NodeProto()
+        n.CopyFrom(m.graph.node[0])
+        n.input[:] = [ren.get(x, x) for x in n.input]
+        n.output[0] = "mid" if tag == "a" else "output"
+        if tag == "b":
+            n.input[0] = "mid"
+        nodes.append(n)
+    graph = helper.make_graph(
+        nodes, "two", list(ma.graph.input), list(ma.graph.output), initializer=inits
+    )
+    model = helper.make_model(graph, opset_imports=list(ma.opset_import), ir_version=10)
+    assert exporter.attach_functions(model) == 2
+    assert {n.overload for n in model.graph.node} == {"v0", "v1"}
+    onnx.checker.check_model(model, full_check=True)
+    rng = np.random.default_rng(4)
+    q, k, v, _ = make_inputs(rng, 2, 1, 40, 4, 4, np.float32, poison=False)
+    (out,) = session(model).run(None, dict(query=q, key=k, value=v))
+    mid = reference(lay_a, q, k, v, None)
+    assert_close(out, reference(lay_b, mid.astype(np.float32), k, v, None), 2e-5, 1e-4, "overloads")
+
+
+def test_standard_op_collisions_are_refused():
+    layout = compile_layout("band(w=5)", 32, 16)
+    model = function_body.make_node_model(layout, head_dim=4)
+    exporter.check_custom_identities(model)  # the real identity passes
+    bad = onnx.ModelProto()
+    bad.CopyFrom(model)
+    bad.functions[0].domain = ""
+    bad.functions[0].name = "Attention"
+    with pytest.raises(InvalidInputError, match="collide"):
+        exporter.check_custom_identities(bad)
+    bad2 = onnx.ModelProto()
+    bad2.CopyFrom(model)
+    bad2.graph.node[0].domain = ""
+    with pytest.raises(InvalidInputError, match="default ONNX domain"):
+        exporter.check_custom_identities(bad2)
+    with pytest.raises(ValueError):
+        opspec.check_op_type_is_custom("ai.onnx", "Attention")
+
+
+def test_build_function_rejects_old_opset_and_bad_scale():
+    layout = compile_layout("band(w=5)", 32, 16)
+    with pytest.raises(ValueError, match="opset"):
+        function_body.build_function(layout, scale=0.5, has_key_padding_mask=False, opset=17)
+    with pytest.raises(ValueError, match="scale"):
+        function_body.build_function(
+            layout, scale=float("nan"), has_key_padding_mask=False, opset=20
+        )
