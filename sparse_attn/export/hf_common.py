@@ -259,7 +259,7 @@ def export_family(
     *,
     family: str,
     example_inputs: dict,
-    check_inputs: dict | None,
+    check_inputs: Sequence[dict] | None,
     output_names: Sequence[str],
     static_seq_len: bool,
     model_config: dict,
@@ -279,7 +279,8 @@ def export_family(
         output_path: ``.onnx`` file to write.
         family: ``sparse_attn.model`` metadata value.
         example_inputs: ordered ``{name: tensor}`` (the ONNX input order).
-        check_inputs: inputs of the ORT-vs-PyTorch check (default: ``example_inputs``).
+        check_inputs: list of input dicts for the ORT-vs-PyTorch check (default:
+            ``[example_inputs]``).
         output_names: ONNX output names.
         static_seq_len: True when S is fixed at ``max_seq_len`` (no ``seq_len`` dynamic axis).
         model_config: JSON-safe dict for ``build_torch_model`` (the layout hash is added).

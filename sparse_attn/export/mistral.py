@@ -307,7 +307,7 @@ def export_onnx(
         path,
         family=NAME,
         example_inputs=example,
-        check_inputs=check,
+        check_inputs=[example, check],
         output_names=OUTPUT_NAMES,
         static_seq_len=bool(model.layout.requires_static_seq_len),
         model_config=model_config_for(
