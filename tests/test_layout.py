@@ -352,3 +352,57 @@ def test_plot_shows_full_partial_and_empty_tiles(tmp_path):
     colours = {tuple(int(x) for x in row) for row in px}
     assert (0x1F, 0x3B, 0x73) in colours and (0xF3, 0x9C, 0x12) in colours
     assert (255, 255, 255) in colours
+
+
+def _random_atom(rng):
+    k = rng.randrange(11)
+    if k == 0:
+        return f"global(n={rng.randint(1, 40)})"
+    if k == 1:
+        toks = ",".join(str(rng.randint(0, 120)) for _ in range(rng.randint(1, 4)))
+        return f"global(tokens=[{toks}])"
+    if k == 2:
+        return f"band(w={rng.randint(1, 50)})"
+    if k == 3:
+        return f"dilated(w={rng.randint(1, 6)}, d={rng.randint(1, 9)})"
+    if k == 4:
+        return f"random(r={rng.randint(1, 4)}, seed={rng.randint(0, 9)}, b={rng.randint(1, 40)})"
+    if k == 5:
+        return f"block_local(b={rng.randint(1, 50)})"
+    if k == 6:
+        return f"block_band(b={rng.randint(1, 30)}, w={rng.randint(1, 3)})"
+    if k == 7:
+        return f"strided(l={rng.randint(1, 40)})"
+    if k == 8:
+        ell = rng.randint(1, 40)
+        return f"summary(l={ell}, c={rng.randint(1, ell)})"
+    if k == 9:
+        step = rng.choice(["auto", 0, 2])
+        return f"vertical_stride(b={rng.randint(1, 30)}, s={rng.randint(1, 6)}, step={step})"
+    return f"global(last={rng.randint(1, 30)})"
+
+
+def test_random_compositions_match_dense_evaluation():
+    """Fuzz the compiler's candidate/key machinery against the dense per-token evaluation."""
+    import random
+
+    from sparse_attn.patterns import parse_pattern
+
+    rng = random.Random(1234)
+    for _ in range(60):
+        spec = " | ".join(_random_atom(rng) for _ in range(rng.randint(1, 3)))
+        spec += " | causal" if rng.random() < 0.4 else ""
+        s, bs, heads = (
+            rng.choice([1, 5, 31, 97, 130]),
+            rng.choice([1, 3, 16, 32]),
+            rng.randint(1, 3),
+        )
+        p = parse_pattern(spec)
+        m = np.stack(
+            [p.token_mask(s, block_size=bs, head=h, num_heads=heads) for h in range(heads)]
+        )
+        lay = compile_layout(spec, s, bs, num_heads=heads)
+        assert lay.equals(BlockLayout.from_token_mask(m, bs)), (spec, s, bs, heads)
+        if not p.requires_static_seq_len:
+            s2 = rng.randint(1, s)
+            assert lay.crop(s2).equals(compile_layout(spec, s2, bs, num_heads=heads)), (spec, s2)
