@@ -1,0 +1,214 @@
+"""``--model attention`` export end to end: torch.onnx.export -> checked ONNX file, run in
+ONNX Runtime at several S from one file, compared with the float64 reference."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from sparse_attn import opspec
+from sparse_attn.errors import InvalidInputError
+from sparse_attn.export import attention, build_torch_model, exporter
+from sparse_attn.export.metadata import build_metadata, read_metadata
+from sparse_attn.kernels.reference import reference_attention
+from sparse_attn.layout import compile_layout
+
+ort = pytest.importorskip("onnxruntime")
+
+from test_function_body import assert_close, make_inputs  # noqa: E402
+
+
+def run_ort(path, feeds):
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return sess.run(None, feeds)[0]
+
+
+def ref(layout, q, k, v, kpm):
+    t = [torch.from_numpy(np.ascontiguousarray(x)) for x in (q, k, v)]
+    return reference_attention(*t, layout, None if kpm is None else torch.from_numpy(kpm)).numpy()
+
+
+EXPORTS = [
+    # spec, max_seq_len, block, heads, D, dtype, causal, kpm
+    ("band(w=20) | global(n=3)", 100, 16, 2, 8, "float32", False, True),
+    ("longformer(window=32, n=2)", 96, 32, 3, 16, "float16", False, True),
+    ("sliding_window(w=24)", 80, 16, 2, 8, "float32", True, False),
+]
+
+
+@pytest.mark.parametrize("spec,max_s,bs,heads,d,dtype,causal,kpm", EXPORTS)
+def test_export_attention_runs_in_ort_at_several_lengths(
+    tmp_path, capsys, spec, max_s, bs, heads, d, dtype, causal, kpm
+):
+    out = tmp_path / "sub" / "attn.onnx"
+    path = attention.export_onnx(
+        out,
+        pattern=spec,
+        block_size=bs,
+        max_seq_len=max_s,
+        dtype=dtype,
+        causal=causal,
+        num_heads=heads,
+        head_dim=d,
+        key_padding_mask=kpm,
+    )
+    assert path == out and out.exists()
+    line = capsys.readouterr().out
+    assert "export check: onnxruntime CPU vs torch" in line and "PASS" in line
+
+    model = onnx.load(str(out))
+    onnx.checker.check_model(model, full_check=True)
+    (node,) = [n for n in model.graph.node if n.op_type == opspec.OP_TYPE]
+    assert node.domain == opspec.DOMAIN
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    assert attrs["plugin_namespace"] == b"sparse_attn" and attrs["block_size"] == bs
+    assert [f.name for f in model.functions] == [opspec.OP_TYPE]
+    names = [i.name for i in model.graph.input]
+    assert names == ["query", "key", "value"] + (["key_padding_mask"] if kpm else [])
+    q_dims = model.graph.input[0].type.tensor_type.shape.dim
+    assert q_dims[0].dim_param == "batch" and q_dims[2].dim_param == "seq_len"
+    assert [o.name for o in model.graph.output] == ["output"]
+
+    meta = read_metadata(out)
+    assert all(k in meta for k in opspec.META_KEYS), [k for k in opspec.META_KEYS if k not in meta]
+    layout = compile_layout(spec, max_s, bs, num_heads=heads, causal=causal)
+    assert meta["sparse_attn.layout_hash"] == layout.layout_hash()
+    assert meta["sparse_attn.max_seq_len"] == str(max_s) and meta["sparse_attn.dtype"] == dtype
+    assert json.loads(meta["sparse_attn.inputs"])[0]["shape"] == ["batch", heads, "seq_len", d]
+
+    npdt = np.float16 if dtype == "float16" else np.float32
+    atol, rtol = (1e-3, 4e-3) if dtype == "float16" else (2e-5, 1e-4)
+    rng = np.random.default_rng(7)
+    torch_model = build_torch_model(meta)
+    for s in (1, bs + 5, max_s):
+        q, k, v, pad = make_inputs(rng, 2, heads, s, d, d, npdt, poison=kpm)
+        feeds = dict(query=q, key=k, value=v)
+        if kpm:
+            feeds["key_padding_mask"] = pad
+        got = run_ort(out, feeds)
+        assert got.dtype == npdt
+        expect = ref(layout, q, k, v, pad if kpm else None)
+        assert_close(got, expect, atol, rtol, f"{spec} S={s}")
+        with torch.no_grad():
+            eager = torch_model(**{n: torch.from_numpy(x) for n, x in feeds.items()})["output"]
+        assert_close(eager.numpy(), expect, atol, rtol, f"torch model {spec} S={s}")
+
+
+def test_static_seq_len_pattern_exports_with_fixed_s(tmp_path):
+    out = tmp_path / "static.onnx"
+    attention.export_onnx(
+        out,
+        pattern="global(n=16, last=16) | band(w=8)",
+        block_size=16,
+        max_seq_len=64,
+        num_heads=1,
+        head_dim=8,
+        verbose=False,
+    )
+    model = onnx.load(str(out))
+    q_dims = model.graph.input[0].type.tensor_type.shape.dim
+    assert q_dims[0].dim_param == "batch" and q_dims[2].dim_value == 64
+    meta = read_metadata(model)
+    assert meta["sparse_attn.static_seq_len"] == "true"
+    layout = compile_layout("global(n=16, last=16) | band(w=8)", 64, 16)
+    q, k, v, pad = make_inputs(np.random.default_rng(0), 2, 1, 64, 8, 8, np.float32)
+    got = run_ort(out, dict(query=q, key=k, value=v, key_padding_mask=pad))
+    assert_close(got, ref(layout, q, k, v, pad), 2e-5, 1e-4, "static S")
+
+
+class _FrozenS(torch.nn.Module):
+    """A model that computes its layout from the traced shape: S gets frozen."""
+
+    def forward(self, query, key, value):
+        from sparse_attn.export.symbolic import sparse_attention
+        from sparse_attn.ops import layout_tensors
+
+        s = int(query.shape[2])
+        lay = layout_tensors(compile_layout("band(w=4)", s, 16, num_heads=query.shape[1]))
+        out = sparse_attention(
+            query,
+            key,
+            value,
+            lay["row_ptr"],
+            lay["col_idx"],
+            lay["mask_idx"],
+            lay["masks"],
+            None,
+            16,
+            0.5,
+        )
+        return {"output": out}
+
+
+def test_frozen_seq_len_is_detected(tmp_path):
+    q = torch.randn(2, 1, 40, 8)
+    layout = compile_layout("band(w=4)", 64, 16)
+    meta = build_metadata(
+        model="attention",
+        layout=layout,
+        dtype="float32",
+        model_config={},
+        max_seq_len=64,
+        num_heads=1,
+        head_dim=8,
+    )
+    axes = {n: {0: "batch", 2: "seq_len"} for n in ("query", "key", "value")}
+    out = tmp_path / "frozen.onnx"
+    with pytest.raises(
+        RuntimeError,
+        match=r"dynamic shape check failed: input 'query' axis 2 \(seq_len\) is fixed at 40",
+    ):
+        exporter.export_model(
+            _FrozenS(),
+            {"query": q, "key": q, "value": q},
+            out,
+            output_names=["output"],
+            dynamic_axes=axes,
+            metadata=meta,
+            verbose=False,
+        )
+    assert not out.exists()
+
+
+def test_dynamic_dim_detector_on_a_static_model():
+    layout = compile_layout("band(w=4)", 32, 16)
+    from sparse_attn.export.function_body import make_node_model
+
+    model = make_node_model(layout, head_dim=4)
+    axes = {"query": {0: "batch", 2: "seq_len"}}
+    exporter.check_dynamic_dims(model, axes)  # symbolic: passes
+    model.graph.input[0].type.tensor_type.shape.dim[2].dim_value = 32  # frozen S
+    with pytest.raises(RuntimeError, match=r"input 'query' axis 2 \(seq_len\) is fixed at 32"):
+        exporter.check_dynamic_dims(model, axes)
+
+
+def test_bad_arguments_are_refused_before_work(tmp_path):
+    kw = dict(pattern="band(w=4)", block_size=16, max_seq_len=32, num_heads=1, head_dim=4)
+    with pytest.raises(InvalidInputError, match="dtype"):
+        attention.export_onnx(tmp_path / "a.onnx", dtype="bfloat16", **kw)
+    with pytest.raises(InvalidInputError, match=r"\.onnx"):
+        attention.export_onnx(tmp_path / "a.txt", **kw)
+    with pytest.raises(InvalidInputError, match="block_size"):
+        attention.export_onnx(tmp_path / "a.onnx", **{**kw, "block_size": 7})
+    with pytest.raises(InvalidInputError, match="head"):
+        attention.export_onnx(tmp_path / "a.onnx", **{**kw, "head_dim": None})
+    weights = tmp_path / "weights.onnx"
+    weights.write_bytes(b"precious")
+    with pytest.raises(InvalidInputError, match="refusing to overwrite"):
+        exporter._resolve_output(weights, [weights])
+    assert weights.read_bytes() == b"precious"
+
+
+def test_build_torch_model_dispatch_errors():
+    with pytest.raises(InvalidInputError, match="sparse_attn.model"):
+        build_torch_model({})
+    with pytest.raises(InvalidInputError, match="unknown model family"):
+        build_torch_model({"sparse_attn.model": "nope", "sparse_attn.model_config": "{}"})
+    with pytest.raises(InvalidInputError, match="layout"):
+        build_torch_model({"sparse_attn.model": "attention", "sparse_attn.model_config": "{}"})
