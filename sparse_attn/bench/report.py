@@ -313,6 +313,8 @@ def plot(result: dict, path: Path) -> Path | None:
     ncol = min(3, len(pats))
     nrow = math.ceil(len(pats) / ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(5.2 * ncol, 4.2 * nrow), squeeze=False)
+    palette = plt.get_cmap("tab10").colors
+    colors = {name: palette[i % len(palette)] for i, name in enumerate(IMPLS)}
     for ax, pat in zip(axes.ravel(), pats, strict=False):
         pc = [c for c in cells if c["pattern"] == pat]
         for name, impl in IMPLS.items():
@@ -322,15 +324,19 @@ def plot(result: dict, path: Path) -> Path | None:
                 ax.plot(
                     xs,
                     ys,
-                    marker="o",
-                    lw=2 if impl.ours else 1.2,
+                    marker="o" if impl.ours else "s",
+                    ms=6 if impl.ours else 4,
+                    color=colors[name],
+                    lw=2.2 if impl.ours else 1.2,
                     ls="-" if impl.ours else "--",
                     label=impl.label,
                 )
         ideal = sorted({(c["seq_len"], c["ideal_ms"]) for c in pc if c.get("ideal_ms")})
         if ideal:
             xs, ys = zip(*ideal, strict=True)
-            ax.plot(xs, ys, color="black", ls=":", lw=1.5, label="ideal (dense x density)")
+            ax.plot(
+                xs, ys, color="black", ls=":", marker="x", lw=1.5, label="ideal (dense x density)"
+            )
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("sequence length S (tokens)")
@@ -345,14 +351,14 @@ def plot(result: dict, path: Path) -> Path | None:
             if lab not in labels:
                 handles.append(h)
                 labels.append(lab)
-    fig.legend(handles, labels, loc="lower center", ncol=min(5, len(labels)), fontsize=8)
+    fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8)
     cfg = result.get("attention", {}).get("config", {})
     fig.suptitle(
         f"Attention fp32, B={cfg.get('batch')}, H={cfg.get('num_heads')}, D={cfg.get('head_dim')}, "
         f"block {cfg.get('block_size')}, {result.get('threads')} threads "
-        f"(load {result.get('machine', {}).get('loadavg_start', ['?'])[0]})"
+        f"(load average at start {_fmt(result.get('machine', {}).get('loadavg_start', [None])[0])})"
     )
-    fig.tight_layout(rect=(0, 0.08, 1, 0.95))
+    fig.tight_layout(rect=(0, 0.06 + 0.035 * math.ceil(len(labels) / 4), 1, 0.95))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
