@@ -291,6 +291,8 @@ def attention_arrays(
     key_padding_mask,
     block_size: int,
     scale: float,
+    *,
+    out=None,
 ):
     """Launch the kernel on arrays (the array-level contract of the kernels package).
 
@@ -306,6 +308,8 @@ def attention_arrays(
         key_padding_mask: ``[B, S']`` (S' >= S) bool/integer, True/nonzero = real token, or None.
         block_size: tokens per tile side (16..128; non powers of two are padded inside).
         scale: softmax scale (float).
+        out: optional preallocated ``[B, H, S, Dv]`` output (query dtype, same device, last
+            dim contiguous), e.g. a TensorRT output buffer; written in place and returned.
 
     Returns:
         ``[B, H, S, Dv]`` in ``query``'s dtype.
@@ -341,7 +345,18 @@ def attention_arrays(
         kpm_stride = kpm.stride(0)
     else:
         kpm, kpm_stride = query, 0
-    out = torch.empty((bsz, nh, slen, dv), dtype=query.dtype, device=dev)
+    if out is None:
+        out = torch.empty((bsz, nh, slen, dv), dtype=query.dtype, device=dev)
+    elif (
+        tuple(out.shape) != (bsz, nh, slen, dv)
+        or out.dtype != query.dtype
+        or out.stride(-1) != 1
+        or out.device != dev
+    ):
+        raise ValueError(
+            f"out must be [{bsz}, {nh}, {slen}, {dv}] {query.dtype} on {dev} with a contiguous "
+            f"last dim, got {list(out.shape)} {out.dtype} on {out.device}"
+        )
     if out.numel() == 0:
         return out
     interpret = dev.type == "cpu"

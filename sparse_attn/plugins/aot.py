@@ -1,0 +1,357 @@
+"""Ahead-of-time compilation of the Triton kernel to PTX for a launcher outside Python.
+
+Used by the TensorRT plugin's AOT implementation (``tensorrt_plugin``), and testable on a
+machine without a GPU: ``triton.compile`` with an explicit ``GPUTarget`` needs no driver.
+
+What the compiled kernel looks like (Triton 3.9, checked here with ``ptxas``):
+
+* constexpr parameters disappear; the PTX ``.entry`` keeps, in order, the 8 input pointers
+  (``Q K V RowPtr ColIdx MaskIdx Masks Kpm``), the runtime int32 scalars of
+  :data:`RUNTIME_INT_ARGS`, the output pointer ``Out`` ...
+* ... and two hidden ``.u64`` pointers appended by Triton (global scratch and profile
+  scratch; ``metadata.global_scratch_size`` / ``profile_scratch_size``). TensorRT's AOT
+  launch passes exactly "inputs, extra args, outputs", so :func:`compile_kernel` removes the
+  two hidden parameters from the ``.entry`` when the kernel needs no scratch (size 0) and
+  never reads them, and refuses otherwise. A launcher that does pass them (Triton's own) is
+  unaffected by the removal: CUDA reads only the parameters the kernel declares.
+* PTX ISA version: Triton's bundled ptxas for sm_90 emits ``.version 9.4``, which CUDA 13.0's
+  ptxas and a 580-series driver reject; we ask for 9.0 on sm >= 90 and 8.8 below (Triton
+  assembles sm_80 with a CUDA 12.9 ptxas that stops at 8.8): :func:`default_ptx_version`.
+
+Scalars that are fixed when an engine is built (H, D, Dv, layout strides, block size and
+``scale``) are compile-time constants; only those that depend on the dynamic ``B`` / ``S``
+are int32 launch arguments (TensorRT requires int32 extra arguments).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from sparse_attn.errors import InvalidInputError, UnsupportedEnvironmentError
+
+#: Int parameters passed at launch (derived from the request's S); all other ints are constants.
+RUNTIME_INT_ARGS = (
+    "seq_len",
+    "stride_qb",
+    "stride_qh",
+    "stride_kb",
+    "stride_kh",
+    "stride_vb",
+    "stride_vh",
+    "stride_ob",
+    "stride_oh",
+    "stride_kpm_b",
+)
+#: Triton pointer type of each data type name (TensorRT / torch / numpy spellings).
+POINTER_TYPES = {
+    "float32": "*fp32",
+    "float16": "*fp16",
+    "bfloat16": "*bf16",
+    "int32": "*i32",
+    "int64": "*i64",
+    "int8": "*i8",
+    "uint8": "*u8",
+    "bool": "*i8",
+}
+#: Default compile targets (compute capability x 10).
+DEFAULT_ARCHS = (80, 90)
+
+
+def default_ptx_version(arch: int) -> int:
+    """PTX ISA version (x 10) to emit for ``sm_<arch>``.
+
+    Triton 3.9 assembles sm < 90 with its CUDA 12.9 ptxas (PTX <= 8.8) and sm >= 90 with its
+    CUDA 13.4 ptxas (default PTX 9.4, too new for CUDA 13.0's ptxas and a 580 driver). 8.8
+    and 9.0 are both accepted by CUDA 13.0.
+    """
+    return 88 if int(arch) < 90 else 90
+
+
+#: Dynamic shared memory a kernel may use without an opt-in attribute (bytes).
+SHARED_MEM_LIMIT = 48 * 1024
+#: Largest dynamic shared memory per block on sm_80/sm_90 with the opt-in (bytes).
+MAX_SHARED_MEM = 163 * 1024
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    """One specialisation of the kernel (everything fixed at engine build time).
+
+    Attributes:
+        dtype: ``"float32" | "float16" | "bfloat16"`` of query/key/value/output.
+        block_size: layout block size (tokens, 16..128).
+        num_heads: H of query/key/value.
+        head_dim: D; value_dim: Dv (1..128).
+        layout_heads: rows of ``row_ptr`` (H, or 1 for a layout shared by all heads).
+        row_ptr_len: ``nQB_max + 1`` (second dim of ``row_ptr``).
+        nnz: second dim of ``col_idx`` / ``mask_idx``.
+        scale: softmax scale (baked into the PTX).
+        kpm_dtype: dtype of ``key_padding_mask`` or None when absent.
+    """
+
+    dtype: str
+    block_size: int
+    num_heads: int
+    head_dim: int
+    value_dim: int
+    layout_heads: int
+    row_ptr_len: int
+    nnz: int
+    scale: float
+    kpm_dtype: str | None = "bool"
+
+    def validate(self) -> None:
+        """Raise InvalidInputError on values the kernel does not support."""
+        from sparse_attn import opspec
+
+        if self.dtype not in ("float32", "float16", "bfloat16"):
+            raise InvalidInputError(
+                f"kernel dtype must be float32, float16 or bfloat16, got {self.dtype!r}"
+            )
+        if not opspec.MIN_BLOCK_SIZE <= self.block_size <= opspec.MAX_BLOCK_SIZE:
+            raise InvalidInputError(
+                f"block_size must be in {opspec.MIN_BLOCK_SIZE}..{opspec.MAX_BLOCK_SIZE}, "
+                f"got {self.block_size}"
+            )
+        for name in ("head_dim", "value_dim"):
+            if not 1 <= getattr(self, name) <= 128:
+                raise InvalidInputError(f"{name} must be in 1..128, got {getattr(self, name)}")
+        if self.layout_heads not in (1, self.num_heads):
+            raise InvalidInputError(
+                f"layout has {self.layout_heads} heads; expected 1 or num_heads={self.num_heads}"
+            )
+        if self.kpm_dtype is not None and self.kpm_dtype not in POINTER_TYPES:
+            raise InvalidInputError(f"key_padding_mask dtype {self.kpm_dtype!r} not supported")
+
+
+@dataclass
+class CompiledKernel:
+    """PTX (and cubin) of one specialisation, with what a launcher needs.
+
+    Attributes:
+        name: kernel (``.entry``) name.
+        ptx: PTX text whose ``.entry`` parameters are exactly inputs, runtime ints, output.
+        cubin: machine code from Triton's ptxas (for the original, unstripped PTX).
+        arch: compute capability (80, 90, ...); ptx_version: PTX ISA version x 10.
+        num_warps: warps per program (block_x = 32 * num_warps); shared: dynamic shared
+            memory in bytes.
+        params: PTX parameter names kept, in order (pointer inputs, ints, output).
+        hidden_params_removed: number of Triton hidden scratch parameters removed.
+        needs_shared_opt_in: ``shared`` exceeds 48 KiB: the launcher must raise the
+            kernel's ``CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES`` (Triton's own
+            launcher does; whether TensorRT's AOT launch does is not verified).
+    """
+
+    name: str
+    ptx: str
+    cubin: bytes
+    arch: int
+    ptx_version: int
+    num_warps: int
+    shared: int
+    params: tuple[str, ...]
+    hidden_params_removed: int
+    needs_shared_opt_in: bool = False
+    metadata: dict = field(default_factory=dict, repr=False)
+
+
+def _import_triton():
+    try:
+        import triton
+        from triton.backends.compiler import GPUTarget
+        from triton.compiler import ASTSource
+    except ImportError as exc:  # pragma: no cover - triton is a declared dependency
+        raise UnsupportedEnvironmentError(
+            f"AOT compilation needs the 'triton' package ({exc}); pip install triton"
+        ) from exc
+    return triton, GPUTarget, ASTSource
+
+
+def signature_and_constants(spec: KernelSpec) -> tuple[dict, dict]:
+    """Triton ``signature`` (name -> type or "constexpr") and constexpr values for ``spec``."""
+    from sparse_attn.kernels import triton_kernel as tk
+
+    spec.validate()
+    ptr = POINTER_TYPES[spec.dtype]
+    consts = tk.compile_constants(
+        spec.block_size, spec.head_dim, spec.value_dim, spec.kpm_dtype is not None
+    )
+    consts.update(
+        scale=float(spec.scale),
+        num_heads=int(spec.num_heads),
+        stride_qs=int(spec.head_dim),
+        stride_ks=int(spec.head_dim),
+        stride_vs=int(spec.value_dim),
+        stride_os=int(spec.value_dim),
+        layout_stride_rp=0 if spec.layout_heads == 1 else int(spec.row_ptr_len),
+        layout_stride_ci=0 if spec.layout_heads == 1 else int(spec.nnz),
+    )
+    sig: dict[str, str] = {}
+    for name in tk.POINTER_INPUTS:
+        sig[name] = {
+            "RowPtr": "*i32",
+            "ColIdx": "*i32",
+            "MaskIdx": "*i32",
+            "Masks": "*u8",
+            "Kpm": POINTER_TYPES.get(spec.kpm_dtype or "bool", "*i8"),
+        }.get(name, ptr)
+    for name in tk.INT_ARGS:
+        sig[name] = "i32"
+    sig["Out"] = ptr
+    for name in consts:
+        sig[name] = "constexpr"
+    if spec.kpm_dtype is None:
+        consts["Kpm"] = None
+        sig["Kpm"] = "constexpr"
+    # keep the kernel's declaration order
+    order = [*tk.POINTER_INPUTS, *tk.INT_ARGS, *tk.OUTPUT_ARGS, *tk.CONST_ARGS]
+    assert set(order) == set(sig), (sorted(order), sorted(sig))
+    return {k: sig[k] for k in order}, consts
+
+
+def runtime_int_values(spec: KernelSpec, seq_len):
+    """Values of :data:`RUNTIME_INT_ARGS` for contiguous tensors, in order.
+
+    ``seq_len`` may be an int or a symbolic expression that supports ``*`` with ints on
+    its left operand (TensorRT's ``ShapeExpr``); strides are written ``S * const``.
+    """
+    h, d, dv = spec.num_heads, spec.head_dim, spec.value_dim
+    s = seq_len
+    return (
+        s,  # seq_len
+        s * (h * d),  # stride_qb
+        s * d,  # stride_qh
+        s * (h * d),  # stride_kb
+        s * d,  # stride_kh
+        s * (h * dv),  # stride_vb
+        s * dv,  # stride_vh
+        s * (h * dv),  # stride_ob
+        s * dv,  # stride_oh
+        s,  # stride_kpm_b
+    )
+
+
+def launch_grid(spec: KernelSpec, batch, seq_len, cdiv=None):
+    """Grid ``(ceil(S / block_size), B * H, 1)``; ``cdiv`` for symbolic sizes."""
+    cdiv = cdiv or (lambda a, b: -(-a // b))
+    return cdiv(seq_len, spec.block_size), batch * spec.num_heads, 1
+
+
+_ENTRY_RE = re.compile(r"\.entry\s+(?P<name>[A-Za-z_$][\w$]*)\s*\((?P<params>[^)]*)\)", re.S)
+
+
+def entry_params(ptx: str) -> tuple[str, list[str]]:
+    """``(kernel name, [parameter declaration lines])`` of the single ``.entry`` in ``ptx``."""
+    entries = list(_ENTRY_RE.finditer(ptx))
+    if len(entries) != 1:
+        raise ValueError(f"expected exactly one .entry in the PTX, found {len(entries)}")
+    m = entries[0]
+    params = [p.strip() for p in m.group("params").split(",") if p.strip()]
+    return m.group("name"), params
+
+
+def strip_hidden_params(ptx: str, n_visible: int) -> tuple[str, int]:
+    """Remove Triton's hidden trailing parameters (those after ``n_visible``) if unused.
+
+    Returns:
+        ``(ptx, number removed)``.
+
+    Raises:
+        RuntimeError: a hidden parameter is referenced in the kernel body (it needs scratch
+            memory that TensorRT would not provide).
+    """
+    name, params = entry_params(ptx)
+    hidden = params[n_visible:]
+    if not hidden:
+        return ptx, 0
+    m = _ENTRY_RE.search(ptx)
+    body = ptx[m.end() :]
+    for decl in hidden:
+        pname = decl.split()[-1]
+        if re.search(rf"\[{re.escape(pname)}(\+\d+)?\]", body) or re.search(
+            rf"\b{re.escape(pname)}\b", body
+        ):
+            raise RuntimeError(
+                f"kernel {name} reads its hidden parameter {pname} (scratch memory); it cannot "
+                "be launched by TensorRT's AOT path"
+            )
+    kept = ",\n\t".join(params[:n_visible])
+    new_entry = f".entry {name}(\n\t{kept}\n)"
+    return ptx[: m.start()] + new_entry + ptx[m.end() :], len(hidden)
+
+
+def compile_kernel(
+    spec: KernelSpec,
+    arch: int = 90,
+    ptx_version: int | None = None,
+    num_warps: int | None = None,
+    num_stages: int = 2,
+    strip_hidden: bool = True,
+) -> CompiledKernel:
+    """Compile ``spec`` for ``sm_<arch>`` without a GPU.
+
+    Args:
+        spec: the specialisation (validated here).
+        arch: compute capability x 10 (80 = A100, 90 = H100/H200).
+        ptx_version: PTX ISA version x 10 (90 -> ``.version 9.0``); default
+            :func:`default_ptx_version`.
+        num_warps: default from :func:`triton_kernel.num_warps_for`.
+        num_stages: software pipelining depth (2 keeps shared memory low).
+        strip_hidden: remove Triton's unused hidden scratch parameters (see module docstring).
+
+    Raises:
+        InvalidInputError: unsupported spec.
+        UnsupportedEnvironmentError: triton missing.
+        RuntimeError: the kernel needs scratch memory or too much shared memory.
+    """
+    from sparse_attn.kernels import triton_kernel as tk
+
+    triton, GPUTarget, ASTSource = _import_triton()
+    if ptx_version is None:
+        ptx_version = default_ptx_version(arch)
+    sig, consts = signature_and_constants(spec)
+    nw = num_warps or tk.num_warps_for(consts["BLOCK"], max(consts["D_PAD"], consts["DV_PAD"]))
+    src = ASTSource(fn=tk.get_kernel(False), signature=sig, constexprs=consts)
+    ck = None
+    for stages in dict.fromkeys((num_stages, 1)):  # fewer stages = less shared memory
+        ck = triton.compile(
+            src,
+            target=GPUTarget("cuda", int(arch), 32),
+            options={
+                "ptx_version": int(ptx_version),
+                "num_warps": nw,
+                "num_stages": stages,
+                "enable_fp_fusion": True,
+            },
+        )
+        if int(ck.metadata.shared) <= SHARED_MEM_LIMIT:
+            break
+    md = ck.metadata
+    for attr in ("global_scratch_size", "profile_scratch_size"):
+        if int(getattr(md, attr, 0) or 0) != 0:
+            raise RuntimeError(f"compiled kernel needs {attr}={getattr(md, attr)} bytes")
+    if int(md.shared) > MAX_SHARED_MEM:
+        raise RuntimeError(
+            f"kernel needs {md.shared} bytes of shared memory (> {MAX_SHARED_MEM}); use a "
+            "smaller block size or head dim"
+        )
+    visible = [k for k, v in sig.items() if v != "constexpr"]
+    ptx = ck.asm["ptx"]
+    removed = 0
+    if strip_hidden:
+        ptx, removed = strip_hidden_params(ptx, len(visible))
+    name, params = entry_params(ptx)
+    return CompiledKernel(
+        name=name,
+        ptx=ptx,
+        cubin=bytes(ck.asm.get("cubin", b"")),
+        arch=int(arch),
+        ptx_version=int(ptx_version),
+        num_warps=int(md.num_warps),
+        shared=int(md.shared),
+        params=tuple(visible),
+        hidden_params_removed=removed,
+        needs_shared_opt_in=int(md.shared) > SHARED_MEM_LIMIT,
+        metadata={k: getattr(md, k) for k in ("name", "num_warps", "num_stages", "shared")},
+    )

@@ -1,0 +1,258 @@
+"""TensorRT plugin ``sparse_attn::BlockSparseAttention`` through ``tensorrt.plugin`` (QDP).
+
+Thin glue (ARCHITECTURE: "TensorRT: glue only"): the kernel is the Triton kernel of
+:mod:`sparse_attn.kernels.triton_kernel`; this module declares the plugin's shape and dtype
+rule, an ahead-of-time implementation (PTX + launch parameters, so an engine runs without
+Python, e.g. under ``trtexec``) and a JIT implementation (the Triton launcher on TensorRT's
+stream). Every name comes from :mod:`sparse_attn.opspec`.
+
+Importing this module never needs TensorRT; :func:`register` does, and raises
+:class:`UnsupportedEnvironmentError` without it.
+
+Plugin contract (TensorRT's ONNX parser maps the node here because the node carries
+``plugin_namespace``/``plugin_version`` attributes, SPEC section 2):
+
+* inputs, in :data:`opspec.INPUT_NAMES` order: ``query [B,H,S,D]``, ``key [B,H,S,D]``,
+  ``value [B,H,S,Dv]`` (float32 | float16 | bfloat16, all the same), ``row_ptr``, ``col_idx``,
+  ``mask_idx`` (int32), ``masks`` (uint8), ``key_padding_mask [B,S]`` (bool). The plugin
+  always takes the 8 inputs: :func:`sparse_attn.engines.prepare_onnx_for_tensorrt` adds an
+  all-true ``key_padding_mask`` to nodes exported without one (``tensorrt.plugin``
+  signatures have a fixed number of inputs).
+* attributes (plugin fields): :data:`opspec.PLUGIN_FIELDS` = ``block_size`` (int32),
+  ``scale`` (float32).
+* output: ``[B,H,S,Dv]`` in the query dtype.
+* AOT: runtime int32 extra arguments are :data:`sparse_attn.plugins.aot.RUNTIME_INT_ARGS`
+  (all functions of S); H, D, Dv, layout sizes, block size and scale are baked into the
+  PTX. The PTX targets the compute capability of the GPU that builds the engine.
+"""
+
+# No ``from __future__ import annotations`` here: tensorrt.plugin reads the annotations of the
+# decorated functions (trtp.TensorDesc, int, float, Tuple[...]) and they name local variables.
+import functools
+import logging
+
+from sparse_attn import opspec
+from sparse_attn.errors import UnsupportedEnvironmentError
+
+log = logging.getLogger(__name__)
+
+#: TensorRT plugin id ``"namespace::name"``.
+PLUGIN_ID = opspec.QUALIFIED_NAME
+PLUGIN_NAMESPACE = opspec.PLUGIN_NAMESPACE
+PLUGIN_NAME = opspec.OP_TYPE
+PLUGIN_VERSION = opspec.PLUGIN_VERSION
+#: Plugin inputs (all required by the plugin; see module docstring).
+PLUGIN_INPUTS = opspec.INPUT_NAMES
+#: Plugin attributes (fields) and their Python types as declared to ``tensorrt.plugin``.
+PLUGIN_ATTRIBUTES = {"block_size": int, "scale": float}
+PLUGIN_OUTPUTS = opspec.OUTPUT_NAMES
+
+_DTYPE_NAMES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
+
+
+def describe() -> dict:
+    """What :func:`register` registers (names, inputs, attributes, outputs), without TensorRT."""
+    return {
+        "id": PLUGIN_ID,
+        "namespace": PLUGIN_NAMESPACE,
+        "name": PLUGIN_NAME,
+        "version": PLUGIN_VERSION,
+        "inputs": list(PLUGIN_INPUTS),
+        "attributes": {k: v.__name__ for k, v in PLUGIN_ATTRIBUTES.items()},
+        "outputs": list(PLUGIN_OUTPUTS),
+    }
+
+
+def _import_tensorrt():
+    try:
+        import tensorrt as trt
+        import tensorrt.plugin as trtp
+    except Exception as exc:  # noqa: BLE001 - ImportError, or OSError of a missing .so
+        raise UnsupportedEnvironmentError(
+            f"TensorRT (>= 10.9 with the tensorrt.plugin module) is not available ({exc}); "
+            "install it on a machine with an NVIDIA GPU"
+        ) from exc
+    return trt, trtp
+
+
+def trt_dtype_name(trt, dtype) -> str:
+    """``"float32"`` etc. for a ``trt.DataType`` (raises ValueError when unsupported)."""
+    table = {
+        trt.float32: "float32",
+        trt.float16: "float16",
+        trt.int32: "int32",
+        trt.int8: "int8",
+        trt.bool: "bool",
+    }
+    if hasattr(trt, "bfloat16"):
+        table[trt.bfloat16] = "bfloat16"
+    if hasattr(trt, "int64"):
+        table[trt.int64] = "int64"
+    if hasattr(trt, "uint8"):
+        table[trt.uint8] = "uint8"
+    if dtype not in table:
+        raise ValueError(f"unsupported TensorRT dtype {dtype}")
+    return table[dtype]
+
+
+def _constant(expr, what: str) -> int:
+    if not expr.is_constant:
+        raise ValueError(f"{what} must be a build-time constant for the AOT kernel")
+    return int(expr.constant_value())
+
+
+def kernel_spec_from_descs(trt, query, value, row_ptr, col_idx, kpm, block_size, scale):
+    """The :class:`sparse_attn.plugins.aot.KernelSpec` of one plugin instance.
+
+    Args are ``trtp.TensorDesc`` objects (shape expressions) and the plugin fields.
+    Raises ValueError when a dimension that must be static is dynamic.
+    """
+    from sparse_attn.plugins.aot import KernelSpec
+
+    qs, vs = query.shape_expr, value.shape_expr
+    return KernelSpec(
+        dtype=trt_dtype_name(trt, query.dtype),
+        block_size=int(block_size),
+        num_heads=_constant(qs[1], "H (query dim 1)"),
+        head_dim=_constant(qs[3], "D (query dim 3)"),
+        value_dim=_constant(vs[3], "Dv (value dim 3)"),
+        layout_heads=_constant(row_ptr.shape_expr[0], "row_ptr dim 0"),
+        row_ptr_len=_constant(row_ptr.shape_expr[1], "row_ptr dim 1"),
+        nnz=_constant(col_idx.shape_expr[1], "col_idx dim 1"),
+        scale=float(scale),
+        kpm_dtype=None if kpm is None else trt_dtype_name(trt, kpm.dtype),
+    )
+
+
+@functools.cache
+def _compile_cached(spec, arch: int):
+    from sparse_attn.plugins.aot import compile_kernel
+
+    return compile_kernel(spec, arch=arch)
+
+
+def _current_arch() -> int:
+    """Compute capability x 10 of the current CUDA device (the GPU building the engine)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise UnsupportedEnvironmentError("no CUDA GPU visible to PyTorch")
+    major, minor = torch.cuda.get_device_capability()
+    return 10 * major + minor
+
+
+_REGISTERED = False
+
+
+def register() -> None:
+    """Register the plugin (shape/dtype rule, AOT and JIT implementations) with TensorRT.
+
+    Idempotent. Raises :class:`UnsupportedEnvironmentError` when ``tensorrt.plugin`` is
+    missing; after registration checks that TensorRT's plugin registry holds a creator
+    ``(PLUGIN_NAME, PLUGIN_VERSION, PLUGIN_NAMESPACE)``.
+    """
+    global _REGISTERED
+    if _REGISTERED:
+        return
+    trt, trtp = _import_tensorrt()
+    from typing import Tuple  # noqa: UP035 - tensorrt.plugin inspects typing annotations
+
+    # The parameter names below ARE the plugin's input and field names (tensorrt.plugin reads
+    # them from the signature); tests/test_tensorrt_plugin.py checks them against opspec.
+    @trtp.register(PLUGIN_ID)
+    def _desc(
+        query: trtp.TensorDesc,
+        key: trtp.TensorDesc,
+        value: trtp.TensorDesc,
+        row_ptr: trtp.TensorDesc,
+        col_idx: trtp.TensorDesc,
+        mask_idx: trtp.TensorDesc,
+        masks: trtp.TensorDesc,
+        key_padding_mask: trtp.TensorDesc,
+        block_size: int,
+        scale: float,
+    ) -> trtp.TensorDesc:
+        # output [B, H, S, Dv] of the query dtype (value has both in a consistent graph)
+        return value.like()
+
+    @trtp.aot_impl(PLUGIN_ID)
+    def _aot(
+        query: trtp.TensorDesc,
+        key: trtp.TensorDesc,
+        value: trtp.TensorDesc,
+        row_ptr: trtp.TensorDesc,
+        col_idx: trtp.TensorDesc,
+        mask_idx: trtp.TensorDesc,
+        masks: trtp.TensorDesc,
+        key_padding_mask: trtp.TensorDesc,
+        block_size: int,
+        scale: float,
+        outputs: Tuple[trtp.TensorDesc],  # noqa: UP006
+        tactic: int,
+    ):
+        from sparse_attn.plugins.aot import launch_grid, runtime_int_values
+
+        spec = kernel_spec_from_descs(
+            trt, query, value, row_ptr, col_idx, key_padding_mask, block_size, scale
+        )
+        ck = _compile_cached(spec, _current_arch())
+        batch, seq = query.shape_expr[0], query.shape_expr[2]
+        gx, gy, _ = launch_grid(spec, batch, seq, cdiv=trtp.cdiv)
+        params = trtp.KernelLaunchParams()
+        params.grid_x = gx
+        params.grid_y = gy
+        params.block_x = ck.num_warps * 32
+        params.shared_mem = ck.shared
+        values = runtime_int_values(spec, seq)
+        extra = trtp.SymIntExprs(len(values))
+        for i, v in enumerate(values):
+            extra[i] = trtp.SymInt32(v)
+        return ck.name, ck.ptx, params, extra
+
+    @trtp.impl(PLUGIN_ID)
+    def _jit(
+        query: trtp.Tensor,
+        key: trtp.Tensor,
+        value: trtp.Tensor,
+        row_ptr: trtp.Tensor,
+        col_idx: trtp.Tensor,
+        mask_idx: trtp.Tensor,
+        masks: trtp.Tensor,
+        key_padding_mask: trtp.Tensor,
+        block_size: int,
+        scale: float,
+        outputs: Tuple[trtp.Tensor],  # noqa: UP006
+        stream: int,
+    ) -> None:
+        import torch
+
+        from sparse_attn.kernels.triton_kernel import attention_arrays
+
+        with torch.cuda.stream(torch.cuda.ExternalStream(stream)):
+            t = [
+                torch.as_tensor(x, device="cuda")
+                for x in (query, key, value, row_ptr, col_idx, mask_idx, masks, key_padding_mask)
+            ]
+            out = torch.as_tensor(outputs[0], device="cuda")
+            attention_arrays(*t, int(block_size), float(scale), out=out)
+
+    registry = trt.get_plugin_registry()
+    creator = None
+    for getter in ("get_creator", "get_plugin_creator"):
+        fn = getattr(registry, getter, None)
+        if fn is not None:
+            try:
+                creator = fn(PLUGIN_NAME, PLUGIN_VERSION, PLUGIN_NAMESPACE)
+            except Exception:  # noqa: BLE001 - older/newer registry signatures
+                creator = None
+            if creator is not None:
+                break
+    if creator is None:
+        log.warning(
+            "registered %s but TensorRT's registry did not return a creator for (%s, %s, %s)",
+            PLUGIN_ID,
+            PLUGIN_NAME,
+            PLUGIN_VERSION,
+            PLUGIN_NAMESPACE,
+        )
+    _REGISTERED = True

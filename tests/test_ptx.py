@@ -1,0 +1,118 @@
+"""Ahead-of-time compilation of the Triton kernel to PTX/cubin for sm_80 and sm_90, no GPU.
+
+``triton.compile`` with an explicit ``GPUTarget`` needs no driver. The stripped PTX (Triton's
+two hidden scratch parameters removed, see ``sparse_attn.plugins.aot``) is assembled with the
+CUDA 13.0 ``ptxas`` installed on this machine when it is there (the check a 580-series driver
+would make at load time); the test skips with a reason otherwise.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+import torch
+
+pytest.importorskip("triton", reason="triton is not installed")
+
+from sparse_attn.errors import InvalidInputError  # noqa: E402
+from sparse_attn.plugins import aot  # noqa: E402
+
+SPEC = aot.KernelSpec(
+    dtype="float16",
+    block_size=64,
+    num_heads=4,
+    head_dim=64,
+    value_dim=64,
+    layout_heads=4,
+    row_ptr_len=9,
+    nnz=30,
+    scale=0.125,
+    kpm_dtype="bool",
+)
+
+
+@pytest.fixture(scope="module", params=[80, 90])
+def compiled(request):
+    return aot.compile_kernel(SPEC, arch=request.param)
+
+
+def test_ptx_and_cubin_come_out(compiled):
+    ptx = compiled.ptx
+    want_version = {80: ".version 8.8", 90: ".version 9.0"}[compiled.arch]
+    assert want_version in ptx, ptx[:200]
+    assert f".target sm_{compiled.arch}" in ptx
+    assert compiled.cubin[:4] == b"\x7fELF", "cubin is not an ELF image"
+    assert compiled.name == "_block_sparse_attn_fwd"
+    assert compiled.num_warps * 32 in (128, 256)
+    assert 0 < compiled.shared <= aot.SHARED_MEM_LIMIT
+
+
+def test_entry_parameters_are_inputs_extra_ints_output(compiled):
+    """TensorRT's AOT launch order: 8 input pointers, the int32 extras, 1 output pointer."""
+    name, params = aot.entry_params(compiled.ptx)
+    assert compiled.hidden_params_removed == 2, "Triton 3.9 adds global+profile scratch"
+    n_int = len(aot.RUNTIME_INT_ARGS)
+    assert len(params) == 8 + n_int + 1, params
+    assert all(".u64" in p and ".ptr" in p for p in params[:8])
+    assert all(".u32" in p for p in params[8 : 8 + n_int])
+    assert ".u64" in params[-1] and ".ptr" in params[-1]
+    assert compiled.params[: 8 + n_int + 1][-1] == "Out"
+    assert list(compiled.params[8:-1]) == list(aot.RUNTIME_INT_ARGS)
+
+
+@pytest.mark.skipif(shutil.which("ptxas") is None, reason="CUDA ptxas not installed")
+def test_system_ptxas_assembles_stripped_ptx(compiled, tmp_path):
+    src = tmp_path / "k.ptx"
+    src.write_text(compiled.ptx)
+    arch = "sm_90a" if compiled.arch == 90 else f"sm_{compiled.arch}"
+    res = subprocess.run(
+        ["ptxas", f"-arch={arch}", str(src), "-o", str(tmp_path / "k.cubin")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert (tmp_path / "k.cubin").read_bytes()[:4] == b"\x7fELF"
+
+
+def test_no_key_padding_mask_variant_has_seven_inputs():
+    spec = aot.KernelSpec("float32", 32, 2, 32, 16, 1, 5, 7, 0.2, kpm_dtype=None)
+    ck = aot.compile_kernel(spec, arch=90)
+    _, params = aot.entry_params(ck.ptx)
+    assert len(params) == 7 + len(aot.RUNTIME_INT_ARGS) + 1, params
+
+
+def test_strip_refuses_used_hidden_param():
+    ptx = (
+        ".version 9.0\n.target sm_90a\n.address_size 64\n"
+        ".visible .entry k(\n\t.param .u64 .ptr .global .align 1 k_param_0,\n"
+        "\t.param .u64 .ptr .global .align 1 k_param_1\n)\n{\n"
+        "\tld.param.b64 %rd1, [k_param_1];\n\tret;\n}\n"
+    )
+    with pytest.raises(RuntimeError, match="k_param_1"):
+        aot.strip_hidden_params(ptx, 1)
+    unused = ptx.replace("[k_param_1]", "[k_param_0]")
+    out, n = aot.strip_hidden_params(unused, 1)
+    assert n == 1 and "k_param_1" not in out and "k_param_0" in out
+
+
+def test_runtime_ints_match_contiguous_strides():
+    b, s = 3, 77
+    q = torch.empty(b, SPEC.num_heads, s, SPEC.head_dim)
+    v = torch.empty(b, SPEC.num_heads, s, SPEC.value_dim)
+    vals = dict(zip(aot.RUNTIME_INT_ARGS, aot.runtime_int_values(SPEC, s), strict=True))
+    assert vals["seq_len"] == s
+    assert (vals["stride_qb"], vals["stride_qh"]) == q.stride()[:2]
+    assert (vals["stride_vb"], vals["stride_vh"]) == v.stride()[:2]
+    assert (vals["stride_ob"], vals["stride_oh"]) == v.stride()[:2]
+    assert vals["stride_kpm_b"] == s
+    assert aot.launch_grid(SPEC, b, s) == (2, b * SPEC.num_heads, 1)
+
+
+def test_bad_spec_is_refused_before_compiling():
+    with pytest.raises(InvalidInputError, match="block_size"):
+        aot.compile_kernel(aot.KernelSpec("float16", 8, 1, 16, 16, 1, 3, 3, 1.0))
+    with pytest.raises(InvalidInputError, match="dtype"):
+        aot.compile_kernel(aot.KernelSpec("float64", 16, 1, 16, 16, 1, 3, 3, 1.0))
