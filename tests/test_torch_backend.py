@@ -213,25 +213,63 @@ def test_scale_and_integer_padding_mask():
     assert_close(got, want, name="scale=0.37, int64 padding mask")
 
 
-def test_compile_layout_presets_if_available():
-    compile_layout = getattr(__import__("sparse_attn.layout").layout, "compile_layout", None)
-    if compile_layout is None:
+SMALL_PRESET_ARGS = {
+    "bigbird": "bigbird(block=16, r=2)",
+    "longformer": "longformer(window=24, n=3)",
+    "sparse_transformer_strided": "sparse_transformer_strided(l=24)",
+    "sparse_transformer_fixed": "sparse_transformer_fixed(l=32, c=5)",
+    "sliding_window": "sliding_window(w=37)",
+    "local_vertical_stride": "local_vertical_stride(block=16, local=3, stride=4)",
+}
+
+
+def _compile_layout():
+    from sparse_attn import layout
+
+    fn = getattr(layout, "compile_layout", None)
+    if fn is None:
         pytest.skip("sparse_attn.layout.compile_layout not landed yet")
-    presets = [
-        "bigbird",
-        "longformer",
-        "sparse_transformer_strided",
-        "sparse_transformer_fixed",
-        "sliding_window",
-        "local_vertical_stride",
-    ]
-    s, bs = 200, 16
+    return fn
+
+
+def test_every_preset_is_covered():
+    from sparse_attn.patterns import PRESETS
+
+    assert set(PRESETS) == set(SMALL_PRESET_ARGS), "add new presets to SMALL_PRESET_ARGS"
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("small", [False, True], ids=["defaults", "small"])
+@pytest.mark.parametrize("preset", sorted(SMALL_PRESET_ARGS))
+def test_presets_vs_reference(path, preset, small, causal):
+    compile_layout = _compile_layout()
+    spec = SMALL_PRESET_ARGS[preset] if small else preset
+    seq_len, bs = 200, 16
+    lay = compile_layout(spec, seq_len=seq_len, block_size=bs, num_heads=2, causal=causal)
+    s = seq_len if lay.requires_static_seq_len else 171
     q, k, v = random_qkv(1, 2, s, 16, dtype=torch.float32, seed=8)
-    kpm = random_padding_mask(1, s, seed=2, min_len=150)
-    for preset in presets:
-        lay = compile_layout(preset, seq_len=s, block_size=bs, num_heads=2)
-        got = block_sparse_attention(q, k, v, lay, kpm, backend="torch")
-        assert_close(got, reference_attention(q, k, v, lay, kpm), name=f"preset {preset}")
+    kpm = random_padding_mask(1, s, seed=2, min_len=120)
+    got = block_sparse_attention(q, k, v, lay, kpm, backend="torch")
+    assert_close(got, reference_attention(q, k, v, lay, kpm), name=f"preset {spec}")
+
+
+def test_per_head_patterns_via_compile_layout(path):
+    compile_layout = _compile_layout()
+    specs = [
+        "band(w=7) | global(n=3)",
+        "dilated(w=4, d=3)",
+        "block_local(b=20) | causal",
+        "bigbird(block=16, r=1)",
+    ]
+    lay = compile_layout(specs[:3], seq_len=100, block_size=32, num_heads=3)
+    q, k, v = random_qkv(2, 3, 77, 24, 8, dtype=torch.float16, seed=4)
+    got = block_sparse_attention(q, k, v, lay, backend="torch")
+    want = reference_attention(q, k, v, lay)
+    assert_close(got, want.double(), dtype=torch.float16, name="per-head patterns")
+    # heads really differ: head 0's layout applied to all heads gives a different answer
+    one = compile_layout(specs[0], seq_len=100, block_size=32, num_heads=3)
+    other = block_sparse_attention(q, k, v, one, backend="torch")
+    assert not torch.allclose(other[:, 1:], got[:, 1:])
 
 
 # ---------------------------------------------------------------------- dispatcher

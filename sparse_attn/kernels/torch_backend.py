@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import math
 import os
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -132,16 +133,16 @@ def cpu_ext_active() -> bool:
 class _Bucket:
     rows: torch.Tensor  # int64 [G]      flat (head * nb + qblock)
     kidx: torch.Tensor  # int64 [G, n]   flat (head * nb + kblock)
-    midx: torch.Tensor  # int64 [G, n]   index into masks_ext (M = the all-ones full tile)
-    n: int
+    midx: torch.Tensor  # int64 [G, npart] index into bias_ext of the partial tiles
+    n: int  # tiles per row
+    npart: int  # partial tiles per row; they come first in kidx
 
 
 @dataclass
 class _Plan:
     nb: int  # query/key blocks of the request, ceil(S / bs)
     buckets: list[_Bucket]
-    masks_ext: torch.Tensor  # bool [M + 1, bs, bs]; last = all ones (full tile)
-    any_partial: bool
+    bias_ext: torch.Tensor  # float32 [M + 1, bs, bs]: 0 = visible, -inf = hidden; last = all 0
 
 
 _PLANS: OrderedDict = OrderedDict()
@@ -198,33 +199,33 @@ def _make_plan(
         raise InvalidInputError(
             f"mask_idx refers to mask {int(mid.max())} but masks has only {m} entries"
         )
-    mid = np.where(mid < 0, m, mid)  # full tile -> the all-ones mask appended at index M
+    mid = np.where(mid < 0, m, mid)  # full tile -> the all-visible mask appended at index M
     flat_row = head * nb + row  # entries are grouped by (head, row) in CSR order
     counts = np.bincount(flat_row, minlength=h * nb)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    # number of partial tiles per row; rows are bucketed by (tiles, partial tiles) and each
+    # row lists its partial tiles first (the order of keys does not matter to attention), so
+    # only the first ``npart * bs`` score columns of a bucket ever need a mask
+    npart = np.bincount(flat_row, weights=(mid < m), minlength=h * nb).astype(np.int64)
     buckets = []
-    for n in np.unique(counts[counts > 0]):
-        n = int(n)
-        rsel = np.nonzero(counts == n)[0]
+    for n, npa in sorted({(int(a), int(c)) for a, c in zip(counts, npart, strict=True) if a}):
+        rsel = np.nonzero((counts == n) & (npart == npa))[0]
         ent = starts[rsel][:, None] + np.arange(n)[None, :]
+        order = np.argsort(mid[ent] == m, axis=1, kind="stable")  # partial tiles first
+        ent = np.take_along_axis(ent, order, axis=1)
         kflat = head[ent] * nb + col[ent]
         buckets.append(
             _Bucket(
                 rows=torch.from_numpy(rsel.astype(np.int64)).to(device),
                 kidx=torch.from_numpy(kflat.astype(np.int64)).to(device),
-                midx=torch.from_numpy(mid[ent].astype(np.int64)).to(device),
+                midx=torch.from_numpy(mid[ent][:, :npa].astype(np.int64)).to(device),
                 n=n,
+                npart=npa,
             )
         )
-    masks_ext = np.concatenate(
-        [mk.astype(bool), np.ones((1, block_size, block_size), dtype=bool)], axis=0
-    )
-    plan = _Plan(
-        nb=nb,
-        buckets=buckets,
-        masks_ext=torch.from_numpy(masks_ext).to(device),
-        any_partial=bool((mid < m).any()),
-    )
+    bias_ext = np.zeros((m + 1, block_size, block_size), dtype=np.float32)
+    bias_ext[:m][mk == 0] = -np.inf
+    plan = _Plan(nb=nb, buckets=buckets, bias_ext=torch.from_numpy(bias_ext).to(device))
     _PLANS[key] = plan
     while len(_PLANS) > _PLAN_CACHE_SIZE:
         _PLANS.popitem(last=False)
@@ -309,67 +310,90 @@ def _attention_torch(
     vb = blocks(value)
     finite_v = bool(torch.isfinite(vb).all())
     vb_clean = vb if finite_v else torch.where(torch.isfinite(vb), vb, torch.zeros_like(vb))
+    # Fast masking adds a 0/-inf bias; that is exact only if no score can be NaN or +-inf
+    # (NaN + -inf = NaN would leak a masked key). Otherwise hidden scores are *selected*.
+    qk_max = float(qb.abs().amax()) * float(kb.abs().amax()) * d if qb.numel() else 0.0
+    add_bias = math.isfinite(qk_max) and qk_max < 1e37
 
-    # key validity [B, nb*bs]: real token and inside the request (keys >= S are padding)
-    kvalid = torch.zeros((b, sp), dtype=torch.bool, device=device)
-    if key_padding_mask is not None:
-        kvalid[:, :s] = key_padding_mask.to(torch.bool)
-    else:
-        kvalid[:, :s] = True
+    # key bias [B, nb, bs]: -inf at padding tokens and at keys >= S (outside the request)
     need_kvalid = key_padding_mask is not None or pad > 0
-    kvalid_blocks = kvalid.reshape(b, nb, bs)
+    kbias_blocks = None
+    if need_kvalid:
+        kbias = torch.full((b, sp), -torch.inf, dtype=cdt, device=device)
+        if key_padding_mask is not None:
+            kbias[:, :s].masked_fill_(key_padding_mask.to(torch.bool), 0.0)
+        else:
+            kbias[:, :s] = 0.0
+        kbias_blocks = kbias.reshape(b, nb, bs)
+    bias_ext = plan.bias_ext.to(cdt)
 
     out = torch.zeros((b, h * nb, bs, dv), dtype=cdt, device=device)
     for bucket in plan.buckets:
-        n = bucket.n
+        n, npa = bucket.n, bucket.npart
         g_total = bucket.rows.shape[0]
         chunk = max(1, _CHUNK_SCORE_ELEMENTS // max(1, b * bs * n * bs))
         if not finite_v:  # the exact non-finite path holds [B, g, bs, n*bs, Dv]
             chunk = max(1, chunk // dv)
+        # a row can see no key only if every one of its columns may be hidden
+        may_be_empty = need_kvalid or npa == n
         for g0 in range(0, g_total, chunk):
             rows = bucket.rows[g0 : g0 + chunk]
             kidx = bucket.kidx[g0 : g0 + chunk]
-            midx = bucket.midx[g0 : g0 + chunk]
             g = rows.shape[0]
             flat_k = kidx.reshape(-1)
             q = qb.index_select(1, rows)  # [B, g, bs, D]
             k = kb.index_select(1, flat_k).reshape(b, g, n * bs, d)
             scores = torch.matmul(q, k.transpose(-1, -2))  # [B, g, bs, n*bs]
-            vis = None
-            if plan.any_partial:
-                tile = plan.masks_ext.index_select(0, midx.reshape(-1))  # [g*n, bs, bs]
-                vis = tile.reshape(g, n, bs, bs).permute(0, 2, 1, 3).reshape(1, g, bs, n * bs)
+            # partial tiles come first: their bias covers the first npa*bs columns
+            tbias = kb_bias = None
+            if npa:
+                midx = bucket.midx[g0 : g0 + chunk].reshape(-1)
+                tile = bias_ext.index_select(0, midx)  # [g*npa, bs, bs]
+                tbias = tile.reshape(g, npa, bs, bs).transpose(1, 2).reshape(1, g, bs, npa * bs)
             if need_kvalid:
-                kblk = torch.remainder(kidx, nb)  # key block index within the head
-                kv = kvalid_blocks.index_select(1, kblk.reshape(-1)).reshape(b, g, 1, n * bs)
-                vis = kv if vis is None else (vis & kv)
-            if vis is not None:
-                scores = torch.where(vis, scores, torch.full_like(scores, -torch.inf))
-            mx = scores.amax(dim=-1, keepdim=True)
-            mx = torch.where(mx == -torch.inf, torch.zeros_like(mx), mx)
-            p = torch.exp(scores - mx)
-            denom = p.sum(dim=-1, keepdim=True)
+                kblk = torch.remainder(kidx, nb).reshape(-1)  # key block index within the head
+                kb_bias = kbias_blocks.index_select(1, kblk).reshape(b, g, 1, n * bs)
+            empty = None
+            if add_bias:
+                if tbias is not None:
+                    scores[..., : npa * bs].add_(tbias)
+                if kb_bias is not None:
+                    scores.add_(kb_bias)
+            else:
+                if tbias is not None:
+                    scores[..., : npa * bs].masked_fill_(tbias == -torch.inf, -torch.inf)
+                if kb_bias is not None:
+                    scores.masked_fill_(kb_bias == -torch.inf, -torch.inf)
+                if may_be_empty:
+                    empty = scores.amax(dim=-1, keepdim=True) == -torch.inf
+            p = torch.softmax(scores, dim=-1)
             v = vb_clean.index_select(1, flat_k).reshape(b, g, n * bs, dv)
-            num = torch.matmul(p, v)
+            res = torch.matmul(p, v)
+            if may_be_empty:  # rows with no visible key: softmax gave NaN, want exactly 0
+                if empty is None:  # bias path: scores are finite or -inf, NaN = empty row
+                    empty = torch.isnan(res[..., :1])
+                res = torch.where(empty, torch.zeros_like(res), res)
             if not finite_v:
-                num = _poison_nonfinite(num, p, vis, vb, flat_k, b, g, n, bs, dv)
-            safe = torch.where(denom > 0, denom, torch.ones_like(denom))
-            res = torch.where(denom > 0, num / safe, torch.zeros_like(num))
+                res = _poison_nonfinite(res, p, tbias, kb_bias, npa, vb, flat_k, b, g, n, bs, dv)
             out.index_copy_(1, rows, res)
     out = out.reshape(b, h, sp, dv)[:, :, :s, :]
-    return out.to(query.dtype)
+    return out.to(query.dtype).contiguous()  # contiguous, as the op's fake impl promises
 
 
-def _poison_nonfinite(num, p, vis, vb, flat_k, b, g, n, bs, dv) -> torch.Tensor:
+def _poison_nonfinite(res, p, tbias, kb_bias, npa, vb, flat_k, b, g, n, bs, dv):
     """Add back the exact contribution of non-finite V entries at *visible* pairs only."""
     v_raw = vb.index_select(1, flat_k).reshape(b, g, n * bs, dv)
     bad = ~torch.isfinite(v_raw)  # [B, g, n*bs, Dv]
     if not bool(bad.any()):
-        return num
-    vis_b = torch.ones_like(p, dtype=torch.bool) if vis is None else vis.expand(b, g, bs, n * bs)
-    # exact products over the non-finite entries only; masked pairs contribute exactly 0
+        return res
+    visible = torch.ones((b, g, bs, n * bs), dtype=torch.bool, device=p.device)
+    if tbias is not None:
+        visible[..., : npa * bs] &= tbias == 0
+    if kb_bias is not None:
+        visible &= kb_bias == 0
+    # exact products over the non-finite entries only; hidden pairs contribute exactly 0
     v_bad = torch.where(bad, v_raw, torch.zeros_like(v_raw))
     prod = p[..., None] * v_bad[:, :, None, :, :]  # [B, g, bs, n*bs, Dv]
-    keep = vis_b[..., None] & bad[:, :, None, :, :]
+    keep = visible[..., None] & bad[:, :, None, :, :]
     extra = torch.where(keep, prod, torch.zeros_like(prod)).sum(dim=-2)
-    return num + extra
+    return res + extra
