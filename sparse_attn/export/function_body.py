@@ -8,32 +8,45 @@ signature for the plugin (the body does not read them).
 
 Algorithm (block-sparse, exact per SPEC section 1):
 
-1. Cast Q/K/V to float32; pad the sequence axis of the *request* to
-   ``Sp = ceil(S / bs) * bs`` and view Q/K/V as blocks ``[B, H * nb, bs, D]``
-   (``nb = Sp / bs``, dynamic).
-2. Query block rows ``(head, row)`` are grouped at export time into *buckets* of rows with
-   about the same number of stored tiles ``n`` (rows of a bucket are padded to its largest
-   ``n`` with fully masked tiles; a bucket is cut when the padding would exceed
-   ``max_padding``). Rows without tiles form a zero bucket. This keeps a few global rows
-   (all ``nQB`` tiles) from making every row dense (FACTS: a padded ``[rows, max_nnz]``
-   gather pays for the longest row everywhere).
-3. Per bucket, rows are sorted by query block, so the rows inside the request
-   (``row < nb``) are a prefix whose length is computed at run time; only those are
-   gathered. Their key/value tiles are gathered (column indices clamped to ``nb - 1``;
-   keys at positions ``>= S`` are masked) into ``[B, R, n * bs, D]``; scores
-   ``[B, R, bs, n * bs]`` are masked with ``Where`` by the tile masks (full / partial /
-   padding), the request bound and ``key_padding_mask``; V at masked keys is replaced by 0
-   with ``Where`` so NaN/Inf there never reach the output; the softmax is computed in
-   fp32 with a zero-safe normaliser (a row with no visible key outputs exactly 0).
+1. Request sizes: ``nb = ceil(S / bs)`` query/key blocks (dynamic). Q/K/V are cast to
+   float32 and padded along S to ``(nb + 1) * bs``: block ``nb`` is an extra all-invalid
+   block. Key validity ``ok[b, j] = j < S and key_padding_mask[b, j]``; with a key padding
+   mask, K and V at invalid keys are replaced by 0 with ``Where`` (NaN/Inf there never
+   reach a product). Q is scaled and augmented with a column of ones, K with a column
+   holding ``0`` (valid) or ``-1e30`` (invalid key), so ``Q_aug @ K_aug^T`` already carries
+   the key mask: no per-score mask pass for padding or crop. Views: ``[B, H*(nb+1), bs, .]``.
+2. Export-time buckets (:func:`plan_buckets`): (head, query block) rows with the same tile
+   count and full/partial mask sequence form *uniform* buckets (one ``[bs, n*bs]`` tile
+   bias broadcast over the rows, e.g. all interior rows of a band); leftover rows are
+   merged by tile count with bounded padding (per-row biases); rows without tiles form a
+   zero bucket. Global rows (all ``nQB`` tiles) get their own bucket, so they never make
+   the other rows dense (FACTS: a padded ``[rows, max_nnz]`` gather pays for the longest
+   row everywhere).
+3. Per bucket (rows sorted by query block, so rows inside the request are a prefix whose
+   length is computed at run time; at least one row is computed): gather the rows' Q
+   blocks ``[B, R, bs, D+1]`` and their K/V tiles ``[B, R, n*bs, .]`` (a tile whose key
+   block lies beyond the request points at the all-invalid block ``nb``); scores
+   ``= Q_aug @ K_aug^T [B, R, bs, n*bs]``; add the tile bias (``0``/``-inf`` from the
+   partial masks; padding tiles all ``-inf``) only if the bucket has partial tiles;
+   ``Softmax`` in fp32; ``@ V``. A query whose visible keys are all invalid averages the
+   zeroed V and outputs exactly 0; a query with no visible key in the layout (``-inf``
+   row, statically known) is set to 0 with ``Where``.
 4. Bucket outputs are concatenated, put back in row order with one ``Gather`` by the
-   inverse permutation, reshaped to ``[B, H, Sp, Dv]``, cropped to ``S`` and cast back to
-   the query dtype.
+   inverse permutation, reshaped to ``[B, H, nb*bs, Dv]``, cropped to ``S`` and cast
+   back to the query dtype (``CastLike``).
 
 Work beyond the non-empty tiles: (a) padding tiles of merged buckets (bounded by
-``max_padding``); (b) for a request shorter than ``max_seq_len``, stored tiles whose key
-block lies beyond the request are computed on a clamped duplicate block and masked; (c)
-the ragged last block is padded to ``bs`` tokens. The per-tile masks are expanded from
-constants only, so ONNX Runtime folds them at session creation.
+``max_padding``; 5488 computed vs 5392 stored tiles for ``band(w=256) | global(n=64)``
+at S=4096, H=8, block 64); (b) for a request shorter than ``max_seq_len``, stored tiles
+whose key block lies beyond the request are computed against the all-invalid block; (c)
+the ragged last block is padded to ``bs`` tokens, plus the one invalid block; (d) one
+extra column in Q/K (the key mask). Tile biases are expanded from constants only, so
+ONNX Runtime folds them at session creation.
+
+NaN safety: masked keys are removed with ``Where`` (padding, crop) or ``-inf`` biases
+on finite scores. Limitation: a key that is a real token but hidden from some queries
+by a *partial tile mask* is still multiplied by probability 0 in ``P @ V``; if its V is
+NaN/Inf the NaN reaches those rows (its own visible rows get NaN anyway).
 
 Scaled dot-product attention: Vaswani et al., "Attention Is All You Need"
 (arXiv 1706.03762), Sec. 3.2.1; block-sparse tiling as in Child et al., "Generating Long
