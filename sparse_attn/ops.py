@@ -11,8 +11,9 @@ trace it as one opaque node::
 
 The real implementation is the array-level entry of the ``torch`` backend
 (:func:`sparse_attn.kernels.torch_backend.attention_arrays`), which uses the compiled CPU
-kernel when available; on CUDA the Triton backend's ``attention_arrays`` is used when that
-module provides it and supports the inputs.
+kernel when available; on CUDA the Triton kernel's ``attention_arrays``
+(``sparse_attn.kernels.triton_kernel``) is used when it imports and supports the inputs
+(float32/float16/bfloat16, head dims <= 128, block size 16..128), else the PyTorch path.
 """
 
 from __future__ import annotations
@@ -26,9 +27,16 @@ from sparse_attn import opspec
 __all__ = ["block_sparse_attention", "layout_tensors", "OP"]
 
 
-def _cuda_impl():
+def _cuda_impl(query: torch.Tensor, value: torch.Tensor, block_size: int):
+    """The Triton kernel's array entry when it exists and takes these inputs, else None."""
+    if query.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        return None
+    if not (query.shape[-1] <= 128 and value.shape[-1] <= 128):
+        return None
+    if not opspec.MIN_BLOCK_SIZE <= block_size <= opspec.MAX_BLOCK_SIZE:
+        return None
     try:
-        mod = importlib.import_module("sparse_attn.kernels.triton_backend")
+        mod = importlib.import_module("sparse_attn.kernels.triton_kernel")
     except Exception:  # noqa: BLE001 - optional backend; any import failure = absent
         return None
     return getattr(mod, "attention_arrays", None)
@@ -65,7 +73,7 @@ def block_sparse_attention(
         InvalidInputError: on inconsistent shapes or arguments.
     """
     if query.device.type == "cuda":
-        impl = _cuda_impl()
+        impl = _cuda_impl(query, value, block_size)
         if impl is not None:
             return impl(
                 query,

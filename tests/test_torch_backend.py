@@ -369,3 +369,47 @@ def test_long_sequence_spot_rows():
         sc = (q[0, 0, i].double() @ k[0, 0, js].double().T) / 4.0
         want = torch.softmax(sc, -1) @ v[0, 0, js].double()
         assert_close(out[0, 0, i], want, name=f"row {i}")
+
+
+def test_auto_picks_torch_on_cpu_even_with_triton_interpreter(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    calls = []
+    real = torch_backend.attention
+    monkeypatch.setattr(
+        torch_backend, "attention", lambda *a: calls.append(1) or real(*a), raising=True
+    )
+    lay = layout_from_masks(band_mask(32, 3)[None], 16)
+    q, k, v = random_qkv(1, 1, 32, 8)
+    out = block_sparse_attention(q, k, v, lay)
+    assert calls == [1], "auto must use the torch backend for CPU tensors"
+    assert_close(out, reference_attention(q, k, v, lay), name="auto on CPU")
+
+
+def test_gradients_match_reference(monkeypatch):
+    """The pure PyTorch path is differentiable (the compiled kernel refuses grad inputs)."""
+    s = 40
+    m = np.stack([band_mask(s, 4) | global_mask(s, 2), causal_mask(s)])
+    lay = layout_from_masks(m, 16)
+    kpm = random_padding_mask(2, s, seed=5)
+    grads = []
+    for backend in ("torch", "reference"):
+        q, k, v = (x.requires_grad_() for x in random_qkv(2, 2, s, 8, 6, torch.float64, seed=1))
+        out = block_sparse_attention(q, k, v, lay, kpm, backend=backend)
+        (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
+        grads.append((q.grad, k.grad, v.grad))
+    for name, a, b in zip("qkv", grads[0], grads[1], strict=True):
+        assert_close(a, b, atol=1e-10, rtol=1e-10, name=f"d{name}")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_torch_backend_on_cuda(dtype):
+    s = 300
+    m = np.stack([band_mask(s, 40) | global_mask(s, 8), dilated_mask(s, 5, 3) & causal_mask(s)])
+    lay = layout_from_masks(m, 64)
+    q, k, v = random_qkv(2, 2, s - 17, 64, 32, dtype=dtype, seed=3)
+    kpm = random_padding_mask(2, s - 17, seed=1)
+    want = reference_attention(q, k, v, lay, kpm).double()
+    got = block_sparse_attention(*(x.cuda() for x in (q, k, v)), lay, kpm.cuda(), backend="torch")
+    assert got.device.type == "cuda"
+    assert_close(got.cpu(), want, dtype=dtype, name=f"cuda {dtype}")

@@ -110,6 +110,10 @@ def block_sparse_attention(
     candidates = AUTO_ORDER if backend == "auto" else (backend,)
     all_reasons: dict[str, list[str]] = {}
     for name in candidates:
+        if backend == "auto" and name == "triton" and query.device.type != "cuda":
+            # the interpreter (TRITON_INTERPRET=1) is for checks, never the fastest choice
+            all_reasons[name] = ["auto uses triton only for CUDA tensors"]
+            continue
         mod, reasons = _reasons(name, query, key, value, layout, key_padding_mask)
         if mod is not None and not reasons:
             return mod.attention(query, key, value, layout, key_padding_mask, scale)

@@ -312,7 +312,9 @@ def _attention_torch(
     vb_clean = vb if finite_v else torch.where(torch.isfinite(vb), vb, torch.zeros_like(vb))
     # Fast masking adds a 0/-inf bias; that is exact only if no score can be NaN or +-inf
     # (NaN + -inf = NaN would leak a masked key). Otherwise hidden scores are *selected*.
-    qk_max = float(qb.abs().amax()) * float(kb.abs().amax()) * d if qb.numel() else 0.0
+    qk_max = float(qb.detach().abs().amax()) * float(kb.detach().abs().amax()) * d
+    # with autograd, empty rows must never hold NaN (softmax's backward would spread it)
+    grad = torch.is_grad_enabled() and any(x.requires_grad for x in (query, key, value))
     add_bias = math.isfinite(qk_max) and qk_max < 1e37
 
     # key bias [B, nb, bs]: -inf at padding tokens and at keys >= S (outside the request)
@@ -364,8 +366,10 @@ def _attention_torch(
                     scores[..., : npa * bs].masked_fill_(tbias == -torch.inf, -torch.inf)
                 if kb_bias is not None:
                     scores.masked_fill_(kb_bias == -torch.inf, -torch.inf)
-                if may_be_empty:
-                    empty = scores.amax(dim=-1, keepdim=True) == -torch.inf
+            if may_be_empty and (grad or not add_bias):
+                empty = scores.detach().amax(dim=-1, keepdim=True) == -torch.inf
+                if grad:
+                    scores = torch.where(empty, torch.zeros_like(scores), scores)
             p = torch.softmax(scores, dim=-1)
             v = vb_clean.index_select(1, flat_k).reshape(b, g, n * bs, dv)
             res = torch.matmul(p, v)
