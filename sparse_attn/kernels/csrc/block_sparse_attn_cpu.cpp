@@ -18,7 +18,8 @@
 // Masked keys never reach the output even when their K/V hold NaN or Inf: masked scores are
 // *selected* to -inf (never added to), exp(-inf) is exactly 0, and a run whose V rows hold a
 // non-finite value is accumulated by a loop that skips p == 0 instead of the SGEMM
-// (0 * NaN = NaN).
+// (0 * NaN = NaN). One parallel region per call (libgomp's spinning barriers are costly on a
+// loaded machine), work items taken dynamically, longest CSR rows first.
 //
 // GEMM: the BLAS sgemm_ that libtorch_cpu exports (MKL in the PyPI wheels), declared weak so
 // that a torch built without it still loads; a portable loop is the fallback.
@@ -46,6 +47,8 @@ extern "C" {
 void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
             const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
             const float* beta, float* c, const int* ldc) __attribute__((weak));
+// MKL: per-thread thread count (returns the previous one; 0 = follow the global setting).
+int MKL_Set_Num_Threads_Local(int nt) __attribute__((weak));
 }
 
 namespace {
@@ -221,10 +224,18 @@ SA_CLONES void finalize_rows(const float* acc, int ldacc, const float* l, int ro
   }
 }
 
-bool row_all_finite(const float* v, int n) {
-  bool ok = true;
-  for (int t = 0; t < n; ++t) ok &= std::isfinite(v[t]);
-  return ok;
+// True when v[0:n] holds no NaN/Inf: x * 0 is 0 for finite x and NaN otherwise
+// (lane-wise sums so that the loop vectorises without -ffast-math).
+SA_CLONES bool all_finite(const float* v, int64_t n) {
+  float lane[kLanes];
+  for (int t = 0; t < kLanes; ++t) lane[t] = 0.f;
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes)
+    for (int t = 0; t < kLanes; ++t) lane[t] += v[j + t] * 0.f;
+  float acc = 0.f;
+  for (; j < n; ++j) acc += v[j] * 0.f;
+  for (int t = 0; t < kLanes; ++t) acc += lane[t];
+  return acc == 0.f;
 }
 
 void check_layout(const at::Tensor& row_ptr, const at::Tensor& col_idx,
@@ -324,14 +335,6 @@ at::Tensor attention_arrays(const at::Tensor& query, const at::Tensor& key,
   const bool* kpmp = kpm.defined() ? kpm.data_ptr<bool>() : nullptr;
   const int64_t nnz = col_idx.size(1);
 
-  // Per (b, h, key): 1 if the V row holds a non-finite value (those keys take the
-  // NaN-safe P V loop). One pass over V, O(B H S Dv), small next to the attention itself.
-  std::vector<uint8_t> v_bad(static_cast<size_t>(B * H * S), 0);
-  at::parallel_for(0, B * H * S, 4096, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r)
-      v_bad[r] = row_all_finite(vp + r * Dv, static_cast<int>(Dv)) ? 0 : 1;
-  });
-
   // Work items (h, query block) sorted by decreasing number of key blocks, replicated over
   // the batch, taken dynamically by the threads (longest first keeps the threads balanced
   // when a few rows are global).
@@ -354,6 +357,9 @@ at::Tensor attention_arrays(const at::Tensor& query, const at::Tensor& key,
 
   const int nthreads = std::max(1, std::min<int>(at::get_num_threads(), static_cast<int>(total)));
   at::parallel_for(0, nthreads, 1, [&](int64_t, int64_t) {
+    // One thread per SGEMM: the work is already split over the threads, and nested MKL
+    // teams would oversubscribe the cores (torch.set_num_threads also sets MKL's count).
+    const int mkl_prev = MKL_Set_Num_Threads_Local != nullptr ? MKL_Set_Num_Threads_Local(1) : 0;
     std::vector<float> sbuf(static_cast<size_t>(bs * max_run));
     std::vector<float> acc(static_cast<size_t>(bs * Dv));
     std::vector<float> m(static_cast<size_t>(bs)), l(static_cast<size_t>(bs)),
@@ -417,10 +423,9 @@ at::Tensor attention_arrays(const at::Tensor& query, const at::Tensor& key,
         }
         softmax_update(s, lds, rows, cols, m.data(), l.data(), alpha.data());
         scale_rows(acc.data(), static_cast<int>(Dv), rows, static_cast<int>(Dv), alpha.data());
-        bool v_ok = true;
-        const uint8_t* vbad = v_bad.data() + bh * S + k0;
-        for (int j = 0; j < cols; ++j) v_ok &= vbad[j] == 0;
-        if (v_ok) {
+        // V rows of the run are contiguous; a NaN/Inf among them sends the run to the loop
+        // that skips p == 0 (the scan costs 1/(2 * rows) of the P V product).
+        if (all_finite(vb, static_cast<int64_t>(cols) * Dv)) {
           gemm_rowmajor(false, rows, static_cast<int>(Dv), cols, 1.f, s, lds, vb,
                         static_cast<int>(Dv), 1.f, acc.data(), static_cast<int>(Dv));
         } else {
@@ -432,6 +437,7 @@ at::Tensor attention_arrays(const at::Tensor& query, const at::Tensor& key,
       finalize_rows(acc.data(), static_cast<int>(Dv), l.data(), rows, static_cast<int>(Dv),
                     op + (bh * S + q0) * Dv, static_cast<int>(Dv));
     }
+    if (MKL_Set_Num_Threads_Local != nullptr) MKL_Set_Num_Threads_Local(mkl_prev);
   });
   return query.scalar_type() == at::kFloat ? out : out.to(query.scalar_type());
 }
