@@ -218,3 +218,25 @@ def test_build_function_rejects_old_opset_and_bad_scale():
         function_body.build_function(
             layout, scale=float("nan"), has_key_padding_mask=False, opset=20
         )
+
+
+def test_nonfinite_real_keys_hidden_by_partial_tiles_do_not_leak():
+    """NaN K / Inf V at a *real* token: only queries that see it may be non-finite."""
+    layout = compile_layout("band(w=6) | causal", 64, 16, num_heads=1)
+    sess = session(function_body.make_node_model(layout, head_dim=8))
+    rng = np.random.default_rng(5)
+    q, k, v, _ = make_inputs(rng, 1, 1, 50, 8, 8, np.float32, poison=False)
+    kpm = np.ones((1, 50), dtype=bool)
+    k[0, 0, 20] = np.nan
+    v[0, 0, 33] = np.inf
+    (out,) = sess.run(None, dict(query=q, key=k, value=v, key_padding_mask=kpm))
+    exp = reference(layout, q, k, v, kpm)
+    vis = layout.token_mask(50)[0]
+    sees_bad = vis[:, 20] | vis[:, 33]
+    assert sees_bad.any() and (~sees_bad).sum() > 30
+    assert_close(out[0, 0, ~sees_bad], exp[0, 0, ~sees_bad], 2e-5, 1e-4, "rows not seeing bad keys")
+    assert not np.isfinite(out[0, 0, sees_bad]).all(axis=-1).any()
+    # the same inputs without non-finite values take the fast path and agree
+    k[0, 0, 20], v[0, 0, 33] = 0.5, 0.5
+    (out2,) = sess.run(None, dict(query=q, key=k, value=v, key_padding_mask=kpm))
+    assert_close(out2, reference(layout, q, k, v, kpm), 2e-5, 1e-4, "fast path")

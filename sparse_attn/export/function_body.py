@@ -212,6 +212,11 @@ class _Graph:
         return out
 
 
+def _head(g: _Graph, name: str, arr: str, zero1: str, count: str) -> str:
+    """``arr[:count]`` along axis 0."""
+    return g.op("Slice", [arr, zero1, count, zero1], name)
+
+
 def _i64(*values: int) -> np.ndarray:
     return np.array(values, dtype=np.int64)
 
@@ -330,10 +335,15 @@ def build_function(
             layout.masks.astype(bool),
         ]
     )
+    bias_table = bool_table = None
     if any(b.has_partial for b in buckets):
         bias_table = g.const(np.where(table, 0.0, -np.inf).astype(np.float32), "bias_table")
+        bool_table = g.const(table, "mask_table")
+    ninf = g.const(np.array(-np.inf, dtype=np.float32), "ninf")
 
-    outs, row_ids = [], []
+    # per-bucket row bookkeeping (outer graph; the math below may run in If branches)
+    prep = []
+    row_ids = []
     for bi, bk in enumerate(buckets):
         p = f"b{bi}_"
         rows_r = g.const(bk.rows, p + "rows")
@@ -347,70 +357,119 @@ def build_function(
             keepdims=1,
         )
         count = g.op("Max", [count_raw, one1], p + "count")
+        heads_c = _head(g, p + "heads", g.const(bk.heads, p + "heads_all"), zero1, count)
+        rows_c = _head(g, p + "rows_in", rows_r, zero1, count)
+        row_id = g.op("Add", [g.op("Mul", [heads_c, nb1]), rows_c])
+        row_ids.append(_head(g, p + "row_id", row_id, zero1, count_raw))
+        item = {"p": p, "bk": bk, "count": count, "count_raw": count_raw}
+        if bk.width:
+            heads_x = g.op("Mul", [heads_c, nbx1], p + "head_off")  # [Rc]
+            item["qidx"] = g.op("Add", [heads_x, g.op("Min", [rows_c, nb1])], p + "qidx")
+            cols_c = _head(g, p + "cols", g.const(bk.cols, p + "cols_all"), zero1, count)
+            item["kidx"] = g.op(
+                "Add",
+                [g.op("Unsqueeze", [heads_x, m1]), g.op("Min", [cols_c, nb1])],
+                p + "kidx",
+            )  # [Rc, n]; key blocks beyond the request -> the all-invalid block nb
+        prep.append(item)
 
-        def head(name: str, arr_name: str, count: str = count) -> str:
-            return g.op("Slice", [arr_name, zero1, count, zero1], name)
+    def emit(gg: _Graph, exact: bool) -> str:
+        """Bucket math into ``gg``; returns the concatenated outputs [B, rows, bs, Dv].
 
-        heads_c = head(p + "heads", g.const(bk.heads, p + "heads_all"))
-        rows_c = head(p + "rows_in", rows_r)
-        row_ids.append(
-            head(
-                p + "row_id",
-                g.op("Add", [g.op("Mul", [heads_c, nb1]), rows_c]),
-                count_raw,
+        ``exact``: tile masks applied with ``Where`` (a NaN/Inf K hidden by a partial tile
+        cannot reach a score) and ``P @ V`` without 0 * NaN from hidden non-finite V.
+        """
+        outs = []
+        for item in prep:
+            p, bk, count, count_raw = item["p"], item["bk"], item["count"], item["count_raw"]
+            p = gg.prefix + p
+            if bk.width == 0:
+                zshape = gg.op("Concat", [b1, count_raw, bs1, dv1], p + "zshape", axis=0)
+                zero = gg.const(np.zeros((1, 1, 1, 1), np.float32), p + "z")
+                outs.append(gg.op("Expand", [zero, zshape], p + "zero"))
+                continue
+            n = bk.width
+            qg = gg.op("Gather", [qb, item["qidx"]], p + "qg", axis=1)  # [B, Rc, bs, D+1]
+            kg, vg = (
+                gg.op(
+                    "Reshape",
+                    [
+                        gg.op("Gather", [src, item["kidx"]], p + hint + "g5", axis=1),
+                        gg.op("Concat", [gg.const(_i64(0, 0, n * bs)), dim], axis=0),
+                    ],
+                    p + hint + "g",
+                )  # [B, Rc, n*bs, d]
+                for src, dim, hint in ((kb, d_aug, "k"), (vb, dv1, "v"))
             )
+            scores = gg.op(
+                "MatMul",
+                [qg, gg.op("Transpose", [kg], p + "kT", perm=[0, 1, 3, 2])],
+                p + "scores",
+            )  # [B, Rc, bs, n*bs]; invalid keys carry _KEY_BIAS via the augmented column
+            vis = None
+            if bk.has_partial:
+                table_c = bool_table if exact else bias_table
+                ids = bk.mask_ids[0] if bk.uniform else bk.mask_ids
+                tb = gg.op("Gather", [table_c, gg.const(ids, p + "mids")], p + "tiles")
+                if bk.uniform:
+                    tb = gg.op("Transpose", [tb], p + "tilesT", perm=[1, 0, 2])  # [bs, n, bs]
+                    tb = gg.op("Reshape", [tb, gg.const(_i64(bs, n * bs))], p + "tmask")
+                else:
+                    tb = gg.op("Transpose", [tb], p + "tilesT", perm=[0, 2, 1, 3])
+                    tb = gg.op("Reshape", [tb, gg.const(_i64(len(bk.rows), bs, n * bs))])
+                    tb = _head(gg, p + "tmask_in", tb, zero1, count)
+                if exact:
+                    scores = gg.op("Where", [tb, scores, ninf], p + "masked")
+                    vis = tb
+                else:
+                    scores = gg.op("Add", [scores, tb], p + "masked")
+            probs = gg.op("Softmax", [scores], p + "probs", axis=-1)
+            o = gg.op("MatMul", [probs, vg], p + "pv")  # [B, Rc, bs, Dv]
+            if vis is not None:
+                # keep 0 * NaN of hidden keys out: P @ finite(V), unless a visible V is
+                # non-finite for that (row, dim), where the raw product is the answer
+                nonfin = gg.op("Not", [gg.op("Equal", [gg.op("Sub", [vg, vg]), fzero])])
+                vfin = gg.op("Where", [nonfin, fzero, vg], p + "vfin")
+                o_fin = gg.op("MatMul", [probs, vfin], p + "pv_fin")
+                cnt = gg.op(
+                    "MatMul",
+                    [gg.op("Cast", [vis], to=f32), gg.op("Cast", [nonfin], to=f32)],
+                    p + "nonfinite_visible",
+                )
+                o = gg.op("Where", [gg.op("Greater", [cnt, fzero]), o, o_fin], p + "pv_exact")
+            dead = ~table[bk.mask_ids].any(axis=(1, 3))  # [R, bs] rows with no visible key
+            if dead.any() and bk.uniform:
+                o = gg.op("Where", [gg.const(dead[0][:, None], p + "dead"), fzero, o], p + "o")
+            elif dead.any():
+                dead_c = _head(gg, p + "dead", gg.const(dead[:, :, None]), zero1, count)
+                o = gg.op("Where", [dead_c, fzero, o], p + "o")
+            outs.append(gg.op("Slice", [o, zero1, count_raw, one1], p + "out_in"))
+        return outs[0] if len(outs) == 1 else gg.op("Concat", outs, "cat", axis=1)
+
+    if any(b.has_partial for b in buckets):
+        # exact path only when a real (unmasked-by-padding) K or V value is non-finite
+        def nonfinite_any(x: str) -> str:
+            return g.op("ReduceSum", [g.op("Sub", [x, x])], keepdims=0)  # NaN iff any
+
+        cond = g.op("IsNaN", [g.op("Add", [nonfinite_any(kp), nonfinite_any(vp)])], "any_nonfinite")
+        branches = {}
+        for tag, exact in (("exact_", True), ("fast_", False)):
+            gg = _Graph(prefix=tag)
+            out = emit(gg, exact)
+            branches[tag] = helper.make_graph(
+                gg.nodes, tag + "path", [], [helper.make_tensor_value_info(out, f32, None)]
+            )
+        cat = g.op(
+            "If",
+            [cond],
+            "cat",
+            then_branch=branches["exact_"],
+            else_branch=branches["fast_"],
         )
-        if bk.width == 0:
-            zshape = g.op("Concat", [b1, count_raw, bs1, dv1], p + "zshape", axis=0)
-            outs.append(
-                g.op("Expand", [g.const(np.zeros((1, 1, 1, 1), np.float32)), zshape], p + "zero")
-            )
-            continue
-        n = bk.width
-        heads_x = g.op("Mul", [heads_c, nbx1], p + "head_off")  # [Rc]
-        qidx = g.op("Add", [heads_x, g.op("Min", [rows_c, nb1])], p + "qidx")
-        cols_c = head(p + "cols", g.const(bk.cols, p + "cols_all"))  # [Rc, n]
-        kidx = g.op(
-            "Add",
-            [g.op("Unsqueeze", [heads_x, m1]), g.op("Min", [cols_c, nb1])],
-            p + "kidx",
-        )  # [Rc, n]; key blocks beyond the request -> the all-invalid block nb
-        qg = g.op("Gather", [qb, qidx], p + "qg", axis=1)  # [B, Rc, bs, D+1]
-
-        def gather_kv(
-            src: str, dim: str, hint: str, kidx: str = kidx, p: str = p, n: int = n
-        ) -> str:
-            x = g.op("Gather", [src, kidx], p + hint + "g5", axis=1)  # [B, Rc, n, bs, d]
-            shp = g.op("Concat", [g.const(_i64(0, 0, n * bs)), dim], p + hint + "shp", axis=0)
-            return g.op("Reshape", [x, shp], p + hint + "g")  # [B, Rc, n*bs, d]
-
-        kg = gather_kv(kb, d_aug, "k")
-        vg = gather_kv(vb, dv1, "v")
-        scores = g.op(
-            "MatMul", [qg, g.op("Transpose", [kg], p + "kT", perm=[0, 1, 3, 2])], p + "scores"
-        )  # [B, Rc, bs, n*bs]; invalid keys carry _KEY_BIAS through the augmented column
-        if bk.has_partial and bk.uniform:
-            tb = g.op("Gather", [bias_table, g.const(bk.mask_ids[0], p + "mids")], p + "tiles")
-            tb = g.op("Transpose", [tb], p + "tilesT", perm=[1, 0, 2])  # [bs, n, bs]
-            tb = g.op("Reshape", [tb, g.const(_i64(bs, n * bs))], p + "tbias")  # folded
-            scores = g.op("Add", [scores, tb], p + "masked")
-        elif bk.has_partial:
-            tb = g.op("Gather", [bias_table, g.const(bk.mask_ids, p + "mids")], p + "tiles")
-            tb = g.op("Transpose", [tb], p + "tilesT", perm=[0, 2, 1, 3])  # [R, bs, n, bs]
-            tb = g.op("Reshape", [tb, g.const(_i64(len(bk.rows), bs, n * bs))], p + "tbias")
-            scores = g.op("Add", [scores, head(p + "tbias_in", tb)], p + "masked")
-        probs = g.op("Softmax", [scores], p + "probs", axis=-1)
-        o = g.op("MatMul", [probs, vg], p + "pv")  # [B, Rc, bs, Dv]
-        dead = ~table[bk.mask_ids].any(axis=(1, 3))  # [R, bs] rows with no visible key
-        if dead.any() and bk.uniform:
-            o = g.op("Where", [g.const(dead[0][:, None], p + "dead"), fzero, o], p + "out")
-        elif dead.any():
-            dead_c = g.const(dead[:, :, None], p + "dead_all")
-            o = g.op("Where", [head(p + "dead", dead_c), fzero, o], p + "out")
-        outs.append(g.op("Slice", [o, zero1, count_raw, one1], p + "out_in"))
+    else:
+        cat = emit(g, exact=False)
 
     # -- 4. back to row order, crop, cast
-    cat = outs[0] if len(outs) == 1 else g.op("Concat", outs, "cat", axis=1)
     ids = row_ids[0] if len(row_ids) == 1 else g.op("Concat", row_ids, "row_ids", axis=0)
     n_rows = g.op("Shape", [ids], "n_rows")
     inv = g.op(
