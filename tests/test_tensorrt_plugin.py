@@ -166,7 +166,7 @@ def test_aot_glue_produces_ptx_grid_and_int32_extras(stand_in):
     rp = _Desc([h, nqb + 1], trt.int32)
     ci = _Desc([h, nnz], trt.int32)
     mi = _Desc([h, nnz], trt.int32)
-    mk = _Desc([3, 32, 32], trt.uint8)
+    mk = _Desc([3, 32, 32], trt.int32)  # the engine builder widens the uint8 table
     kpm = _Desc([b, s], trt.bool)
     out = trtp.recorded["register"][1](q, k, v, rp, ci, mi, mk, kpm, 32, 0.125)
     assert list(out.shape_expr) == [b, h, s, dv] and out.dtype == trt.float16
@@ -178,7 +178,7 @@ def test_aot_glue_produces_ptx_grid_and_int32_extras(stand_in):
     assert len(entry) == 8 + len(extra) + 1, "PTX params != inputs + extra args + output"
     assert (params.grid_x, params.grid_y) == (-(-s // 32), b * h)
     assert params.block_x in (128, 256) and params.shared_mem > 0
-    spec = aot.KernelSpec("float16", 32, h, d, dv, h, nqb + 1, nnz, 0.125, "bool")
+    spec = aot.KernelSpec("float16", 32, h, d, dv, h, nqb + 1, nnz, 0.125, "bool", "int32")
     assert list(extra) == list(aot.runtime_int_values(spec, s))
     assert all(isinstance(x, int) and 0 < x < 2**31 for x in extra)
 

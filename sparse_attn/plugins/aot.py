@@ -88,6 +88,8 @@ class KernelSpec:
         nnz: second dim of ``col_idx`` / ``mask_idx``.
         scale: softmax scale (baked into the PTX).
         kpm_dtype: dtype of ``key_padding_mask`` or None when absent.
+        masks_dtype: dtype of the ``masks`` table (uint8 in an export; the TensorRT engine
+            builder widens it to int32).
     """
 
     dtype: str
@@ -100,6 +102,7 @@ class KernelSpec:
     nnz: int
     scale: float
     kpm_dtype: str | None = "bool"
+    masks_dtype: str = "uint8"
 
     def validate(self) -> None:
         """Raise InvalidInputError on values the kernel does not support."""
@@ -123,6 +126,8 @@ class KernelSpec:
             )
         if self.kpm_dtype is not None and self.kpm_dtype not in POINTER_TYPES:
             raise InvalidInputError(f"key_padding_mask dtype {self.kpm_dtype!r} not supported")
+        if self.masks_dtype not in ("uint8", "int8", "bool", "int32"):
+            raise InvalidInputError(f"masks dtype {self.masks_dtype!r} not supported")
 
 
 @dataclass
@@ -193,7 +198,7 @@ def signature_and_constants(spec: KernelSpec) -> tuple[dict, dict]:
             "RowPtr": "*i32",
             "ColIdx": "*i32",
             "MaskIdx": "*i32",
-            "Masks": "*u8",
+            "Masks": POINTER_TYPES[spec.masks_dtype],
             "Kpm": POINTER_TYPES.get(spec.kpm_dtype or "bool", "*i8"),
         }.get(name, ptr)
     for name in tk.INT_ARGS:

@@ -101,7 +101,7 @@ def _constant(expr, what: str) -> int:
     return int(expr.constant_value())
 
 
-def kernel_spec_from_descs(trt, query, value, row_ptr, col_idx, kpm, block_size, scale):
+def kernel_spec_from_descs(trt, query, value, row_ptr, col_idx, kpm, block_size, scale, masks=None):
     """The :class:`sparse_attn.plugins.aot.KernelSpec` of one plugin instance.
 
     Args are ``trtp.TensorDesc`` objects (shape expressions) and the plugin fields.
@@ -121,6 +121,7 @@ def kernel_spec_from_descs(trt, query, value, row_ptr, col_idx, kpm, block_size,
         nnz=_constant(col_idx.shape_expr[1], "col_idx dim 1"),
         scale=float(scale),
         kpm_dtype=None if kpm is None else trt_dtype_name(trt, kpm.dtype),
+        masks_dtype="uint8" if masks is None else trt_dtype_name(trt, masks.dtype),
     )
 
 
@@ -193,7 +194,7 @@ def register() -> None:
         from sparse_attn.plugins.aot import launch_grid, runtime_int_values
 
         spec = kernel_spec_from_descs(
-            trt, query, value, row_ptr, col_idx, key_padding_mask, block_size, scale
+            trt, query, value, row_ptr, col_idx, key_padding_mask, block_size, scale, masks
         )
         ck = _compile_cached(spec, _current_arch())
         batch, seq = query.shape_expr[0], query.shape_expr[2]

@@ -1,0 +1,304 @@
+#!/usr/bin/env python
+"""GPU check of the Triton block-sparse kernel (``make gpu-check``): correctness, then speed.
+
+Needs only a CUDA GPU with PyTorch and Triton (no TensorRT, nothing installed: the repository
+root is put on ``sys.path``). Budget: under 8 minutes on one H100/H200-class GPU.
+
+1. Correctness: ``block_sparse_attention(..., backend="triton")`` against the float64 dense
+   reference over a grid of fp16/bf16 cases (ragged S, S < layout length, key padding with
+   NaN/Inf behind it, causal and per-head patterns, empty rows, head dims 32..128 incl. 80,
+   block sizes 16..128, fp16 near overflow).
+2. Speed at S = 4k..32k (B=1, H=16, D=64, fp16, ``band(w=256) | global(n=64)``, block 64):
+   the Triton kernel, PyTorch SDPA dense (flash backend: the dense lower bound to beat), and
+   FlexAttention (compiled) given the same token mask through ``mask_mod``. Median of CUDA
+   event timings.
+
+Writes ``<out>/gpu_check.json`` and prints a table. Exit codes: 0 all correct, 3 a
+correctness case failed, 1 no CUDA GPU (one line on stderr), 2 bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+import zlib
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+#: (atol, rtol) vs the float64 reference, per input dtype name.
+TOL = {"float16": (2e-3, 2e-3), "bfloat16": (1.6e-2, 1.6e-2)}
+BUDGET_S = 7 * 60
+
+
+def _fail(msg: str, code: int) -> int:
+    print(f"gpu_check: error: {msg}", file=sys.stderr)
+    return code
+
+
+def _layout(spec: str, s: int, bs: int, h: int, causal: bool = False):
+    from sparse_attn.layout import compile_layout
+
+    return compile_layout(spec, seq_len=s, block_size=bs, num_heads=h, causal=causal)
+
+
+def correctness_cases(quick: bool) -> list[dict]:
+    """The grid: each dict gives dtype, B, H, S (request), S_max (layout), D, Dv, block, spec."""
+    cases = []
+    for dt in ("float16", "bfloat16"):
+        cases += [
+            dict(dtype=dt, b=2, h=4, s=1000, smax=1024, d=64, dv=64, bs=64,
+                 spec="band(w=100) | global(n=16)", causal=False, pad=True),
+            dict(dtype=dt, b=1, h=2, s=777, smax=800, d=80, dv=80, bs=32,
+                 spec="band(w=64)", causal=True, pad=False),
+            dict(dtype=dt, b=2, h=3, s=257, smax=300, d=128, dv=128, bs=16,
+                 spec="dilated(w=8, d=3) | global(n=1)", causal=False, pad=True),
+            dict(dtype=dt, b=1, h=2, s=2048, smax=2048, d=32, dv=32, bs=128,
+                 spec="block_local(b=256)", causal=True, pad=True),
+            dict(dtype=dt, b=1, h=1, s=500, smax=512, d=64, dv=64, bs=64,
+                 spec="band(w=0)", causal=False, pad=True, big=True),
+        ]  # fmt: skip
+    return cases[:4] if quick else cases
+
+
+def run_case(c: dict) -> dict:
+    import torch
+
+    from sparse_attn.kernels import block_sparse_attention
+    from sparse_attn.kernels.reference import reference_attention
+
+    dev = "cuda"
+    dtype = getattr(torch, c["dtype"])
+    g = torch.Generator(device="cpu").manual_seed(
+        zlib.crc32(json.dumps(c, sort_keys=True).encode())
+    )
+    scale_in = 40.0 if c.get("big") else 1.0
+    q, k = (
+        (torch.randn(c["b"], c["h"], c["s"], c["d"], generator=g) * scale_in).to(dev, dtype)
+        for _ in range(2)
+    )
+    v = torch.randn(c["b"], c["h"], c["s"], c["dv"], generator=g)
+    if c.get("big"):
+        v = v.sign() * 6.0e4
+    v = v.to(dev, dtype)
+    layout = _layout(c["spec"], c["smax"], c["bs"], c["h"], c["causal"])
+    kpm = None
+    if c["pad"]:
+        kpm = torch.ones(c["b"], c["s"], dtype=torch.bool, device=dev)
+        cut = max(1, c["s"] * 3 // 4)
+        kpm[-1, cut:] = False
+        k[-1, :, cut:] = float("nan")
+        v[-1, :, cut:] = float("inf")
+    t0 = time.perf_counter()
+    out = block_sparse_attention(q, k, v, layout, kpm, backend="triton")
+    torch.cuda.synchronize()
+    t_run = time.perf_counter() - t0
+    ref = reference_attention(q.double(), k.double(), v.double(), layout, kpm)
+    atol, rtol = TOL[c["dtype"]]
+    o = out.double()
+    diff = (o - ref).abs()
+    bound = atol + rtol * ref.abs()
+    bad = ~(diff <= bound)  # NaN counts as bad
+    worst = int(torch.argmax(torch.nan_to_num(diff - bound, nan=math.inf)).item())
+    idx = [int(i) for i in torch.unravel_index(torch.tensor(worst), o.shape)]
+    return {
+        **{k_: v_ for k_, v_ in c.items()},
+        "passed": not bool(bad.any()),
+        "max_abs_err": float(torch.nan_to_num(diff, nan=math.inf).max()),
+        "mismatch_fraction": float(bad.float().mean()),
+        "worst_index": idx,
+        "worst_got": float(o[tuple(idx)]),
+        "worst_expected": float(ref[tuple(idx)]),
+        "first_call_s": round(t_run, 3),
+    }
+
+
+def _time(fn, iters: int) -> float:
+    """Median milliseconds of ``fn()`` over ``iters`` CUDA-event-timed calls (after warmup)."""
+    import torch
+
+    fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(iters):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        torch.cuda.synchronize()
+        times.append(a.elapsed_time(b))
+    times.sort()
+    return times[len(times) // 2]
+
+
+def run_timings(seq_lens, heads, head_dim, bs, band, glob, iters, deadline) -> list[dict]:
+    import torch
+    import torch.nn.functional as F
+
+    from sparse_attn.kernels.triton_kernel import attention_arrays
+
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # pragma: no cover - old torch
+        sdpa_kernel = None
+    try:
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+        flex = torch.compile(flex_attention, dynamic=False)
+    except Exception:  # noqa: BLE001 - FlexAttention missing in this torch
+        flex = None
+
+    def mask_mod(b, h, qi, kj):
+        return ((qi - kj).abs() <= band) | (qi < glob) | (kj < glob)
+
+    rows = []
+    spec = f"band(w={band}) | global(n={glob})"
+    for s in seq_lens:
+        if time.perf_counter() > deadline:
+            rows.append({"seq_len": s, "skipped": "time budget"})
+            continue
+        row = {"seq_len": s, "heads": heads, "head_dim": head_dim, "block_size": bs}
+        q, k, v = (
+            torch.randn(1, heads, s, head_dim, device="cuda", dtype=torch.float16) for _ in range(3)
+        )
+        layout = _layout(spec, s, bs, heads)
+        st = layout.stats()
+        row["density_tokens"] = st["density_tokens"]
+        row["density_blocks"] = st["density_blocks"]
+        arr = [
+            torch.from_numpy(a).cuda()
+            for a in (layout.row_ptr, layout.col_idx, layout.mask_idx, layout.masks)
+        ]
+        scale = head_dim**-0.5
+        row["triton_ms"] = _time(
+            lambda q=q, k=k, v=v, arr=arr, sc=scale: attention_arrays(q, k, v, *arr, None, bs, sc),
+            iters,
+        )
+        ideal_flops = 4.0 * heads * s * s * st["density_tokens"] * head_dim
+        row["triton_tflops_useful"] = ideal_flops / row["triton_ms"] / 1e9
+        if sdpa_kernel is not None:
+            try:
+                with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+                    row["sdpa_flash_dense_ms"] = _time(
+                        lambda q=q, k=k, v=v: F.scaled_dot_product_attention(q, k, v), iters
+                    )
+            except Exception as exc:  # noqa: BLE001 - record, keep going
+                row["sdpa_flash_dense_error"] = str(exc)[:200]
+        if flex is not None and time.perf_counter() < deadline:
+            try:
+                bm = create_block_mask(mask_mod, 1, 1, s, s, device="cuda", BLOCK_SIZE=128)
+                row["flex_ms"] = _time(
+                    lambda q=q, k=k, v=v, bm=bm: flex(q, k, v, block_mask=bm), iters
+                )
+                if s == seq_lens[0]:
+                    ot = attention_arrays(q, k, v, *arr, None, bs, scale).float()
+                    of = flex(q, k, v, block_mask=bm).float()
+                    row["triton_vs_flex_max_abs"] = float((ot - of).abs().max())
+            except Exception as exc:  # noqa: BLE001
+                row["flex_error"] = str(exc)[:200]
+        rows.append(row)
+        print(
+            f"S={s:>6}  triton {row['triton_ms']:8.3f} ms  "
+            f"sdpa-flash(dense) {row.get('sdpa_flash_dense_ms', float('nan')):8.3f} ms  "
+            f"flex {row.get('flex_ms', float('nan')):8.3f} ms  "
+            f"density {row['density_tokens']:.4f}",
+            flush=True,
+        )
+        del q, k, v, arr
+        torch.cuda.empty_cache()
+    return rows
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="artifacts/gpu-check", help="output directory")
+    p.add_argument("--quick", action="store_true", help="smaller grid, S up to 8k")
+    p.add_argument("--seq-lens", default="4096,8192,16384,32768")
+    p.add_argument("--heads", type=int, default=16)
+    p.add_argument("--head-dim", type=int, default=64)
+    p.add_argument("--block-size", type=int, default=64)
+    p.add_argument("--band", type=int, default=256)
+    p.add_argument("--global-tokens", type=int, default=64)
+    p.add_argument("--iters", type=int, default=20)
+    try:
+        args = p.parse_args(argv)
+        seq_lens = [int(x) for x in args.seq_lens.split(",") if x]
+    except SystemExit as exc:
+        return int(exc.code or 0) and 2
+    except ValueError:
+        return _fail(f"--seq-lens must be comma-separated integers, got {args.seq_lens!r}", 2)
+    try:
+        import torch
+    except ImportError as exc:
+        return _fail(f"PyTorch is not installed ({exc}); gpu_check needs PyTorch with CUDA", 1)
+    if not torch.cuda.is_available():
+        return _fail(
+            "no CUDA GPU (torch.cuda.is_available() is False); run gpu_check on a machine "
+            "with an NVIDIA GPU, PyTorch and Triton",
+            1,
+        )
+    try:
+        import triton
+    except ImportError as exc:
+        return _fail(f"Triton is not installed ({exc}); gpu_check needs Triton", 1)
+    os.environ.pop("TRITON_INTERPRET", None)
+    start = time.perf_counter()
+    deadline = start + BUDGET_S
+    if args.quick:
+        seq_lens = [s for s in seq_lens if s <= 8192]
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = {
+        "device": torch.cuda.get_device_name(),
+        "compute_capability": ".".join(map(str, torch.cuda.get_device_capability())),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "correctness": [],
+        "timings": [],
+    }
+    print(f"gpu_check on {report['device']} (torch {torch.__version__}, triton "
+          f"{triton.__version__})", flush=True)  # fmt: skip
+    for c in correctness_cases(args.quick):
+        try:
+            r = run_case(c)
+        except Exception as exc:  # noqa: BLE001 - record the failure, keep checking
+            r = {**c, "passed": False, "error": f"{type(exc).__name__}: {exc}"[:500]}
+        report["correctness"].append(r)
+        status = "ok  " if r["passed"] else "FAIL"
+        print(
+            f"{status} {c['dtype']:8} B={c['b']} H={c['h']} S={c['s']:>5}/{c['smax']:<5} "
+            f"D={c['d']:>3} bs={c['bs']:>3} {c['spec']}{' causal' if c['causal'] else ''}: "
+            f"max_abs_err={r.get('max_abs_err', float('nan')):.3g} {r.get('error', '')}",
+            flush=True,
+        )
+    report["timings"] = run_timings(
+        seq_lens,
+        args.heads,
+        args.head_dim,
+        args.block_size,
+        args.band,
+        args.global_tokens,
+        args.iters,
+        deadline,
+    )
+    report["wall_seconds"] = round(time.perf_counter() - start, 1)
+    (out_dir / "gpu_check.json").write_text(json.dumps(report, indent=2) + "\n")
+    n_fail = sum(not r["passed"] for r in report["correctness"])
+    print(
+        f"{len(report['correctness']) - n_fail}/{len(report['correctness'])} correctness cases "
+        f"passed; wrote {out_dir / 'gpu_check.json'} in {report['wall_seconds']} s"
+    )
+    return 3 if n_fail else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
