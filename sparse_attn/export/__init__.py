@@ -69,7 +69,8 @@ The ONNX model every family writes
 Pipeline for families (``exporter.export_model``)
 -------------------------------------------------
 ``export_model(model, example_inputs, output_path, *, output_names, dynamic_axes,
-metadata, check_inputs=None, tolerance=None) -> ExportResult``: ``model.forward``
+metadata, check_inputs=None, tolerance=None, protected_paths=(), opset=20,
+verbose=True) -> ExportResult``: ``model.forward``
 takes keyword tensors named like the ONNX inputs and returns a dict keyed by
 ``output_names``; ``example_inputs`` is an ordered dict of those inputs (the ONNX input
 order); ``dynamic_axes`` maps input name -> ``{axis: "batch" | "seq_len"}``. It exports
