@@ -69,6 +69,7 @@ class BenchConfig:
     minilm_seq_len: int = 512
     long_seq_len: int = 4096
     long_layers: int = 2
+    models: tuple[str, ...] = ("minilm", "long_encoder")
     model_repeats: int = 3
     layout_seq_len: int = 65536
     layout_patterns: tuple[str, ...] = tuple(p for p, _ in DEFAULT_PATTERNS)
@@ -82,7 +83,7 @@ class BenchConfig:
 
     @classmethod
     def quick_config(cls) -> BenchConfig:
-        """Smoke run in under 2 minutes: S=1024, two patterns, few repeats, small models."""
+        """Smoke run in under 2 minutes: S=1024, two patterns, few repeats, MiniLM at S=128."""
         return cls(
             sizes=(1024,),
             patterns=((REFERENCE_SPEC, False), ("sliding_window(w=256)", False)),
@@ -90,12 +91,12 @@ class BenchConfig:
             minilm_seq_len=128,
             long_seq_len=512,
             long_layers=1,
+            models=("minilm",),
             model_repeats=2,
             layout_seq_len=8192,
             layout_patterns=(REFERENCE_SPEC, "sliding_window"),
             gemm_n=1024,
             quick=True,
-            suites=("attention", "layout"),
         )
 
     def as_dict(self) -> dict:
@@ -141,7 +142,9 @@ def estimate_duration_s(cfg: BenchConfig, gemm_gflops: float = 150.0) -> float:
                 if name == "ours_onnx_ort":
                     total += 15.0
     if "model" in cfg.suites:
-        total += 60.0 if cfg.quick else 240.0 + 60.0 * cfg.long_layers
+        total += 45.0 * ("minilm" in cfg.models) + (120.0 + 60.0 * cfg.long_layers) * (
+            "long_encoder" in cfg.models
+        )
     if "layout" in cfg.suites:
         total += 5.0 * len(cfg.layout_patterns)
     return total
@@ -223,6 +226,7 @@ def run_bench(
             minilm_seq_len=cfg.minilm_seq_len,
             long_seq_len=cfg.long_seq_len,
             long_layers=cfg.long_layers,
+            models=cfg.models,
             threads=cfg.threads,
             min_repeats=cfg.model_repeats,
             max_repeats=max(cfg.model_repeats, 5),
@@ -230,12 +234,7 @@ def run_bench(
             log=log,
         )
     else:
-        result["model"] = {
-            "cells": [],
-            "reason": "suite not selected (--quick skips it)"
-            if cfg.quick
-            else "suite not selected",
-        }
+        result["model"] = {"cells": [], "reason": "suite not selected"}
     if "layout" in cfg.suites:
         from sparse_attn.bench.layout_suite import run_layout_suite
 

@@ -109,8 +109,8 @@ def run_layout_suite(
         cells.append(cell)
         if cell["status"] == "ok":
             log(
-                f"[layout] {pat:<30} S={seq_len}: {cell.get('compile_s', float('nan')):.3f} s, "
-                f"peak {cell.get('peak_mem_mib')} MiB"
+                f"[layout] {pat:<30} S={seq_len}: {cell.get('compile_s') or float('nan'):.3f} s, "
+                f"peak {cell.get('peak_mem_mib') or float('nan'):.1f} MiB"
             )
         else:
             log(f"[layout] {pat:<30} S={seq_len}: n/a ({cell['reason']})")
