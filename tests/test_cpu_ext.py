@@ -316,3 +316,20 @@ def test_not_supported_reasons():
     assert cpu_ext.not_supported_reasons(q, q, q) == []
     reasons = cpu_ext.not_supported_reasons(q.double(), q.double(), q.double())
     assert any("dtype" in r for r in reasons)
+
+
+def test_concurrent_calls_from_python_threads():
+    """The runtime serves requests from several threads: results must not interfere."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    mask = np.broadcast_to(band_global(120, 10, 2), (2, 120, 120))
+    layout = BlockLayout.from_token_mask(mask, 16)
+    inputs = [
+        (rand(1, 2, 120, 16, seed=3 * i), rand(1, 2, 120, 16, seed=3 * i + 1), rand(1, 2, 120, 8))
+        for i in range(6)
+    ]
+    expected = [run(*x, layout) for x in inputs]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        got = list(pool.map(lambda x: run(*x, layout), inputs * 3))
+    for i, g in enumerate(got):
+        assert torch.equal(g, expected[i % len(inputs)]), f"call {i} differs"
