@@ -20,6 +20,13 @@ import numpy as np
 
 from sparse_attn.errors import InvalidInputError, UnsupportedEnvironmentError
 
+#: ``(atol, rtol)`` of the export-time ORT-vs-PyTorch check of a *whole* fp16 model. The
+#: fp16 graph in ONNX Runtime and torch's fp16 CPU kernels round differently (matmul
+#: accumulation, LayerNorm/RMSNorm internals), and the difference grows with depth: on
+#: MiniLM (6 layers) hidden states of magnitude ~5 differ by ~3e-2 between the two, which is
+#: a few fp16 ulps at that magnitude. The op itself keeps fp32 softmax/accumulation.
+FP16_MODEL_TOLERANCE = (5e-2, 2e-2)
+
 #: dtype names accepted by every family's ``export_onnx`` (SPEC section 2).
 DTYPES = ("float32", "float16")
 
@@ -285,6 +292,8 @@ def export_family(
         static_seq_len: True when S is fixed at ``max_seq_len`` (no ``seq_len`` dynamic axis).
         model_config: JSON-safe dict for ``build_torch_model`` (the layout hash is added).
         layouts: the layouts in the model (for ``sparse_attn.layout_hash``).
+        tolerance: ``(atol, rtol)`` of the ORT check; default the exporter's per-dtype
+            tolerance for fp32 and :data:`FP16_MODEL_TOLERANCE` for fp16.
         pattern_spec, causal, max_seq_len, dtype, num_heads, head_dim: metadata
             (:func:`sparse_attn.export.metadata.build_metadata`).
 
@@ -295,6 +304,8 @@ def export_family(
     from sparse_attn.export.metadata import build_metadata
 
     layouts = list(layouts)
+    if tolerance is None and dtype == "float16":
+        tolerance = FP16_MODEL_TOLERANCE
     model_config = dict(model_config, layout_hash=layouts_hash(layouts))
     axes = {"batch": 0} if static_seq_len else {"batch": 0, "seq_len": 1}
     dynamic_axes = {name: {ax: label for label, ax in axes.items()} for name in example_inputs}
