@@ -63,18 +63,23 @@ def correctness_cases(quick: bool) -> list[dict]:
             dict(dtype=dt, b=1, h=2, s=2048, smax=2048, d=32, dv=32, bs=128,
                  spec="block_local(b=256)", causal=True, pad=True),
             dict(dtype=dt, b=1, h=1, s=500, smax=512, d=64, dv=64, bs=64,
-                 spec="band(w=0)", causal=False, pad=True, big=True),
+                 spec="band(w=1)", causal=False, pad=True, big=True),
         ]  # fmt: skip
     return cases[:4] if quick else cases
 
 
-def run_case(c: dict) -> dict:
+def self_test_shrink(c: dict) -> dict:
+    """A CPU-sized copy of a case (same features, small S) for ``--self-test``."""
+    return {**c, "s": min(c["s"], 45), "smax": min(c["smax"], 50), "bs": min(c["bs"], 32),
+            "b": min(c["b"], 2), "h": min(c["h"], 2), "spec": c["spec"].replace("256", "16")}  # fmt: skip
+
+
+def run_case(c: dict, dev: str = "cuda") -> dict:
     import torch
 
     from sparse_attn.kernels import block_sparse_attention
     from sparse_attn.kernels.reference import reference_attention
 
-    dev = "cuda"
     dtype = getattr(torch, c["dtype"])
     g = torch.Generator(device="cpu").manual_seed(
         zlib.crc32(json.dumps(c, sort_keys=True).encode())
@@ -98,7 +103,7 @@ def run_case(c: dict) -> dict:
         v[-1, :, cut:] = float("inf")
     t0 = time.perf_counter()
     out = block_sparse_attention(q, k, v, layout, kpm, backend="triton")
-    torch.cuda.synchronize()
+    _sync(dev)
     t_run = time.perf_counter() - t0
     ref = reference_attention(q.double(), k.double(), v.double(), layout, kpm)
     atol, rtol = TOL[c["dtype"]]
@@ -120,14 +125,26 @@ def run_case(c: dict) -> dict:
     }
 
 
-def _time(fn, iters: int) -> float:
+def _sync(dev: str) -> None:
+    import torch
+
+    if dev == "cuda":
+        torch.cuda.synchronize()
+
+
+def _time(fn, iters: int, dev: str = "cuda") -> float:
     """Median milliseconds of ``fn()`` over ``iters`` CUDA-event-timed calls (after warmup)."""
     import torch
 
     fn()
-    torch.cuda.synchronize()
+    _sync(dev)
     times = []
     for _ in range(iters):
+        if dev != "cuda":  # --self-test on CPU: wall clock
+            t0 = time.perf_counter()
+            fn()
+            times.append(1e3 * (time.perf_counter() - t0))
+            continue
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         a.record()
         fn()
@@ -138,7 +155,9 @@ def _time(fn, iters: int) -> float:
     return times[len(times) // 2]
 
 
-def run_timings(seq_lens, heads, head_dim, bs, band, glob, iters, deadline) -> list[dict]:
+def run_timings(
+    seq_lens, heads, head_dim, bs, band, glob, iters, deadline, dev="cuda", use_flex=True
+) -> list[dict]:
     import torch
     import torch.nn.functional as F
 
@@ -148,12 +167,14 @@ def run_timings(seq_lens, heads, head_dim, bs, band, glob, iters, deadline) -> l
         from torch.nn.attention import SDPBackend, sdpa_kernel
     except ImportError:  # pragma: no cover - old torch
         sdpa_kernel = None
-    try:
-        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    flex = None
+    if use_flex:
+        try:
+            from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
-        flex = torch.compile(flex_attention, dynamic=False)
-    except Exception:  # noqa: BLE001 - FlexAttention missing in this torch
-        flex = None
+            flex = torch.compile(flex_attention, dynamic=False)
+        except Exception:  # noqa: BLE001 - FlexAttention missing in this torch
+            flex = None
 
     def mask_mod(b, h, qi, kj):
         return ((qi - kj).abs() <= band) | (qi < glob) | (kj < glob)
@@ -166,20 +187,21 @@ def run_timings(seq_lens, heads, head_dim, bs, band, glob, iters, deadline) -> l
             continue
         row = {"seq_len": s, "heads": heads, "head_dim": head_dim, "block_size": bs}
         q, k, v = (
-            torch.randn(1, heads, s, head_dim, device="cuda", dtype=torch.float16) for _ in range(3)
+            torch.randn(1, heads, s, head_dim, device=dev, dtype=torch.float16) for _ in range(3)
         )
         layout = _layout(spec, s, bs, heads)
         st = layout.stats()
         row["density_tokens"] = st["density_tokens"]
         row["density_blocks"] = st["density_blocks"]
         arr = [
-            torch.from_numpy(a).cuda()
+            torch.from_numpy(a).to(dev)
             for a in (layout.row_ptr, layout.col_idx, layout.mask_idx, layout.masks)
         ]
         scale = head_dim**-0.5
         row["triton_ms"] = _time(
             lambda q=q, k=k, v=v, arr=arr, sc=scale: attention_arrays(q, k, v, *arr, None, bs, sc),
             iters,
+            dev,
         )
         ideal_flops = 4.0 * heads * s * s * st["density_tokens"] * head_dim
         row["triton_tflops_useful"] = ideal_flops / row["triton_ms"] / 1e9
@@ -187,7 +209,7 @@ def run_timings(seq_lens, heads, head_dim, bs, band, glob, iters, deadline) -> l
             try:
                 with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
                     row["sdpa_flash_dense_ms"] = _time(
-                        lambda q=q, k=k, v=v: F.scaled_dot_product_attention(q, k, v), iters
+                        lambda q=q, k=k, v=v: F.scaled_dot_product_attention(q, k, v), iters, dev
                     )
             except Exception as exc:  # noqa: BLE001 - record, keep going
                 row["sdpa_flash_dense_error"] = str(exc)[:200]
@@ -212,7 +234,8 @@ def run_timings(seq_lens, heads, head_dim, bs, band, glob, iters, deadline) -> l
             flush=True,
         )
         del q, k, v, arr
-        torch.cuda.empty_cache()
+        if dev == "cuda":
+            torch.cuda.empty_cache()
     return rows
 
 
@@ -227,6 +250,12 @@ def main(argv=None) -> int:
     p.add_argument("--band", type=int, default=256)
     p.add_argument("--global-tokens", type=int, default=64)
     p.add_argument("--iters", type=int, default=20)
+    p.add_argument(
+        "--self-test",
+        action="store_true",
+        help="exercise this script on CPU under Triton's interpreter (tiny sizes, no timings "
+        "worth reading, no FlexAttention); for CI without a GPU",
+    )
     try:
         args = p.parse_args(argv)
         seq_lens = [int(x) for x in args.seq_lens.split(",") if x]
@@ -238,7 +267,11 @@ def main(argv=None) -> int:
         import torch
     except ImportError as exc:
         return _fail(f"PyTorch is not installed ({exc}); gpu_check needs PyTorch with CUDA", 1)
-    if not torch.cuda.is_available():
+    dev = "cuda"
+    if args.self_test:
+        os.environ["TRITON_INTERPRET"] = "1"
+        dev = "cpu"
+    elif not torch.cuda.is_available():
         return _fail(
             "no CUDA GPU (torch.cuda.is_available() is False); run gpu_check on a machine "
             "with an NVIDIA GPU, PyTorch and Triton",
@@ -248,7 +281,8 @@ def main(argv=None) -> int:
         import triton
     except ImportError as exc:
         return _fail(f"Triton is not installed ({exc}); gpu_check needs Triton", 1)
-    os.environ.pop("TRITON_INTERPRET", None)
+    if not args.self_test:
+        os.environ.pop("TRITON_INTERPRET", None)
     start = time.perf_counter()
     deadline = start + BUDGET_S
     if args.quick:
@@ -256,8 +290,10 @@ def main(argv=None) -> int:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     report = {
-        "device": torch.cuda.get_device_name(),
-        "compute_capability": ".".join(map(str, torch.cuda.get_device_capability())),
+        "device": torch.cuda.get_device_name() if dev == "cuda" else "cpu (self-test)",
+        "compute_capability": (
+            ".".join(map(str, torch.cuda.get_device_capability())) if dev == "cuda" else None
+        ),
         "torch": torch.__version__,
         "triton": triton.__version__,
         "cuda": torch.version.cuda,
@@ -267,9 +303,13 @@ def main(argv=None) -> int:
     }
     print(f"gpu_check on {report['device']} (torch {torch.__version__}, triton "
           f"{triton.__version__})", flush=True)  # fmt: skip
-    for c in correctness_cases(args.quick):
+    cases = correctness_cases(args.quick)
+    if args.self_test:
+        cases = [self_test_shrink(c) for c in cases[:2]] + [self_test_shrink(cases[4])]
+        seq_lens = [256]
+    for c in cases:
         try:
-            r = run_case(c)
+            r = run_case(c, dev)
         except Exception as exc:  # noqa: BLE001 - record the failure, keep checking
             r = {**c, "passed": False, "error": f"{type(exc).__name__}: {exc}"[:500]}
         report["correctness"].append(r)
@@ -287,8 +327,10 @@ def main(argv=None) -> int:
         args.block_size,
         args.band,
         args.global_tokens,
-        args.iters,
+        args.iters if not args.self_test else 1,
         deadline,
+        dev,
+        use_flex=not args.self_test,
     )
     report["wall_seconds"] = round(time.perf_counter() - start, 1)
     (out_dir / "gpu_check.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -222,3 +222,17 @@ def test_gpu_check_without_cuda_exits_1_with_one_line(tmp_path):
     assert res.returncode == 1, res.stderr
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and "CUDA" in lines[0], res.stderr
+
+
+def test_gpu_check_self_test_on_cpu(tmp_path):
+    """The prepared GPU check's own code paths, on CPU under the interpreter (tiny sizes)."""
+    res = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--self-test", "--out",
+         str(tmp_path)],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert len(report["correctness"]) == 3 and all(r["passed"] for r in report["correctness"])
+    assert report["timings"][0]["triton_ms"] > 0
