@@ -261,10 +261,23 @@ def export_family(name: str):
         raise NotAvailable(f"export family {name!r} is not available: {exc}") from exc
 
 
+def _export_code_hash() -> str:
+    """Short hash of the export package's sources: cached exports are keyed by it."""
+    import hashlib
+
+    root = Path(__file__).resolve().parents[1] / "export"
+    hsh = hashlib.sha256()
+    for f in sorted(root.glob("*.py")):
+        hsh.update(f.name.encode() + f.read_bytes())
+    return hsh.hexdigest()[:10]
+
+
 def _ours_onnx_path(case: Case) -> Path:
+    """Cache path of the export of ``case``: pattern, sizes, layout and export code in the name."""
     b, h, s, d = case.shape
     safe = "".join(ch if ch.isalnum() else "_" for ch in case.spec)[:60]
-    return case.workdir / f"attention_{safe}_S{s}_bs{case.layout.block_size}_H{h}_D{d}.onnx"
+    key = f"{case.layout.layout_hash()[:10]}_{_export_code_hash()}"
+    return case.workdir / f"attention_{safe}_S{s}_bs{case.layout.block_size}_H{h}_D{d}_{key}.onnx"
 
 
 def _ours_onnx_prepare(case: Case):
