@@ -212,6 +212,7 @@ def build_model(
     h = int(cfg.num_attention_heads)
     layouts: dict[str, object] = {}
     attentions = []
+    layer_keys: list[str] = []
     for w in layer_windows(cfg):
         pat = layer_pattern(w, num_global) if pattern is None else pattern
         key = str(pat) if not hasattr(pat, "layout_hash") else pat.layout_hash()
@@ -221,9 +222,11 @@ def build_model(
             )
             layouts[key] = (lay, hf_common.sparse_attention_module(lay))
         attentions.append(layouts[key][1])
+        layer_keys.append(key)
     hf = load_hf_model(config, seed=seed)
     model = _module_class()(hf, attentions, num_global).eval()
     model.layouts = [v[0] for v in layouts.values()]
+    model.layer_layouts = [layouts[k][0] for k in layer_keys]
     return model.to(hf_common.torch_dtype(dtype))
 
 
@@ -239,3 +242,126 @@ def hf_reference(hf, input_ids, attention_mask, num_global: int = DEFAULT_NUM_GL
     with torch.no_grad():
         out = hf(input_ids=input_ids, attention_mask=attention_mask, global_attention_mask=gam)
     return out.last_hidden_state
+
+
+def model_config_for(pattern, *, block_size, max_seq_len, dtype, config, seed, num_global, causal):
+    """The JSON ``sparse_attn.model_config`` of a Longformer export."""
+    return {
+        "family": NAME,
+        "pattern": hf_common.pattern_for_config(pattern),
+        "block_size": int(block_size),
+        "max_seq_len": int(max_seq_len),
+        "dtype": dtype,
+        "config": dict(config or {}),
+        "seed": int(seed),
+        "num_global": int(num_global),
+        "causal": bool(causal),
+    }
+
+
+def build_torch_model(model_config: dict):
+    """Rebuild the eager model (same seeded weights) from ``sparse_attn.model_config``.
+
+    Raises:
+        InvalidInputError: missing keys, or layouts that differ from the exported ones.
+    """
+    try:
+        model = build_model(
+            model_config["pattern"],
+            block_size=model_config["block_size"],
+            max_seq_len=model_config["max_seq_len"],
+            dtype=model_config.get("dtype", "float32"),
+            config=model_config.get("config"),
+            seed=model_config.get("seed", DEFAULT_SEED),
+            num_global=model_config.get("num_global", DEFAULT_NUM_GLOBAL),
+            causal=bool(model_config.get("causal", False)),
+        )
+    except KeyError as exc:
+        raise InvalidInputError(
+            f"longformer model_config lacks {exc}; re-export the model"
+        ) from exc
+    hf_common.check_rebuilt_layouts(model_config, model.layer_layouts)
+    return model
+
+
+def export_onnx(
+    output_path,
+    *,
+    pattern=None,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    max_seq_len: int | None = DEFAULT_MAX_SEQ_LEN,
+    dtype: str = "float32",
+    causal: bool = False,
+    num_global: int = DEFAULT_NUM_GLOBAL,
+    seed: int = DEFAULT_SEED,
+    config: dict | None = None,
+):
+    """Export the small Longformer with its attention on the sparse op.
+
+    Args:
+        output_path: ``.onnx`` path.
+        pattern: ``None`` = Hugging Face's own pattern per layer (:func:`layer_pattern`).
+        block_size: tokens per block.
+        max_seq_len: largest S (``None`` = ``DEFAULT_MAX_SEQ_LEN``).
+        dtype: ``"float32"`` or ``"float16"``.
+        causal: intersect the local pattern with ``j <= i`` (not Longformer's behaviour).
+        num_global: leading tokens with global attention (``CLI_OPTIONS``).
+        seed: seed of the random weights.
+        config: ``LongformerConfig`` overrides.
+
+    Returns:
+        The written path: inputs ``input_ids``/``attention_mask`` int64 ``[batch, seq_len]``,
+        output ``last_hidden_state``. One op layout per distinct layer window.
+
+    Raises:
+        InvalidInputError: bad arguments (before any work). RuntimeError: a failed check.
+    """
+    max_seq_len = DEFAULT_MAX_SEQ_LEN if max_seq_len is None else max_seq_len
+    hf_common.torch_dtype(dtype)
+    path = hf_common.as_path(output_path)
+    model = build_model(
+        pattern,
+        block_size=block_size,
+        max_seq_len=max_seq_len,
+        dtype=dtype,
+        config=config,
+        seed=seed,
+        num_global=num_global,
+        causal=causal,
+    )
+    cfg = model.hf.config
+    s1 = max(2, min(max_seq_len, 24))
+    s2 = max(2, min(max_seq_len, 2 * s1 + 5))
+    example = hf_common.random_token_inputs(2, s1, cfg.vocab_size, seed=1, pad_last=3)
+    check = hf_common.random_token_inputs(2, s2, cfg.vocab_size, seed=2, pad_last=5)
+    specs = [lay.spec for lay in model.layer_layouts]
+    if len(set(specs)) == 1:
+        pattern_spec = specs[0]
+    else:
+        pattern_spec = "; ".join(f"layer {i}: {sp}" for i, sp in enumerate(specs))
+    return hf_common.export_family(
+        model,
+        path,
+        family=NAME,
+        example_inputs=example,
+        check_inputs=[example, check],
+        output_names=OUTPUT_NAMES,
+        static_seq_len=any(lay.requires_static_seq_len for lay in model.layouts),
+        model_config=model_config_for(
+            pattern,
+            block_size=block_size,
+            max_seq_len=max_seq_len,
+            dtype=dtype,
+            config=config,
+            seed=seed,
+            num_global=num_global,
+            causal=causal,
+        ),
+        layouts=model.layer_layouts,
+        pattern_spec=pattern_spec,
+        causal=causal,
+        max_seq_len=max_seq_len,
+        dtype=dtype,
+        num_heads=model.num_heads,
+        head_dim=model.head_dim,
+    )
