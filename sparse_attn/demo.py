@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sparse_attn.errors import InvalidInputError, SparseAttnError, UnsupportedEnvironmentError
+from sparse_attn.errors import InvalidInputError, SparseAttnError
 
 #: Real multi-sentence texts of different lengths (about 8 to 400 tokens), so that the band
 #: of the default pattern covers the short ones fully and the long ones only partly.
@@ -142,26 +142,24 @@ def dense_minilm_embeddings(texts, max_seq_len: int) -> np.ndarray:
 
 
 def _build_engine(onnx_path: Path, out: Path, backend: str) -> tuple[Path, str, str | None]:
-    """Build the serving artifact; returns ``(path, backend, note)``."""
-    try:
-        from sparse_attn.engines import build_engine
-    except ImportError as exc:
-        return (
-            onnx_path,
-            "onnxruntime",
-            f"sparse_attn.engines unavailable ({exc}); serving the .onnx",
-        )
+    """Build the serving artifact with ``sparse_attn.engines.build_engine``.
+
+    Returns:
+        ``(path, backend, note)``: TensorRT engine where TensorRT and a GPU are usable (or
+        asked for), else the ONNX Runtime optimised model; ``note`` says why TensorRT was not
+        used.
+    """
+    from sparse_attn import engines
+
     note = None
-    if backend in ("auto", "tensorrt"):
-        try:
-            path = build_engine(onnx_path, out / "minilm.engine", "tensorrt")
-            return Path(path or out / "minilm.engine"), "tensorrt", None
-        except UnsupportedEnvironmentError as exc:
-            if backend == "tensorrt":
-                raise
-            note = f"TensorRT not available here ({exc}); built the ONNX Runtime optimised model"
-    path = build_engine(onnx_path, out / "minilm.ort.onnx", "onnxruntime")
-    return Path(path or out / "minilm.ort.onnx"), "onnxruntime", note
+    if backend == "auto":
+        reason = engines.tensorrt_unavailable_reason()
+        backend = "tensorrt" if reason is None else "onnxruntime"
+        if reason is not None:
+            note = f"TensorRT not used: {reason}; built the ONNX Runtime optimised model"
+    path = out / ("minilm.engine" if backend == "tensorrt" else "minilm.ort.onnx")
+    engines.build_engine(onnx_path, path, backend)
+    return path, backend, note
 
 
 def run_demo(

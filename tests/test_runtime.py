@@ -501,3 +501,31 @@ def test_concurrent_small_smoke(text_model):
     for t in threads:
         t.join()
     assert not errors, errors
+
+
+def test_tensorrt_engine_detected_by_sidecar(tmp_path, text_model):
+    """A TensorRT engine (bytes + ``<engine>.json`` sidecar from sparse_attn.engines) is
+    recognised by content; without TensorRT it is refused with exit code 1, and its torch
+    reference still runs from the sidecar's metadata."""
+    from sparse_attn.errors import UnsupportedEnvironmentError
+    from sparse_attn.runtime import read_metadata
+
+    meta = {m.key: m.value for m in onnx.load(str(text_model)).metadata_props}
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"\x00\x01 not really an engine")
+    (tmp_path / "model.engine.json").write_text(
+        json.dumps({"format": "sparse-attn-engine/1", "backend": "tensorrt", "metadata": meta})
+    )
+    assert detect_kind(engine) == "tensorrt"
+    assert read_metadata(engine) == meta
+    with pytest.raises(InvalidInputError, match="is a TensorRT engine"):
+        Runtime(engine, backend="onnxruntime")
+    from sparse_attn.engines import tensorrt_unavailable_reason
+
+    if tensorrt_unavailable_reason() is not None:
+        with pytest.raises(UnsupportedEnvironmentError) as info:
+            Runtime(engine)
+        assert info.value.exit_code == 1
+    ref = Runtime(engine, backend="torch").run(_ids(1, 4))
+    exp = Runtime(text_model).run(_ids(1, 4))
+    _assert_close(ref["sentence_embedding"], exp["sentence_embedding"], atol=1e-5)

@@ -103,4 +103,4 @@ def minilm_onnx(tmp_path_factory):
 def test_eight_threads_real_minilm(minilm_onnx):
     rt = Runtime(minilm_onnx)
     assert rt.max_seq_len == 64
-    _hammer(rt, _requests(200, 64, 30522, seed=5))
+    _hammer(rt, _requests(100, 64, 30522, seed=5))

@@ -15,6 +15,7 @@ ONNX file and TensorRT for an engine.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from collections.abc import Mapping, Sequence
@@ -63,6 +64,8 @@ def detect_kind(path: str | os.PathLike) -> str:
         raise InvalidInputError(f"model file {p} does not exist; check the path")
     if not p.is_file():
         raise InvalidInputError(f"{p} is not a file; pass an .onnx model or a TensorRT engine")
+    if _engine_sidecar(p).get("backend") == "tensorrt":
+        return "tensorrt"
     with open(p, "rb") as fh:
         head = fh.read(64)
     if _TRT_MAGIC in head[:32]:
@@ -75,8 +78,24 @@ def detect_kind(path: str | os.PathLike) -> str:
     )
 
 
+def _engine_sidecar(path: Path) -> dict:
+    """The JSON sidecar ``<engine>.json`` written by ``sparse_attn.engines.build_engine``, or {}."""
+    side = Path(str(path) + ".json")
+    if not side.is_file():
+        return {}
+    try:
+        data = json.loads(side.read_text())
+    except (OSError, ValueError) as exc:
+        raise InvalidInputError(f"{side} is not valid JSON ({exc}); rebuild the engine") from exc
+    return data if isinstance(data, dict) else {}
+
+
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     """The ``metadata_props`` of an ONNX file, or an engine's metadata (see :class:`Runtime`).
+
+    A TensorRT engine's metadata is read from its JSON sidecar (``<engine>.json``, key
+    ``metadata``: the source model's ``metadata_props``) without TensorRT; only an engine
+    without a sidecar needs TensorRT to open it.
 
     Raises:
         InvalidInputError: if the file is not a model.
@@ -87,6 +106,9 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     if kind == "onnx":
         model = _load_onnx_proto(p)
         return {m.key: m.value for m in model.metadata_props}
+    side = _engine_sidecar(p).get("metadata")
+    if isinstance(side, dict) and side:
+        return {str(k): str(v) for k, v in side.items()}
     return _open_tensorrt(p).metadata
 
 
