@@ -240,3 +240,14 @@ def test_nonfinite_real_keys_hidden_by_partial_tiles_do_not_leak():
     k[0, 0, 20], v[0, 0, 33] = 0.5, 0.5
     (out2,) = sess.run(None, dict(query=q, key=k, value=v, key_padding_mask=kpm))
     assert_close(out2, reference(layout, q, k, v, kpm), 2e-5, 1e-4, "fast path")
+
+
+def test_request_longer_than_layout_fails_loudly():
+    layout = compile_layout("band(w=5)", 40, 16)
+    sess = session(function_body.make_node_model(layout, head_dim=4, key_padding_mask=False))
+    q = np.zeros((1, 1, 40, 4), np.float32)
+    assert sess.run(None, dict(query=q, key=q, value=q))[0].shape == (1, 1, 40, 4)
+    for s in (41, 49):  # inside the last block's padding, and beyond it
+        q = np.zeros((1, 1, s, 4), np.float32)
+        with pytest.raises(Exception, match="(?i)reshape"):
+            sess.run(None, dict(query=q, key=q, value=q))

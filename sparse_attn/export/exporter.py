@@ -156,12 +156,14 @@ def _node_layout(node: onnx.NodeProto, consts: Mapping[str, object]) -> BlockLay
     )
 
 
-def attach_functions(model: onnx.ModelProto) -> int:
+def attach_functions(model: onnx.ModelProto, max_seq_len: int | None = None) -> int:
     """Attach the block-sparse function body to every ``BlockSparseAttention`` node.
 
     Nodes with the same layout, scale and key-padding presence share one FunctionProto;
     when there are several such variants each node gets ``overload = "v<i>"`` (IR >= 10).
-    The function imports the model's default-domain opset. Modifies ``model`` in place.
+    The function imports the model's default-domain opset. Requests longer than
+    ``max_seq_len`` (default: the layout's ``nQB * block_size``) make the body fail.
+    Modifies ``model`` in place.
 
     Returns:
         The number of functions attached (0 when the model has no such node).
@@ -198,7 +200,12 @@ def attach_functions(model: onnx.ModelProto) -> int:
             node.overload = overload
         model.functions.append(
             function_body.build_function(
-                layout, scale=scale, has_key_padding_mask=has_kpm, opset=opset, overload=overload
+                layout,
+                scale=scale,
+                has_key_padding_mask=has_kpm,
+                opset=opset,
+                overload=overload,
+                max_seq_len=max_seq_len,
             )
         )
     if variants:
@@ -391,7 +398,7 @@ def export_model(
         ) from exc
     proto = program.model_proto
     check_custom_identities(proto)
-    n_fn = attach_functions(proto)
+    n_fn = attach_functions(proto, max_seq_len)
     if n_fn == 0:
         raise RuntimeError(
             f"the exported graph holds no {opspec.QUALIFIED_NAME} node; call "

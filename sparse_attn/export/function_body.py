@@ -229,6 +229,7 @@ def build_function(
     opset: int,
     overload: str = "",
     max_padding: float = 0.25,
+    max_seq_len: int | None = None,
 ) -> onnx.FunctionProto:
     """Build the block-sparse FunctionProto for one layout (see the module docstring).
 
@@ -242,6 +243,9 @@ def build_function(
         overload: ``FunctionProto.overload`` (IR >= 10), to tell apart several layouts in
             one model; "" for the single-layout case.
         max_padding: see :func:`plan_buckets`.
+        max_seq_len: longest request accepted (default ``layout.seq_len``); a longer one
+            makes the final ``Reshape`` fail, so ORT reports an error instead of a wrong
+            result.
 
     Returns:
         ``FunctionProto`` with domain ``opspec.DOMAIN``, name ``opspec.OP_TYPE``, inputs
@@ -486,6 +490,12 @@ def build_function(
     shp = g.op("Concat", [zero1, g.const(_i64(n_heads)), m1, dv1], "out_shape", axis=0)
     full = g.op("Reshape", [ordered, shp], "out_full")  # [B, H, Sp, Dv]
     cropped = g.op("Slice", [full, zero1, s1, g.const(_i64(2))], "out_crop")
+    # no-op for S <= max_seq_len; a request longer than the layout fails here, loudly
+    max_s = layout.seq_len if max_seq_len is None else int(max_seq_len)
+    too_long = g.op("Cast", [g.op("Greater", [s1, g.const(_i64(max_s))])], to=TensorProto.INT64)
+    s_guard = g.op("Add", [s1, too_long], "S_guard")  # S + 1 when S > max_seq_len
+    guard = g.op("Concat", [b1, g.const(_i64(n_heads)), s_guard, dv1], "out_guard_shape", axis=0)
+    cropped = g.op("Reshape", [cropped, guard], "out_guard")
     g.nodes.append(helper.make_node("CastLike", [cropped, q_in], [opspec.OUTPUT_NAMES[0]]))
 
     return helper.make_function(
