@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from sparse_attn.bench.harness import NotAvailable, PeakRSS, time_callable
-from sparse_attn.bench.impls import _ort_session, export_family
+from sparse_attn.bench.impls import _export_code_hash, _ort_session, export_family
 
 LONG_CONFIG = {
     "vocab_size": 1024,
@@ -165,7 +165,8 @@ def run_model_suite(
     for model, variant, s, bs, vocab, build in variants:
         tag = "sparse" if "sparse" in variant else "dense"
         layers = f"_L{long_layers}" if model == "long_encoder" else ""
-        path = workdir / f"{model}{layers}_{tag}_S{s}.onnx"
+        code = _export_code_hash() if tag == "sparse" else "hf"
+        path = workdir / f"{model}{layers}_{tag}_S{s}_{code}.onnx"
         cell = {"suite": "model", "model": model, "variant": variant, "seq_len": s, "status": "n/a"}
         if model == "long_encoder":
             cell["layers"] = long_layers
