@@ -371,6 +371,7 @@ def _run_cell(impl: Impl, case: Case, policy: TimingPolicy, max_cell_gib: float)
         warmup=timing.warmup,
         first_call_ms=timing.first_call_ms,
         times_ms=timing.times_ms,
+        cpu_median_ms=timing.cpu_median_ms,
         prepare_s=prep,
         peak_mem_mib=peak.peak_mib,
         estimate_mib=est / 2**20,

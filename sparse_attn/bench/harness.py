@@ -42,6 +42,8 @@ class Timing:
         repeats: number of timed calls; warmup: untimed calls before them (the first one
             included, whose time is ``first_call_ms``: it contains compilation, if any).
         times_ms: every timed call.
+        cpu_median_ms: median CPU time of this process per timed call (all threads,
+            ``time.process_time``): about threads x wall time when the cores are not shared.
     """
 
     median_ms: float
@@ -53,6 +55,7 @@ class Timing:
     warmup: int
     first_call_ms: float
     times_ms: list[float] = field(default_factory=list)
+    cpu_median_ms: float | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -111,10 +114,13 @@ def time_callable(
         last = time.perf_counter() - t0
     n = int(min(max_repeats, max(min_repeats, math.ceil(budget_s / max(last, 1e-6)))))
     times = []
+    cpu = []
     for _ in range(n):
+        c0 = time.process_time()
         t0 = time.perf_counter()
         fn()
         times.append((time.perf_counter() - t0) * 1e3)
+        cpu.append((time.process_time() - c0) * 1e3)
     return (
         Timing(
             median_ms=statistics.median(times),
@@ -126,6 +132,7 @@ def time_callable(
             warmup=warmup,
             first_call_ms=first * 1e3,
             times_ms=[round(t, 4) for t in times],
+            cpu_median_ms=statistics.median(cpu),
         ),
         result,
     )

@@ -81,15 +81,15 @@ def detail_table(result: dict) -> str:
     """Full markdown table: one row per cell with every derived figure, n/a reasons."""
     cells = _cells(result)
     head = (
-        "| pattern | S | implementation | median ms | IQR ms | min-max ms | n | speedup vs dense "
-        "| fraction of ideal | GFLOP/s | % GEMM | peak MiB | max abs diff |"
+        "| pattern | S | implementation | median ms | IQR ms | min-max ms | n | CPU ms "
+        "| speedup vs dense | fraction of ideal | GFLOP/s | % GEMM | peak MiB | max abs diff |"
     )
-    out = [head, "|---" * 13 + "|"]
+    out = [head, "|---" * 14 + "|"]
     for c in cells:
         if c["status"] != "ok":
             out.append(
                 f"| `{c['pattern']}` | {c['seq_len']} | {c['label']} | n/a ({c['reason']}) "
-                "| | | | | | | | | |"
+                "| | | | | | | | | | |"
             )
             continue
         gf = c.get("gemm_fraction")
@@ -98,6 +98,7 @@ def detail_table(result: dict) -> str:
             f"| `{c['pattern']}` | {c['seq_len']} | {c['label']}{' *' if c.get('shared') else ''} "
             f"| {_fmt(c['median_ms'], 2)} | {_fmt(c['q3_ms'] - c['q1_ms'], 2)} "
             f"| {_fmt(c['min_ms'], 1)}-{_fmt(c['max_ms'], 1)} | {c['repeats']} "
+            f"| {_fmt(c.get('cpu_median_ms'), 1)} "
             f"| {_fmt(c.get('speedup_vs_dense'), 2)} | {_fmt(c.get('fraction_of_ideal'), 2)} "
             f"| {_fmt(c.get('gflops'), 1)} | {_fmt(None if gf is None else 100 * gf, 0)} "
             f"| {_fmt(c.get('peak_mem_mib'), 0)} "
@@ -107,7 +108,9 @@ def detail_table(result: dict) -> str:
             out[-1] = out[-1].replace(f"| {c['label']}", f"| {c['label']} ({c['note']})", 1)
     out.append(
         "\n`*` = pattern-independent baseline measured once per S and repeated in each "
-        "pattern's rows. GFLOP/s counts `4 S^2 D H` for dense work and `4 S^2 D H x density` "
+        "pattern's rows. CPU ms = median CPU time of the process per call (all threads; about "
+        "threads x median on unshared cores, less when other processes took the cores). "
+        "GFLOP/s counts `4 S^2 D H` for dense work and `4 S^2 D H x density` "
         "for the pattern's useful work (see docs/bench.md)."
     )
     return "\n".join(out)
