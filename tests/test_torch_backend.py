@@ -413,3 +413,23 @@ def test_torch_backend_on_cuda(dtype):
     got = block_sparse_attention(*(x.cuda() for x in (q, k, v)), lay, kpm.cuda(), backend="torch")
     assert got.device.type == "cuda"
     assert_close(got.cpu(), want, dtype=dtype, name=f"cuda {dtype}")
+
+
+def test_layout_with_an_empty_head_and_strided_inputs(path):
+    """nnz = 0 for one head (its output is exactly 0); [B, S, H, D] inputs seen through a
+    transpose (non-contiguous) give the same result as contiguous ones."""
+    s = 40
+    m = np.stack([band_mask(s, 3), np.zeros((s, s), dtype=bool)])
+    lay = layout_from_masks(m, 16)
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, s, 2, 8, generator=g).transpose(1, 2) for _ in range(3))
+    assert not q.is_contiguous()
+    got = block_sparse_attention(q, k, v, lay, backend="torch")
+    assert_equal(got[:, 1], torch.zeros(2, s, 8), name="empty head")
+    want = block_sparse_attention(*(x.contiguous() for x in (q, k, v)), lay, backend="torch")
+    assert_close(got, want, atol=0, rtol=0, name="strided vs contiguous")
+    assert_close(got, reference_attention(q, k, v, lay), name="vs reference")
+    empty = layout_from_masks(np.zeros((1, s, s), dtype=bool), 16)
+    assert empty.col_idx.shape[1] == 0
+    out = block_sparse_attention(q[:, :1], k[:, :1], v[:, :1], empty, backend="torch")
+    assert_equal(out, torch.zeros(2, 1, s, 8), name="layout with no tile at all")
