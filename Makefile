@@ -4,8 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTHON := $(BIN)/python
 ART := artifacts
-# Default model of `make export` / `make engine` / `make demo`.
-PATTERN ?= longformer
+# Default model of `make export` / `make engine` / `make demo`: all-MiniLM-L6-v2 with
+# sparse_attn.export.minilm.DEFAULT_PATTERN (a 64-token window each side plus the [CLS] token).
+PATTERN ?= band(w=64) | global(n=1)
 BLOCK_SIZE ?= 32
 JOBS ?= 2
 
@@ -26,7 +27,7 @@ $(BIN)/sparse-attn: pyproject.toml
 install: $(BIN)/sparse-attn
 
 export: install
-	$(BIN)/sparse-attn export --model minilm --pattern $(PATTERN) --block-size $(BLOCK_SIZE) -o $(ART)/minilm.onnx
+	$(BIN)/sparse-attn export --model minilm --pattern '$(PATTERN)' --block-size $(BLOCK_SIZE) -o $(ART)/minilm.onnx
 
 engine: export
 	$(BIN)/sparse-attn engine $(ART)/minilm.onnx -o $(ART)/minilm.engine
