@@ -263,6 +263,8 @@ def main(argv=None) -> int:
         return int(exc.code or 0) and 2
     except ValueError:
         return _fail(f"--seq-lens must be comma-separated integers, got {args.seq_lens!r}", 2)
+    if not args.self_test:  # the compiled kernel: Triton must not start in interpreter mode
+        os.environ.pop("TRITON_INTERPRET", None)
     try:
         import torch
     except ImportError as exc:
@@ -281,8 +283,6 @@ def main(argv=None) -> int:
         import triton
     except ImportError as exc:
         return _fail(f"Triton is not installed ({exc}); gpu_check needs Triton", 1)
-    if not args.self_test:
-        os.environ.pop("TRITON_INTERPRET", None)
     start = time.perf_counter()
     deadline = start + BUDGET_S
     if args.quick:

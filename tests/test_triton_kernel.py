@@ -165,6 +165,23 @@ def test_layout_shared_by_all_heads_at_array_level():
     assert_close(out, _expected(q, k, v, three, None, 0.25), name="shared-layout")
 
 
+def test_preallocated_out_is_written_in_place():
+    """``out=`` (how the TensorRT JIT plugin passes its output buffer); wrong buffers refused."""
+    from sparse_attn.kernels.torch_backend import layout_arrays
+    from sparse_attn.kernels.triton_kernel import attention_arrays
+
+    s = 21
+    layout = layout_from_masks(np.stack([band_mask(s, 3), causal_mask(s)]), 16)
+    q, k, v = random_qkv(1, 2, s, 16, value_dim=24, dtype=torch.float16, seed=4)
+    a = [layout_arrays(layout, "cpu")[n] for n in ("row_ptr", "col_idx", "mask_idx", "masks")]
+    buf = torch.full((1, 2, s, 24), float("nan"), dtype=torch.float16)
+    got = attention_arrays(q, k, v, *a, None, 16, 0.25, out=buf)
+    assert got.data_ptr() == buf.data_ptr()
+    assert_close(buf, _expected(q, k, v, layout, None, 0.25), name="out=", dtype=torch.float16)
+    with pytest.raises(ValueError, match="out must be"):
+        attention_arrays(q, k, v, *a, None, 16, 0.25, out=buf.float())
+
+
 def test_not_supported_reasons(monkeypatch):
     """CPU without the interpreter, float64, and a too-small block are refused with reasons."""
     s = 20
