@@ -54,6 +54,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", 2)))
     ap.add_argument("--key-padding-mask", action="store_true", help="sparse model takes a mask")
+    ap.add_argument(
+        "--no-spin",
+        action="store_true",
+        help="disable ORT thread-pool spinning (both graphs; helps on a loaded machine)",
+    )
     ap.add_argument("--json", type=Path, default=None, help="write results here")
     args = ap.parse_args(argv)
 
@@ -72,6 +77,8 @@ def main(argv=None) -> dict:
     so = ort.SessionOptions()
     so.intra_op_num_threads = args.threads
     so.inter_op_num_threads = 1
+    if args.no_spin:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     t0 = time.perf_counter()
     s_sess = ort.InferenceSession(
         sparse.SerializeToString(), so, providers=["CPUExecutionProvider"]
@@ -118,6 +125,7 @@ def main(argv=None) -> dict:
         "block_size": args.block_size,
         "batch": args.batch,
         "threads": args.threads,
+        "spinning": not args.no_spin,
         "repeat": args.repeat,
         "onnxruntime": ort.__version__,
         "density_blocks": layout.stats()["density_blocks"],
