@@ -433,3 +433,37 @@ def test_layout_with_an_empty_head_and_strided_inputs(path):
     assert empty.col_idx.shape[1] == 0
     out = block_sparse_attention(q[:, :1], k[:, :1], v[:, :1], empty, backend="torch")
     assert_equal(out, torch.zeros(2, 1, s, 8), name="layout with no tile at all")
+
+
+@pytest.mark.parametrize(
+    "corrupt,match",
+    [
+        ("col", "col_idx"),
+        ("mask", "mask_idx"),
+        ("row_ptr", "row_ptr"),
+    ],
+)
+def test_array_entry_rejects_malformed_layouts(monkeypatch, corrupt, match):
+    monkeypatch.setenv(torch_backend.DISABLE_CPU_EXT_ENV, "1")
+    lay = layout_from_masks(band_mask(48, 5)[None] | causal_mask(48)[None], 16)
+    t = {k: v.clone() for k, v in torch_backend.layout_arrays(lay).items()}
+    if corrupt == "col":
+        t["col_idx"][0, 0] = 7
+    elif corrupt == "mask":
+        t["mask_idx"][0, 0] = 99
+    else:
+        t["row_ptr"][0, 1] = 5
+        t["row_ptr"][0, 2] = 3
+    q, k, v = random_qkv(1, 1, 48, 8)
+    args = (t["row_ptr"], t["col_idx"], t["mask_idx"], t["masks"], None, 16, 0.3)
+    with pytest.raises(InvalidInputError, match=match):
+        torch_backend.attention_arrays(q, k, v, *args)
+
+
+def test_array_entry_accepts_empty_mask_table(path):
+    lay = layout_from_masks(np.ones((1, 48, 48), dtype=bool), 16)
+    assert lay.masks.shape[0] == 0
+    q, k, v = random_qkv(1, 1, 40, 8)
+    arrays = [torch.from_numpy(a) for a in (lay.row_ptr, lay.col_idx, lay.mask_idx, lay.masks)]
+    got = torch_backend.attention_arrays(q, k, v, *arrays, None, 16, 8**-0.5)
+    assert_close(got, reference_attention(q, k, v, lay), name="M = 0")

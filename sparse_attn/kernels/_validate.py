@@ -172,7 +172,7 @@ def validate_arrays(
     """Check the inputs of the array-level entry ``attention_arrays`` (and the torch op).
 
     Shapes: query/key ``[B, H, S, D]``, value ``[B, H, S, Dv]``, ``row_ptr [H, nQB+1]``,
-    ``col_idx``/``mask_idx [H, nnz]`` (integer), ``masks [M, bs, bs]`` with ``M >= 1``,
+    ``col_idx``/``mask_idx [H, nnz]`` (integer), ``masks [M, bs, bs]``,
     ``key_padding_mask`` ``None`` or ``[B, S]``; ``S <= nQB * block_size``.
 
     Raises:
@@ -210,9 +210,9 @@ def validate_arrays(
     for name, t in (("row_ptr", row_ptr), ("col_idx", col_idx), ("mask_idx", mask_idx)):
         if t.dtype.is_floating_point or t.dtype == torch.bool:
             raise InvalidInputError(f"{name} must be an integer tensor (int32), got {t.dtype}")
-    if masks.dim() != 3 or tuple(masks.shape[1:]) != (block_size, block_size) or masks.shape[0] < 1:
+    if masks.dim() != 3 or tuple(masks.shape[1:]) != (block_size, block_size):
         raise InvalidInputError(
-            f"masks must be [M >= 1, {block_size}, {block_size}], got {list(masks.shape)}"
+            f"masks must be [M, {block_size}, {block_size}], got {list(masks.shape)}"
         )
     if not 1 <= s <= nqb * block_size:
         raise InvalidInputError(

@@ -157,6 +157,29 @@ def _array_digest(*arrays: np.ndarray) -> str:
     return hsh.hexdigest()
 
 
+def _check_csr(rp: np.ndarray, ci: np.ndarray, mi: np.ndarray, m: int) -> None:
+    """Refuse a malformed CSR layout with a clear message (before any indexing)."""
+    from sparse_attn.errors import InvalidInputError
+
+    nqb, nnz = rp.shape[1] - 1, ci.shape[1]
+    if (rp[:, 0] != 0).any() or (np.diff(rp, axis=1) < 0).any() or (rp[:, -1] > nnz).any():
+        raise InvalidInputError(
+            f"row_ptr must start at 0, be non-decreasing and end at <= nnz={nnz} per head"
+        )
+    for hh in range(rp.shape[0]):
+        n_h = int(rp[hh, -1])
+        c, k = ci[hh, :n_h], mi[hh, :n_h]
+        if n_h and (c.min() < 0 or c.max() >= nqb):
+            raise InvalidInputError(
+                f"col_idx of head {hh} must be in 0..{nqb - 1}, got {int(c.min())}..{int(c.max())}"
+            )
+        if n_h and (k.min() < -1 or k.max() >= m):
+            raise InvalidInputError(
+                f"mask_idx of head {hh} must be -1 (full) or in 0..{m - 1} (masks has M={m}), "
+                f"got {int(k.min())}..{int(k.max())}"
+            )
+
+
 def _make_plan(
     row_ptr: torch.Tensor,
     col_idx: torch.Tensor,
@@ -178,6 +201,7 @@ def _make_plan(
     h, nqb_full = rp.shape[0], rp.shape[1] - 1
     nb = -(-seq_len // block_size)
     m = mk.shape[0]
+    _check_csr(rp, ci, mi, m)
     heads, rows, cols, mids = [], [], [], []
     for hh in range(h):
         counts = np.diff(rp[hh])
@@ -194,12 +218,6 @@ def _make_plan(
     row = np.concatenate(rows)
     col = np.concatenate(cols)
     mid = np.concatenate(mids)
-    if mid.size and (mid.max() >= m or mid.min() < -1):
-        from sparse_attn.errors import InvalidInputError
-
-        raise InvalidInputError(
-            f"mask_idx refers to mask {int(mid.max())} but masks has only {m} entries"
-        )
     mid = np.where(mid < 0, m, mid)  # full tile -> the all-visible mask appended at index M
     flat_row = head * nb + row  # entries are grouped by (head, row) in CSR order
     counts = np.bincount(flat_row, minlength=h * nb)
