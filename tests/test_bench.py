@@ -293,3 +293,25 @@ def test_flex_and_export_cells(tmp_path):
         if c["status"] != "ok":
             pytest.skip(f"{c['impl']}: {c['reason']}")
         assert c["max_abs_diff"] < 1e-4, c
+
+
+@pytest.mark.slow
+def test_model_suite_minilm_sparse_and_dense(tmp_path):
+    """MiniLM sparse export vs the dense Hugging Face export, both in ORT (exports: slow)."""
+    from sparse_attn.bench.model import run_model_suite
+
+    res = run_model_suite(
+        workdir=tmp_path,
+        models=("minilm",),
+        minilm_seq_len=64,
+        min_repeats=1,
+        max_repeats=1,
+        budget_s=0.0,
+        log=lambda m: None,
+    )
+    cells = {c["variant"]: c for c in res["cells"]}
+    assert set(cells) == {"sparse (ours)", "dense (HF export)"}
+    for c in cells.values():
+        assert c["status"] == "ok", c
+        assert c["min_ms"] <= c["median_ms"] <= c["max_ms"]
+    assert cells["dense (HF export)"]["speedup_vs_dense"] == 1.0
