@@ -56,8 +56,11 @@ def test_layout_tensors_dtypes_and_non_empty():
     assert layout_tensors(full)["row_ptr"][0, -1] == 4
 
 
+@pytest.mark.parametrize("pure", [False, True], ids=["default", "pure"])
 @pytest.mark.parametrize("s,kpm", [(40, True), (23, False), (1, True)])
-def test_op_matches_reference(s, kpm):
+def test_op_matches_reference(monkeypatch, s, kpm, pure):
+    if pure:
+        monkeypatch.setenv("SPARSE_ATTN_DISABLE_CPU_EXT", "1")
     lay = _layout()
     args = _args(lay, s, kpm)
     out = OP(*args, 0.3)
@@ -65,7 +68,10 @@ def test_op_matches_reference(s, kpm):
     assert_close(out, reference_attention(q, k, v, lay, mask, scale=0.3), name="op")
 
 
-def test_opcheck():
+@pytest.mark.parametrize("pure", [False, True], ids=["default", "pure"])
+def test_opcheck(monkeypatch, pure):
+    if pure:
+        monkeypatch.setenv("SPARSE_ATTN_DISABLE_CPU_EXT", "1")
     lay = _layout()
     for s, kpm in ((40, True), (33, False)):
         torch.library.opcheck(OP, (*_args(lay, s, kpm), 0.25))
