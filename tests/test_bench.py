@@ -83,6 +83,7 @@ def test_outputs_written_and_schema(tiny_run):
             assert c["status"] == "n/a" and c["reason"], c
     md = (out / "bench.md").read_text()
     assert "| S | density |" in md and "## Layout compile" in md
+    assert not (out / "bench.partial.json").exists()  # checkpoint removed after a full run
     png = out / "attention_time_vs_S.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     layouts = data["layout_compile"]["cells"]

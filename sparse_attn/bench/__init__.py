@@ -214,6 +214,7 @@ def run_bench(
             workdir=workdir,
             gemm_gflops=gemm["gflops"],
             log=log,
+            on_progress=lambda cells: _checkpoint(out_dir, result, cells),
         )
         result["targets"] = report.targets_check(result)
     else:
@@ -255,7 +256,14 @@ def run_bench(
         result["plot"] = str(png) if png else None
     (out_dir / "bench.json").write_text(json.dumps(result, indent=1, default=_json_default))
     (out_dir / "bench.md").write_text(report.markdown_report(result))
+    (out_dir / "bench.partial.json").unlink(missing_ok=True)
     return result
+
+
+def _checkpoint(out_dir: Path, result: dict, cells: list[dict]) -> None:
+    """Write the cells so far to ``bench.partial.json`` (an interrupted run keeps its data)."""
+    part = dict(result, attention={"cells": cells}, partial=True)
+    (out_dir / "bench.partial.json").write_text(json.dumps(part, default=_json_default))
 
 
 def _json_default(o):

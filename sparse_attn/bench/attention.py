@@ -160,6 +160,7 @@ def run_attention_suite(
     gemm_gflops: float | None = None,
     log: Callable[[str], None] = print,
     seed: int = 0,
+    on_progress: Callable[[list[dict]], None] | None = None,
 ) -> dict:
     """Run the attention suite; returns ``{"cells": [...], "layouts": [...], "config": {...}}``.
 
@@ -171,6 +172,7 @@ def run_attention_suite(
         max_cell_gib: a cell whose estimated memory exceeds this (or 60 % of the
             machine's available memory) is reported n/a instead of run.
         workdir: where exported ONNX files go. gemm_gflops: measured GEMM rate.
+        on_progress: called with the cells so far after each (S, pattern) group.
 
     Raises:
         InvalidInputError: unknown implementation name or non-positive sizes.
@@ -285,6 +287,8 @@ def run_attention_suite(
                     c["speedup_vs_dense"] = c["ideal_ms"] = c["fraction_of_ideal"] = None
             cells.extend(group)
             del ref
+            if on_progress is not None:
+                on_progress(cells)
     return {
         "cells": cells,
         "layouts": layouts,

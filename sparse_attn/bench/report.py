@@ -143,6 +143,7 @@ def targets_check(result: dict) -> dict:
                     "ort_dense": ms(s, "ort_dense"),
                     "ideal": ideal,
                     "ours_torch": ms(s, "ours_torch"),
+                    "ours_torch_pure": ms(s, "ours_torch_pure"),
                     "ours_onnx_ort": ms(s, "ours_onnx_ort"),
                 },
                 "target": TARGETS_MS.get(s),
@@ -160,7 +161,7 @@ def targets_check(result: dict) -> dict:
         }
     )
     for s in (4096, 8192, 16384):
-        ours = [x for x in (ms(s, "ours_torch"), ms(s, "ours_onnx_ort")) if x is not None]
+        ours = [x for n, impl in IMPLS.items() if impl.ours and (x := ms(s, n)) is not None]
         flex = ms(s, "flex_compiled")
         ideal = next((r["measured"]["ideal"] for r in rows if r["seq_len"] == s), None)
         best = min(ours) if ours else None
@@ -194,8 +195,24 @@ def targets_check(result: dict) -> dict:
 def targets_table(result: dict) -> str:
     """Markdown: measured vs target (in parentheses) for the reference configuration."""
     chk = result.get("targets") or targets_check(result)
-    cols = ["sdpa_dense", "flex_compiled", "ort_dense", "ideal", "ours_torch", "ours_onnx_ort"]
-    names = ["SDPA dense", "FlexAttention", "ORT dense", "ideal", "ours torch", "ours ORT"]
+    cols = [
+        "sdpa_dense",
+        "flex_compiled",
+        "ort_dense",
+        "ideal",
+        "ours_torch",
+        "ours_torch_pure",
+        "ours_onnx_ort",
+    ]
+    names = [
+        "SDPA dense",
+        "FlexAttention",
+        "ORT dense",
+        "ideal",
+        "ours torch",
+        "ours torch (pure PyTorch)",
+        "ours ORT",
+    ]
     out = [
         f"Reference config `{REFERENCE_SPEC}`: measured median ms (target of issue 6 in parentheses)\n",
         "| S | " + " | ".join(names) + " |",
