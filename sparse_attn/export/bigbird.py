@@ -292,3 +292,123 @@ def build_model(
     model = _module_class()(hf, attention, max_seq_len, dup_tokens, dup_copies).eval()
     model.layout = layout
     return model.to(hf_common.torch_dtype(dtype))
+
+
+def model_config_for(pattern, *, block_size, max_seq_len, dtype, config, seed, causal) -> dict:
+    """The JSON ``sparse_attn.model_config`` of a BigBird export."""
+    return {
+        "family": NAME,
+        "pattern": hf_common.pattern_for_config(pattern),
+        "block_size": int(block_size),
+        "max_seq_len": int(max_seq_len),
+        "dtype": dtype,
+        "config": dict(config or {}),
+        "seed": int(seed),
+        "causal": bool(causal),
+    }
+
+
+def build_torch_model(model_config: dict):
+    """Rebuild the eager model (same seeded weights) from ``sparse_attn.model_config``.
+
+    Raises:
+        InvalidInputError: missing keys, or a layout that differs from the exported one.
+    """
+    try:
+        model = build_model(
+            model_config["pattern"],
+            block_size=model_config["block_size"],
+            max_seq_len=model_config["max_seq_len"],
+            dtype=model_config.get("dtype", "float32"),
+            config=model_config.get("config"),
+            seed=model_config.get("seed", DEFAULT_SEED),
+            causal=bool(model_config.get("causal", False)),
+        )
+    except KeyError as exc:
+        raise InvalidInputError(f"bigbird model_config lacks {exc}; re-export the model") from exc
+    hf_common.check_rebuilt_layouts(model_config, [model.layout])
+    return model
+
+
+def export_onnx(
+    output_path,
+    *,
+    pattern=None,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    max_seq_len: int | None = DEFAULT_MAX_SEQ_LEN,
+    dtype: str = "float32",
+    causal: bool = False,
+    seed: int = DEFAULT_SEED,
+    hf_block_size: int | None = None,
+    num_random_blocks: int | None = None,
+    config: dict | None = None,
+):
+    """Export the small BigBird at a fixed sequence length with its attention on the sparse op.
+
+    Args:
+        output_path: ``.onnx`` path.
+        pattern: ``None`` = Hugging Face's own eval-mode attention (module docstring).
+        block_size: tokens per block of the op's layout.
+        max_seq_len: the fixed S (``None`` = ``DEFAULT_MAX_SEQ_LEN``); inputs are padded to it.
+        dtype: ``"float32"`` or ``"float16"``.
+        causal: only with an explicit ``pattern``.
+        seed: seed of the random weights.
+        hf_block_size, num_random_blocks: BigBird's ``block_size`` / ``num_random_blocks``.
+        config: further ``BigBirdConfig`` overrides.
+
+    Returns:
+        The written path: inputs ``input_ids``/``attention_mask`` int64 ``[batch, S]`` (S
+        fixed, metadata ``sparse_attn.static_seq_len = "true"``), outputs
+        ``last_hidden_state`` ``[batch, S, hidden]`` and ``pooler_output`` ``[batch, hidden]``.
+
+    Raises:
+        InvalidInputError: bad arguments (before any work). RuntimeError: a failed check.
+    """
+    max_seq_len = DEFAULT_MAX_SEQ_LEN if max_seq_len is None else max_seq_len
+    config = dict(config or {})
+    if hf_block_size is not None:
+        config["block_size"] = hf_common.check_positive_int("hf_block_size", hf_block_size)
+    if num_random_blocks is not None:
+        config["num_random_blocks"] = hf_common.check_positive_int(
+            "num_random_blocks", num_random_blocks, minimum=0
+        )
+    hf_common.torch_dtype(dtype)
+    path = hf_common.as_path(output_path)
+    model = build_model(
+        pattern,
+        block_size=block_size,
+        max_seq_len=max_seq_len,
+        dtype=dtype,
+        config=config,
+        seed=seed,
+        causal=causal,
+    )
+    cfg = model.hf.config
+    example = hf_common.random_token_inputs(2, max_seq_len, cfg.vocab_size, seed=1, pad_last=40)
+    check = hf_common.random_token_inputs(3, max_seq_len, cfg.vocab_size, seed=2, pad_last=90)
+    return hf_common.export_family(
+        model,
+        path,
+        family=NAME,
+        example_inputs=example,
+        check_inputs=[example, check],
+        output_names=OUTPUT_NAMES,
+        static_seq_len=True,
+        model_config=model_config_for(
+            pattern,
+            block_size=block_size,
+            max_seq_len=max_seq_len,
+            dtype=dtype,
+            config=config,
+            seed=seed,
+            causal=causal,
+        ),
+        layouts=[model.layout],
+        pattern_spec=model.layout.spec,
+        causal=causal,
+        max_seq_len=max_seq_len,
+        dtype=dtype,
+        num_heads=model.num_heads,
+        head_dim=model.head_dim,
+        op_max_seq_len=model.layout.seq_len,
+    )

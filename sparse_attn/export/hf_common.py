@@ -278,6 +278,7 @@ def export_family(
     num_heads: int,
     head_dim: int,
     tolerance=None,
+    op_max_seq_len: int | None = None,
 ) -> Path:
     """Run the export pipeline (:func:`sparse_attn.export.exporter.export_model`) for a family.
 
@@ -294,6 +295,11 @@ def export_family(
         layouts: the layouts in the model (for ``sparse_attn.layout_hash``).
         tolerance: ``(atol, rtol)`` of the ORT check; default the exporter's per-dtype
             tolerance for fp32 and :data:`FP16_MODEL_TOLERANCE` for fp16.
+        op_max_seq_len: longest sequence the op itself sees when it exceeds the model's
+            ``max_seq_len`` (BigBird appends key copies). The exporter bakes the model-level
+            ``sparse_attn.max_seq_len`` into the function body as the op's length guard, so the
+            export runs with the op's length and the metadata is set back to the model's
+            input length afterwards.
         pattern_spec, causal, max_seq_len, dtype, num_heads, head_dim: metadata
             (:func:`sparse_attn.export.metadata.build_metadata`).
 
@@ -309,12 +315,13 @@ def export_family(
     model_config = dict(model_config, layout_hash=layouts_hash(layouts))
     axes = {"batch": 0} if static_seq_len else {"batch": 0, "seq_len": 1}
     dynamic_axes = {name: {ax: label for label, ax in axes.items()} for name in example_inputs}
+    guard_len = max(int(max_seq_len), int(op_max_seq_len or 0))
     metadata = build_metadata(
         model=family,
         layout=layouts,
         dtype=dtype,
         model_config=model_config,
-        max_seq_len=max_seq_len,
+        max_seq_len=guard_len,
         num_heads=num_heads,
         head_dim=head_dim,
         pattern=pattern_spec,
@@ -331,7 +338,16 @@ def export_family(
         check_inputs=check_inputs,
         tolerance=tolerance,
     )
-    return Path(getattr(result, "path", output_path))
+    written = Path(getattr(result, "path", output_path))
+    if guard_len != int(max_seq_len):
+        import onnx
+
+        from sparse_attn.export.metadata import set_metadata
+
+        proto = onnx.load(str(written))
+        set_metadata(proto, {"sparse_attn.max_seq_len": str(int(max_seq_len))})
+        onnx.save(proto, str(written))
+    return written
 
 
 def random_token_inputs(
