@@ -133,3 +133,18 @@ def test_torch_compile_traces_op():
     q, k, v, *_, mask, _ = _args(lay, 40)
     got = compiled(q, k, v, mask)
     assert_close(got, reference_attention(q, k, v, lay, mask, scale=0.5), name="compiled")
+
+
+@pytest.mark.timeout(300)
+def test_dispatcher_under_torch_compile_is_one_op_node():
+    """``block_sparse_attention`` inside torch.compile goes through the custom op (no breaks)."""
+    import sparse_attn
+
+    lay = _layout()
+    q, k, v, *_, mask, _ = _args(lay, 33)
+
+    def f(q, k, v, mask):
+        return sparse_attn.block_sparse_attention(q, k, v, lay, mask) * 2
+
+    got = torch.compile(f, backend="aot_eager", fullgraph=True)(q, k, v, mask)
+    assert_close(got, 2 * reference_attention(q, k, v, lay, mask), name="compiled dispatcher")

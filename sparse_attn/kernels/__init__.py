@@ -20,6 +20,7 @@ import importlib
 
 import torch
 
+from sparse_attn import ops
 from sparse_attn.errors import BackendNotSupportedError
 from sparse_attn.kernels._validate import validate_inputs
 
@@ -107,6 +108,9 @@ def block_sparse_attention(
     scale = validate_inputs(query, key, value, layout, key_padding_mask, scale)
     if key_padding_mask is not None and key_padding_mask.dtype != torch.bool:
         key_padding_mask = key_padding_mask != 0
+    if backend in ("auto", "torch") and torch.compiler.is_compiling():
+        # under torch.compile: one opaque custom-op node instead of graph breaks
+        return _via_custom_op(query, key, value, layout, key_padding_mask, scale)
     candidates = AUTO_ORDER if backend == "auto" else (backend,)
     all_reasons: dict[str, list[str]] = {}
     for name in candidates:
@@ -123,4 +127,22 @@ def block_sparse_attention(
         f"{what} can take query {list(query.shape)} {str(query.dtype).replace('torch.', '')} "
         f"on {query.device}",
         all_reasons,
+    )
+
+
+def _via_custom_op(query, key, value, layout, key_padding_mask, scale: float) -> torch.Tensor:
+    from sparse_attn.kernels.torch_backend import layout_arrays
+
+    t = layout_arrays(layout, query.device)
+    return ops.block_sparse_attention(
+        query,
+        key,
+        value,
+        t["row_ptr"],
+        t["col_idx"],
+        t["mask_idx"],
+        t["masks"],
+        key_padding_mask,
+        layout.block_size,
+        scale,
     )
