@@ -301,7 +301,7 @@ def build_function(
         kpm_pad = g.op("Pad", [kpm_u8, pads2, g.const(np.array(0, dtype=np.uint8))], "kpm_pad")
         key_ok = g.op("And", [g.op("Cast", [kpm_pad], to=TensorProto.BOOL), key_ok], "key_ok")
     key_ok4 = g.op("Unsqueeze", [key_ok, g.const(_i64(1, 3))], "key_ok4")  # [B|1, 1, Sp_ext, 1]
-    key_bias = g.op("Where", [key_ok4, fzero, g.const(np.array(_KEY_BIAS, np.float32))], "key_bias")
+    key_bias_c = g.const(np.array(_KEY_BIAS, np.float32), "key_bias")
 
     def padded(x: str, hint: str) -> str:
         x32 = g.op("Cast", [x], f"{hint}32", to=f32)
@@ -312,24 +312,28 @@ def build_function(
         return g.op("Reshape", [x, shp], f"{hint}blk")  # [B, H*nb_ext, bs, dim]
 
     d_aug = g.op("Add", [d1, one1], "D_aug")
-    qp = g.op("Mul", [padded(q_in, "q"), g.const(np.array(scale, dtype=np.float32), "scale")])
-    ones = g.op(
-        "Expand",
-        [
-            g.const(np.ones((1, 1, 1, 1), np.float32)),
-            g.op("Concat", [g.op("Shape", [qp], end=3), one1], axis=0),
-        ],
-        "ones",
-    )
-    qb = blocks(g.op("Concat", [qp, ones], "q_aug", axis=3), d_aug, "q")
-    # Padded slots hold NaN/Inf only when the caller masks them: select them away (Where,
-    # never multiply). Without a key padding mask, the slots beyond S are Pad's zeros.
-    kp, vp = padded(k_in, "k"), padded(v_in, "v")
+    # Q * scale, padded along S (rows discarded later) and along D with the ones column
+    pads_q = g.op("Concat", [g.const(_i64(0, 0, 0, 0, 0, 0)), padlen, one1], "pads_q", axis=0)
+    q32 = g.op("Cast", [q_in], "q32", to=f32)
+    qs = g.op("Mul", [q32, g.const(np.array(scale, dtype=np.float32), "scale")], "qs")
+    q_aug = g.op("Pad", [qs, pads_q, g.const(np.array(1.0, np.float32))], "q_aug")
+    qb = blocks(q_aug, d_aug, "q")
+    # K padded along S and D; one Where keeps real keys, zeroes invalid ones (padded slots
+    # may hold NaN/Inf: selected away, never multiplied) and writes the key bias into the
+    # extra column of invalid keys. V: zeros beyond S, Where on padded slots.
+    kpad = g.op("Pad", [g.op("Cast", [k_in], "k32", to=f32), pads_q, fzero], "kpad")
+    real_dim = g.op(
+        "Less",
+        [g.op("Range", [g.const(np.int64(0)), g.op("Squeeze", [d_aug]), g.const(np.int64(1))]), d1],
+        "real_dim",
+    )  # [D+1]: False for the key-bias column
+    k_sel = g.op("And", [key_ok4, real_dim], "k_sel")
+    k_fill = g.op("Where", [g.op("Or", [key_ok4, real_dim]), fzero, key_bias_c], "k_fill")
+    kp = g.op("Where", [k_sel, kpad, k_fill], "k_aug")  # [B, H, Sp_ext, D+1]
+    kb = blocks(kp, d_aug, "k")
+    vp = padded(v_in, "v")
     if has_key_padding_mask:
-        kp = g.op("Where", [key_ok4, kp, fzero], "k_safe")
         vp = g.op("Where", [key_ok4, vp, fzero], "v_safe")
-    kb_bias = g.op("Expand", [key_bias, g.op("Concat", [g.op("Shape", [kp], end=3), one1], axis=0)])
-    kb = blocks(g.op("Concat", [kp, kb_bias], "k_aug", axis=3), d_aug, "k")
     vb = blocks(vp, dv1, "v")
 
     table = np.concatenate(
@@ -452,10 +456,14 @@ def build_function(
 
     if any(b.has_partial for b in buckets):
         # exact path only when a real (unmasked-by-padding) K or V value is non-finite
-        def nonfinite_any(x: str) -> str:
-            return g.op("ReduceSum", [g.op("Sub", [x, x])], keepdims=0)  # NaN iff any
-
-        cond = g.op("IsNaN", [g.op("Add", [nonfinite_any(kp), nonfinite_any(vp)])], "any_nonfinite")
+        # the sum of all K and V is non-finite if any value is (or, harmlessly, on
+        # overflow of huge finite values: the exact path is always correct)
+        total = g.op(
+            "Add",
+            [g.op("ReduceSum", [kp], keepdims=0), g.op("ReduceSum", [vp], keepdims=0)],
+            "kv_sum",
+        )
+        cond = g.op("Or", [g.op("IsNaN", [total]), g.op("IsInf", [total])], "any_nonfinite")
         branches = {}
         for tag, exact in (("exact_", True), ("fast_", False)):
             gg = _Graph(prefix=tag)
