@@ -25,9 +25,9 @@ from sparse_attn.kernels._validate import resolve_scale, validate_inputs
 NAME = "reference"
 
 #: Elements of one chunk's score tensor ``[B, H, chunk, S]``.
-_CHUNK_ELEMENTS = 1 << 24
+_CHUNK_ELEMENTS = 1 << 22
 #: Elements of one chunk's exact ``[B, H, chunk, S, Dv]`` product (non-finite V only).
-_CHUNK_ELEMENTS_NONFINITE = 1 << 23
+_CHUNK_ELEMENTS_NONFINITE = 1 << 22
 
 
 def not_supported_reasons(query, key, value, layout, key_padding_mask) -> list[str]:
