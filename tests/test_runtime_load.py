@@ -100,6 +100,7 @@ def minilm_onnx(tmp_path_factory):
     )
 
 
+@pytest.mark.slow
 def test_eight_threads_real_minilm(minilm_onnx):
     rt = Runtime(minilm_onnx)
     assert rt.max_seq_len == 64
