@@ -9,7 +9,9 @@ root is put on ``sys.path``). Budget: under 8 minutes on one H100/H200-class GPU
    NaN/Inf behind it, causal and per-head patterns, empty rows, head dims 32..128 incl. 80,
    block sizes 16..128, fp16 near overflow).
 2. Speed at S = 4k..32k (B=1, H=16, D=64, fp16, ``band(w=256) | global(n=64)``, block 64):
-   the Triton kernel, PyTorch SDPA dense (flash backend: the dense lower bound to beat), and
+   the Triton kernel (default: P @ V as two 16-bit products for accuracy; and with
+   ``precise_pv=False``, FlashAttention's single product), PyTorch SDPA dense (flash
+   backend: the dense lower bound to beat), and
    FlexAttention (compiled) given the same token mask through ``mask_mod``. Median of CUDA
    event timings.
 
@@ -203,6 +205,13 @@ def run_timings(
             iters,
             dev,
         )
+        row["triton_fast_pv_ms"] = _time(
+            lambda q=q, k=k, v=v, arr=arr, sc=scale: attention_arrays(
+                q, k, v, *arr, None, bs, sc, precise_pv=False
+            ),
+            iters,
+            dev,
+        )
         ideal_flops = 4.0 * heads * s * s * st["density_tokens"] * head_dim
         row["triton_tflops_useful"] = ideal_flops / row["triton_ms"] / 1e9
         if sdpa_kernel is not None:
@@ -228,6 +237,7 @@ def run_timings(
         rows.append(row)
         print(
             f"S={s:>6}  triton {row['triton_ms']:8.3f} ms  "
+            f"(P in one 16-bit product: {row['triton_fast_pv_ms']:8.3f} ms)  "
             f"sdpa-flash(dense) {row.get('sdpa_flash_dense_ms', float('nan')):8.3f} ms  "
             f"flex {row.get('flex_ms', float('nan')):8.3f} ms  "
             f"density {row['density_tokens']:.4f}",

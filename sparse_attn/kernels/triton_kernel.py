@@ -58,7 +58,20 @@ INT_ARGS = (
 #: Output pointer arguments.
 OUTPUT_ARGS = ("Out",)
 #: Compile-time constants (``tl.constexpr``) and the float scale (a constant in AOT builds).
-CONST_ARGS = ("scale", "BS", "BLOCK", "D", "D_PAD", "DV", "DV_PAD", "HAS_KPM", "UPCAST_DOT")
+CONST_ARGS = (
+    "scale",
+    "BS",
+    "BLOCK",
+    "D",
+    "D_PAD",
+    "DV",
+    "DV_PAD",
+    "HAS_KPM",
+    "UPCAST_DOT",
+    "PV_SPLIT",
+)
+#: Default of ``PV_SPLIT`` for 16-bit inputs (see :func:`compile_constants`).
+PRECISE_PV = True
 
 
 # Reductions go through ``tl.reduce`` with Triton's own combine functions instead of ``tl.max``
@@ -106,6 +119,7 @@ def _block_sparse_attn_fwd(
     DV_PAD: tl.constexpr,
     HAS_KPM: tl.constexpr,
     UPCAST_DOT: tl.constexpr,
+    PV_SPLIT: tl.constexpr,
 ):
     qblk = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -194,10 +208,20 @@ def _block_sparse_attn_fwd(
             p = tl.exp2(s - m_safe[:, None])
             p = tl.where(visible, p, 0.0)
             l_i = l_i * alpha + tl.reduce(p, 1, _SUM_COMBINE)
+            # P @ V with P rounded to V's dtype (tensor cores). With PV_SPLIT the rounding
+            # error of P is carried by a second product: P = P_hi + P_lo, both in V's dtype,
+            # which keeps 16-bit outputs within their own rounding even when |V| is large.
+            p_hi = p.to(v.dtype)
             if UPCAST_DOT:  # same rounding of p as the compiled kernel, fp32 product
-                pv = tl.dot(p.to(v.dtype).to(tl.float32), v.to(tl.float32), input_precision="ieee")
+                pv = tl.dot(p_hi.to(tl.float32), v.to(tl.float32), input_precision="ieee")
             else:
-                pv = tl.dot(p.to(v.dtype), v, input_precision="ieee")
+                pv = tl.dot(p_hi, v, input_precision="ieee")
+            if PV_SPLIT:
+                p_lo = (p - p_hi.to(tl.float32)).to(v.dtype)
+                if UPCAST_DOT:
+                    pv += tl.dot(p_lo.to(tl.float32), v.to(tl.float32), input_precision="ieee")
+                else:
+                    pv += tl.dot(p_lo, v, input_precision="ieee")
             if n_bad > 0:
                 seen = visible.to(tl.float16)
                 hit_nan = tl.dot(seen, (v32 != v32).to(tl.float16), out_dtype=tl.float32) > 0
@@ -261,12 +285,19 @@ def num_warps_for(block: int, d_pad: int) -> int:
 
 
 def compile_constants(
-    block_size: int, head_dim: int, value_dim: int, has_kpm: bool, upcast_dot: bool = False
+    block_size: int,
+    head_dim: int,
+    value_dim: int,
+    has_kpm: bool,
+    upcast_dot: bool = False,
+    pv_split: bool = False,
 ) -> dict:
     """Compile-time constants of one specialisation (shared by the launcher and AOT).
 
     ``upcast_dot`` makes the dot products take fp32 operands; only the interpreter needs it
     (for bf16, whose ``tl.dot`` Triton 3.9's interpreter computes on the raw uint16 bits).
+    ``pv_split`` computes ``P @ V`` as ``P_hi @ V + P_lo @ V`` (one more tensor-core product
+    per tile) so that rounding P to fp16/bf16 does not cost accuracy; useless for fp32.
     """
     return {
         "BS": int(block_size),
@@ -277,6 +308,7 @@ def compile_constants(
         "DV_PAD": padded_dim(value_dim),
         "HAS_KPM": bool(has_kpm),
         "UPCAST_DOT": bool(upcast_dot),
+        "PV_SPLIT": bool(pv_split),
     }
 
 
@@ -293,6 +325,7 @@ def attention_arrays(
     scale: float,
     *,
     out=None,
+    precise_pv: bool | None = None,
 ):
     """Launch the kernel on arrays (the array-level contract of the kernels package).
 
@@ -310,6 +343,8 @@ def attention_arrays(
         scale: softmax scale (float).
         out: optional preallocated ``[B, H, S, Dv]`` output (query dtype, same device, last
             dim contiguous), e.g. a TensorRT output buffer; written in place and returned.
+        precise_pv: split P into two 16-bit halves for ``P @ V`` (default
+            :data:`PRECISE_PV`); False gives the usual FlashAttention rounding of P.
 
     Returns:
         ``[B, H, S, Dv]`` in ``query``'s dtype.
@@ -361,7 +396,13 @@ def attention_arrays(
         return out
     interpret = dev.type == "cpu"
     consts = compile_constants(
-        block_size, hd, dv, has_kpm, upcast_dot=interpret and query.dtype == torch.bfloat16
+        block_size,
+        hd,
+        dv,
+        has_kpm,
+        upcast_dot=interpret and query.dtype == torch.bfloat16,
+        pv_split=(PRECISE_PV if precise_pv is None else precise_pv)
+        and query.dtype in (torch.float16, torch.bfloat16),
     )
     grid = (-(-slen // block_size), bsz * nh)
     kernel = get_kernel(interpret)

@@ -180,7 +180,11 @@ def signature_and_constants(spec: KernelSpec) -> tuple[dict, dict]:
     spec.validate()
     ptr = POINTER_TYPES[spec.dtype]
     consts = tk.compile_constants(
-        spec.block_size, spec.head_dim, spec.value_dim, spec.kpm_dtype is not None
+        spec.block_size,
+        spec.head_dim,
+        spec.value_dim,
+        spec.kpm_dtype is not None,
+        pv_split=tk.PRECISE_PV and spec.dtype in ("float16", "bfloat16"),
     )
     consts.update(
         scale=float(spec.scale),
