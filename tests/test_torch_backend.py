@@ -6,6 +6,8 @@ and, when the compiled CPU kernel ``sparse_attn.kernels.cpu_ext`` is available, 
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pytest
 import torch
@@ -290,16 +292,25 @@ def test_unknown_backend_lists_choices():
         block_sparse_attention(q, k, v, lay, backend="cuda")
 
 
-def test_unsupported_backend_gives_reasons():
+def test_unsupported_backend_gives_reasons(monkeypatch):
+    """CPU tensors without the Triton interpreter: the triton backend refuses, with reasons."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
     lay = layout_from_masks(band_mask(16, 3)[None], 16)
     q, k, v = random_qkv(1, 1, 16, 8)
-    try:
+    with pytest.raises(BackendNotSupportedError, match="backend 'triton' can take") as info:
         block_sparse_attention(q, k, v, lay, backend="triton")
-    except BackendNotSupportedError as exc:
-        assert "triton" in exc.reasons and exc.reasons["triton"], exc.reasons
-        assert "triton" in str(exc)
-    else:  # the Triton backend may run on CPU (interpreter): then it must be right
-        pass
+    assert list(info.value.reasons) == ["triton"] and info.value.reasons["triton"]
+    assert info.value.reasons["triton"][0] in str(info.value)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+def test_float64_refused_by_triton_lists_reason(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    lay = layout_from_masks(band_mask(16, 3)[None], 16)
+    q, k, v = random_qkv(1, 1, 16, 8, dtype=torch.float64)
+    with pytest.raises(BackendNotSupportedError) as info:
+        block_sparse_attention(q, k, v, lay, backend="triton")
+    assert any("float64" in r for r in info.value.reasons["triton"]), info.value.reasons
 
 
 @pytest.mark.parametrize(
