@@ -212,3 +212,42 @@ def test_build_torch_model_dispatch_errors():
         build_torch_model({"sparse_attn.model": "nope", "sparse_attn.model_config": "{}"})
     with pytest.raises(InvalidInputError, match="layout"):
         build_torch_model({"sparse_attn.model": "attention", "sparse_attn.model_config": "{}"})
+
+
+def test_export_custom_per_head_layout_and_rebuild(tmp_path):
+    from test_function_body import custom_layout
+
+    layout = custom_layout()  # 3 heads, S=75, block 16, empty query rows, ragged edge
+    out = tmp_path / "custom.onnx"
+    attention.export_onnx(
+        out,
+        pattern=layout,
+        block_size=16,
+        max_seq_len=75,
+        num_heads=3,
+        head_dim=4,
+        value_dim=5,
+        verbose=False,
+    )
+    meta = read_metadata(out)
+    assert meta["sparse_attn.layout_hash"] == layout.layout_hash()
+    torch_model = build_torch_model(meta)
+    rng = np.random.default_rng(11)
+    for s in (1, 31, 75):
+        q, k, _, pad = make_inputs(rng, 2, 3, s, 4, 4, np.float32)
+        v = rng.standard_normal((2, 3, s, 5)).astype(np.float32)
+        feeds = dict(query=q, key=k, value=v, key_padding_mask=pad)
+        expect = ref(layout, q, k, v, pad)
+        assert_close(run_ort(out, feeds), expect, 2e-5, 1e-4, f"custom S={s}")
+        with torch.no_grad():
+            eager = torch_model(**{n: torch.from_numpy(x) for n, x in feeds.items()})["output"]
+        assert_close(eager.numpy(), expect, 2e-5, 1e-4, f"rebuilt torch model S={s}")
+    with pytest.raises(InvalidInputError, match="seq_len 75"):
+        attention.export_onnx(
+            tmp_path / "x.onnx",
+            pattern=layout,
+            block_size=16,
+            max_seq_len=80,
+            num_heads=3,
+            head_dim=4,
+        )
