@@ -213,6 +213,7 @@ def run_bench(
             threads=cfg.threads,
             workdir=workdir,
             gemm_gflops=gemm["gflops"],
+            gemm_gflops_cpu=gemm.get("gflops_cpu"),
             log=log,
             on_progress=lambda cells: _checkpoint(out_dir, result, cells),
         )

@@ -13,6 +13,9 @@ S. Derived figures per cell (definitions in ``docs/bench.md``):
   ``4 S^2 D H x density`` for those that compute the pattern (SDPA with a mask does the
   dense work, so its figure is the *useful* rate); ``gemm_fraction`` divides by the
   measured fp32 GEMM rate.
+* ``cpu_equiv_ms`` = CPU time per call / threads, ``gflops_cpu`` and
+  ``gemm_fraction_cpu`` the same figures from it: what the cell costs when its threads have
+  the cores to themselves (a lower bound of the idle wall time; for a shared machine).
 * ``max_abs_diff`` against SDPA with the boolean mask (dense masked attention, the
   oracle; rows with no visible key count as 0) or, where that cell is n/a, against the
   dense reference of our own library.
@@ -158,6 +161,7 @@ def run_attention_suite(
     threads: int = 2,
     workdir: Path,
     gemm_gflops: float | None = None,
+    gemm_gflops_cpu: float | None = None,
     log: Callable[[str], None] = print,
     seed: int = 0,
     on_progress: Callable[[list[dict]], None] | None = None,
@@ -171,7 +175,8 @@ def run_attention_suite(
         policy: warm-up and repeat counts. threads: torch and ORT intra-op threads.
         max_cell_gib: a cell whose estimated memory exceeds this (or 60 % of the
             machine's available memory) is reported n/a instead of run.
-        workdir: where exported ONNX files go. gemm_gflops: measured GEMM rate.
+        workdir: where exported ONNX files go. gemm_gflops: measured GEMM rate;
+            gemm_gflops_cpu: the same from CPU time (see ``harness.gemm_ceiling``).
         on_progress: called with the cells so far after each (S, pattern) group.
 
     Raises:
@@ -279,6 +284,13 @@ def run_attention_suite(
                 )
                 c["gflops"] = flops / (c["median_ms"] * 1e-3) / 1e9
                 c["gemm_fraction"] = c["gflops"] / gemm_gflops if gemm_gflops else None
+                cpu = c.get("cpu_median_ms")
+                if cpu:
+                    c["cpu_equiv_ms"] = cpu / threads
+                    c["gflops_cpu"] = flops / (c["cpu_equiv_ms"] * 1e-3) / 1e9
+                    c["gemm_fraction_cpu"] = (
+                        c["gflops_cpu"] / gemm_gflops_cpu if gemm_gflops_cpu else None
+                    )
                 if dense is not None:
                     c["speedup_vs_dense"] = dense["median_ms"] / c["median_ms"]
                     c["ideal_ms"] = dense["median_ms"] * density

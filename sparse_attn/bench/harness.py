@@ -236,7 +236,9 @@ def gemm_ceiling(n: int = 2048, repeats: int = 5) -> dict:
     """Measured fp32 matrix-multiply rate of this machine: ``torch.mm`` of two ``[n, n]``.
 
     Returns:
-        dict with ``n``, ``median_ms``, ``gflops`` (``2 n^3 / median``, 1e9 flop/s), and
+        dict with ``n``, ``median_ms``, ``gflops`` (``2 n^3 / median``, 1e9 flop/s),
+        ``cpu_median_ms``, ``gflops_cpu`` (``2 n^3 / (CPU time / threads)``: the rate with
+        the cores to itself, assuming perfect scaling; meaningful on a shared machine) and
         ``threads`` (``torch.get_num_threads()``).
     """
     import torch
@@ -246,9 +248,13 @@ def gemm_ceiling(n: int = 2048, repeats: int = 5) -> dict:
     timing, _ = time_callable(
         lambda: torch.mm(a, b), warmup=2, min_repeats=repeats, max_repeats=repeats
     )
+    threads = torch.get_num_threads()
+    cpu_equiv = (timing.cpu_median_ms or 0.0) / threads
     return {
         "n": n,
         "median_ms": timing.median_ms,
         "gflops": 2.0 * n**3 / (timing.median_ms * 1e-3) / 1e9,
-        "threads": torch.get_num_threads(),
+        "cpu_median_ms": timing.cpu_median_ms,
+        "gflops_cpu": 2.0 * n**3 / (cpu_equiv * 1e-3) / 1e9 if cpu_equiv > 0 else None,
+        "threads": threads,
     }
