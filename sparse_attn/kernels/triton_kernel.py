@@ -261,9 +261,29 @@ def get_kernel(interpret: bool):
         from triton.runtime.interpreter import InterpretedFunction
 
         return InterpretedFunction(_block_sparse_attn_fwd)
+    import types
+
     from triton.runtime.jit import JITFunction
 
-    return JITFunction(_block_sparse_attn_fwd)
+    # Compiled path: if triton.language was imported with TRITON_INTERPRET=1, Triton's own
+    # combine functions are interpreter objects the compiler cannot call. Give the compiled
+    # kernel its own (same semantics: tl.maximum without NaN propagation, +).
+    scope = dict(_block_sparse_attn_fwd.__globals__)
+    scope["_MAX_COMBINE"] = JITFunction(_max_combine)
+    scope["_SUM_COMBINE"] = JITFunction(_sum_combine)
+    fn = types.FunctionType(_block_sparse_attn_fwd.__code__, scope, _block_sparse_attn_fwd.__name__)
+    fn.__module__ = _block_sparse_attn_fwd.__module__
+    fn.__qualname__ = _block_sparse_attn_fwd.__qualname__
+    fn.__doc__ = _block_sparse_attn_fwd.__doc__
+    return JITFunction(fn)
+
+
+def _max_combine(a, b):
+    return tl.maximum(a, b)
+
+
+def _sum_combine(a, b):
+    return a + b
 
 
 def interpreter_enabled() -> bool:
