@@ -198,7 +198,13 @@ def run_bench(
     )
     est = estimate_duration_s(cfg, gemm["gflops"])
     result["expected_duration_s"] = est
-    log(f"expected duration: about {est / 60:.1f} min on idle cores (longer under load)")
+    load = result["machine"]["loadavg_start"][0]
+    slow = max(1.0, (load + cfg.threads) / max(1, os.cpu_count() or 1))
+    result["expected_duration_loaded_s"] = est * slow
+    log(
+        f"expected duration: about {est / 60:.1f} min on idle cores; at the current load "
+        f"average {load:.1f} perhaps {est * slow / 60:.1f} min"
+    )
     if "attention" in cfg.suites:
         result["attention"] = run_attention_suite(
             sizes=cfg.sizes,
