@@ -18,6 +18,7 @@ from test_runtime import (  # noqa: F401  (toy_family is an autouse fixture)
 )
 
 from sparse_attn.cli import main
+from sparse_attn.errors import InvalidInputError
 
 POLYGRAPHY = Path(sys.executable).with_name("polygraphy")
 
@@ -153,3 +154,67 @@ def test_help_lists_options(capsys):
     assert code == 0 and "--save-outputs" in out and "--json" in out
     code, out, _ = _run(capsys, "run", "--help")
     assert code == 0 and "--input-file" in out
+
+
+@pytest.fixture(scope="module")
+def attention_model(tmp_path_factory):
+    attention = pytest.importorskip("sparse_attn.export.attention")
+    path = tmp_path_factory.mktemp("att") / "att.onnx"
+    attention.export_onnx(
+        path,
+        pattern="band(w=5) | global(n=2)",
+        block_size=16,
+        max_seq_len=40,
+        num_heads=2,
+        head_dim=8,
+    )
+    return path
+
+
+def test_check_attention_model_against_dense_oracle(attention_model, capsys, tmp_path):
+    """``check --json`` on an exported attention model: its numbers equal an independent
+    measurement, and the backend output matches the dense masked oracle (SPEC formulas)."""
+    import torch
+
+    from sparse_attn.kernels import block_sparse_attention
+    from sparse_attn.layout import compile_layout
+    from sparse_attn.runtime import Runtime
+    from sparse_attn.runtime.compare import check_model
+
+    code, out, err = _run(capsys, "check", attention_model, "--json")
+    assert code == 0, err
+    rep = json.loads(out)
+    assert rep["family"] == "attention" and rep["passed"]
+    assert rep["inputs"]["query"] == [2, 2, 37, 8]  # ragged S = max_seq_len - 3
+    _, feeds, got, exp = check_model(attention_model, "onnxruntime")
+    d = np.abs(got["output"].astype(np.float64) - exp["output"].astype(np.float64))
+    assert rep["outputs"]["output"]["max_abs_err"] == pytest.approx(float(d.max()), abs=1e-12)
+    layout = compile_layout("band(w=5) | global(n=2)", seq_len=40, block_size=16, num_heads=2)
+    t = {k: torch.from_numpy(v) for k, v in feeds.items()}
+    oracle = block_sparse_attention(
+        t["query"].double(),
+        t["key"].double(),
+        t["value"].double(),
+        layout,
+        key_padding_mask=t["key_padding_mask"].bool(),
+        backend="reference",
+    ).numpy()
+    err_o = np.abs(got["output"] - oracle)
+    i = np.unravel_index(int(np.argmax(err_o)), err_o.shape)
+    assert err_o.max() < 1e-5, f"worst at {i}: got {got['output'][i]} expected {oracle[i]}"
+    # the same arrays through `run --input-file F.npz`
+    f = tmp_path / "in.npz"
+    np.savez(f, **feeds)
+    code, out, err = _run(capsys, "run", attention_model, "--input-file", f, "--json")
+    assert code == 0, err
+    summary = json.loads(out)["outputs"]["output"]
+    assert summary["shape"] == [2, 2, 37, 8]
+    assert summary["absmax"] == pytest.approx(float(np.abs(oracle).max()), rel=1e-5)
+    rt = Runtime(attention_model)
+    with pytest.raises(InvalidInputError, match="exceeds the model's max_seq_len 40"):
+        rt.run(
+            {
+                k: np.concatenate([v, v], axis=-1 if k == "key_padding_mask" else 2)
+                for k, v in feeds.items()
+            }
+        )
