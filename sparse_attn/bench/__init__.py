@@ -151,13 +151,19 @@ def estimate_duration_s(cfg: BenchConfig, gemm_gflops: float = 150.0) -> float:
 
 
 def run_bench(
-    cfg: BenchConfig, out_dir: Path, *, log: Callable[[str], None] = print, plot: bool = True
+    cfg: BenchConfig,
+    out_dir: Path,
+    *,
+    log: Callable[[str], None] = print,
+    plot: bool = True,
+    models_dir: Path | None = None,
 ) -> dict:
     """Run the configured suites; write ``bench.json``, ``bench.md`` and the PNG plot.
 
     Args:
-        cfg: what to run. out_dir: output folder (created; exported models go to
-            ``out_dir/models``). log: one-line progress messages. plot: write the PNG.
+        cfg: what to run. out_dir: output folder (created). log: one-line progress
+            messages. plot: write the PNG. models_dir: cache of exported models (default
+            ``out_dir/models``; files are keyed by layout and export-code hash).
 
     Returns:
         The result dict written to ``bench.json`` (keys ``schema``, ``machine``, ``gemm``,
@@ -178,7 +184,7 @@ def run_bench(
         raise InvalidInputError(f"unknown suite(s) {bad}; choose from {', '.join(SUITES)}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    workdir = out_dir / "models"
+    workdir = Path(models_dir) if models_dir is not None else out_dir / "models"
     t_start = time.perf_counter()
     os.environ.setdefault("OMP_NUM_THREADS", str(cfg.threads))
     torch.set_num_threads(cfg.threads)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 
+from sparse_attn.bench.impls import IMPLS
 from sparse_attn.errors import InvalidInputError
 
 
@@ -52,6 +53,11 @@ def _name_list(name: str, text: str | None, known) -> tuple[str, ...] | None:
     show_default=True,
     help="Output folder: bench.json, bench.md, attention_time_vs_S.png, models/.",
 )
+@click.option(
+    "--models-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Cache of exported ONNX models (default OUT/models); reused across runs.",
+)
 @click.option("--sizes", help="Comma-separated sequence lengths (default 1024,...,16384).")
 @click.option(
     "--pattern",
@@ -60,7 +66,10 @@ def _name_list(name: str, text: str | None, known) -> tuple[str, ...] | None:
     help="Pattern spec or preset (repeatable); default: the reference config and 4 presets.",
 )
 @click.option("--causal", is_flag=True, help="Apply the causal modifier to every --pattern.")
-@click.option("--impls", help="Comma-separated implementations (default: all).")
+@click.option(
+    "--impls",
+    help="Comma-separated implementations (default: all): " + ", ".join(IMPLS) + ".",
+)
 @click.option("--suites", help="Comma-separated suites: attention,model,layout (default: all).")
 @click.option("--num-heads", type=int, help="Heads H (default 8).")
 @click.option("--head-dim", type=int, help="Head dim D (default 64).")
@@ -74,6 +83,7 @@ def _name_list(name: str, text: str | None, known) -> tuple[str, ...] | None:
 def command(
     quick,
     out_dir,
+    models_dir,
     sizes,
     patterns,
     causal,
@@ -97,7 +107,6 @@ def command(
     the machine: the load average is recorded in the JSON.
     """
     from sparse_attn.bench import SUITES, BenchConfig, run_bench
-    from sparse_attn.bench.impls import IMPLS
 
     cfg = BenchConfig.quick_config() if quick else BenchConfig.full()
     upd: dict = {}
@@ -141,7 +150,7 @@ def command(
     def log(msg: str) -> None:
         click.echo(msg, err=True)
 
-    result = run_bench(cfg, out_dir, log=log, plot=not no_plot)
+    result = run_bench(cfg, out_dir, log=log, plot=not no_plot, models_dir=models_dir)
     if as_json:
         click.echo(json.dumps(result, default=str))
     else:
