@@ -4,6 +4,7 @@ returns exactly the single-threaded results and keeps serving."""
 from __future__ import annotations
 
 import concurrent.futures as cf
+import warnings
 
 import numpy as np
 import pytest
@@ -105,3 +106,24 @@ def test_eight_threads_real_minilm(minilm_onnx):
     rt = Runtime(minilm_onnx)
     assert rt.max_seq_len == 64
     _hammer(rt, _requests(100, 64, 30522, seed=5))
+
+
+def test_eight_threads_text_front_end(tmp_path):
+    """Tokenizer + run from 8 threads: embeddings identical to the single-threaded ones."""
+    rt = Runtime(build_toy_text_model(tmp_path / "toy.onnx", max_len=48))
+    words = "the quick brown fox jumps over a lazy dog while rain falls on quiet hills".split()
+    rng = np.random.default_rng(7)
+    batches = [
+        [
+            " ".join(rng.choice(words, size=int(rng.integers(1, 60))))
+            for _ in range(int(rng.integers(1, 4)))
+        ]
+        for _ in range(120)
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # some texts are cut at 48 tokens on purpose
+        expected = [rt.embed(b) for b in batches]
+        with cf.ThreadPoolExecutor(max_workers=THREADS) as pool:
+            got = list(pool.map(rt.embed, batches))
+    for i, (g, e) in enumerate(zip(got, expected, strict=True)):
+        assert np.array_equal(g, e), f"batch {i}: max diff {np.abs(g - e).max()}"
