@@ -316,3 +316,21 @@ def test_model_suite_minilm_sparse_and_dense(tmp_path):
         assert c["status"] == "ok", c
         assert c["min_ms"] <= c["median_ms"] <= c["max_ms"]
     assert cells["dense (HF export)"]["speedup_vs_dense"] == 1.0
+
+
+def test_memory_estimates_refuse_dense_scores_at_16k():
+    """ORT's dense graph at S=16384 (8.6 GiB of fp32 scores per copy) is refused up front."""
+    import torch
+
+    from sparse_attn.bench.impls import Case
+    from sparse_attn.layout import compile_layout
+
+    s = 16384
+    q = torch.empty((1, 8, s, 64), device="meta")
+    lay = compile_layout("band(w=256) | global(n=64)", s, 64, num_heads=8)
+    case = Case(q, q, q, lay, "band(w=256) | global(n=64)", False, 0.05, workdir=None)
+    gib = 2**30
+    assert IMPLS["ort_dense"].estimate_bytes(case) > 8 * gib
+    assert IMPLS["sdpa_dense"].estimate_bytes(case) < 0.5 * gib  # a few [B, H, S, D] buffers
+    # the block-sparse paths scale with the stored tiles, not with S^2
+    assert IMPLS["ours_torch"].estimate_bytes(case) < 2 * gib
