@@ -264,14 +264,31 @@ def export_family(name: str):
         raise NotAvailable(f"export family {name!r} is not available: {exc}") from exc
 
 
-def _export_code_hash() -> str:
-    """Short hash of the export package's sources: cached exports are keyed by it."""
+#: Export-core sources every family's ONNX file depends on (cache key of exported models).
+_EXPORT_CORE = (
+    "__init__.py",
+    "exporter.py",
+    "function_body.py",
+    "hf_common.py",
+    "metadata.py",
+    "modules.py",
+    "symbolic.py",
+)
+
+
+def _export_code_hash(family: str = "attention") -> str:
+    """Short hash of the sources an export of ``family`` depends on (export core, the
+    family module, ``opspec``, ``ops``): cached exports are keyed by it, so a change of the
+    exporter never reuses a stale file."""
     import hashlib
 
-    root = Path(__file__).resolve().parents[1] / "export"
+    pkg = Path(__file__).resolve().parents[1]
+    files = [pkg / "export" / n for n in (*_EXPORT_CORE, f"{family}.py")]
+    files += [pkg / "opspec.py", pkg / "ops.py"]
     hsh = hashlib.sha256()
-    for f in sorted(root.glob("*.py")):
-        hsh.update(f.name.encode() + f.read_bytes())
+    for f in files:
+        if f.is_file():
+            hsh.update(f.name.encode() + f.read_bytes())
     return hsh.hexdigest()[:10]
 
 

@@ -165,7 +165,8 @@ def run_model_suite(
     for model, variant, s, bs, vocab, build in variants:
         tag = "sparse" if "sparse" in variant else "dense"
         layers = f"_L{long_layers}" if model == "long_encoder" else ""
-        code = _export_code_hash() if tag == "sparse" else "hf"
+        family = "minilm" if model == "minilm" else "longformer"
+        code = _export_code_hash(family) if tag == "sparse" else "hf"
         path = workdir / f"{model}{layers}_{tag}_S{s}_{code}.onnx"
         cell = {"suite": "model", "model": model, "variant": variant, "seq_len": s, "status": "n/a"}
         if model == "long_encoder":
