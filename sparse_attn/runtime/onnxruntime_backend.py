@@ -85,8 +85,9 @@ class OnnxRuntimeBackend:
         except Exception as exc:  # ORT raises its own Fail/InvalidProtobuf/InvalidGraph types
             msg = " ".join(str(exc).split())[:300]
             raise InvalidInputError(
-                f"{self.path} is not a loadable ONNX model ({type(exc).__name__}: {msg}); "
-                "pass a model written by `sparse-attn export` or `sparse-attn engine`"
+                f"{self.path} is neither an ONNX model nor a TensorRT engine (ONNX Runtime "
+                f"says {type(exc).__name__}: {msg}); pass a file written by `sparse-attn "
+                "export` or `sparse-attn engine`"
             ) from exc
         self.device = "cuda" if "CUDAExecutionProvider" in self.session.get_providers() else "cpu"
         self.inputs = [

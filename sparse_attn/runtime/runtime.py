@@ -52,8 +52,13 @@ def _load_onnx_proto(path: Path):
     return model
 
 
-def detect_kind(path: str | os.PathLike) -> str:
+def detect_kind(path: str | os.PathLike, verify: bool = True) -> str:
     """Tell what a model file is: ``"onnx"`` or ``"tensorrt"``.
+
+    Args:
+        path: the file.
+        verify: parse an ONNX candidate to prove it is a model (``False``: leave that to
+            ONNX Runtime, which parses it anyway; saves one parse of a large file).
 
     Raises:
         InvalidInputError: if the path does not exist, is not a file, or is neither an ONNX
@@ -70,7 +75,7 @@ def detect_kind(path: str | os.PathLike) -> str:
         head = fh.read(64)
     if _TRT_MAGIC in head[:32]:
         return "tensorrt"
-    if _load_onnx_proto(p) is not None:
+    if not verify or _load_onnx_proto(p) is not None:
         return "onnx"
     raise InvalidInputError(
         f"{p} is neither an ONNX model nor a TensorRT engine ({p.stat().st_size} bytes); "
@@ -193,7 +198,7 @@ class Runtime:
         if backend not in BACKENDS:
             raise InvalidInputError(f"unknown backend {backend!r}; choose one of {list(BACKENDS)}")
         self.path = Path(path)
-        kind = detect_kind(self.path)
+        kind = detect_kind(self.path, verify=backend not in ("auto", "onnxruntime"))
         if backend == "auto":
             backend = "tensorrt" if kind == "tensorrt" else "onnxruntime"
         if backend == "onnxruntime":
