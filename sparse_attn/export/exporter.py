@@ -34,6 +34,7 @@ from sparse_attn import opspec
 from sparse_attn.errors import InvalidInputError, UnsupportedEnvironmentError
 from sparse_attn.export import function_body
 from sparse_attn.export import metadata as meta_mod
+from sparse_attn.export.symbolic import NODE_MAX_SEQ_LEN_KEY
 from sparse_attn.layout import BlockLayout
 
 #: Default ONNX opset of the default domain (torch 2.13's exporter default).
@@ -161,8 +162,10 @@ def attach_functions(model: onnx.ModelProto, max_seq_len: int | None = None) -> 
 
     Nodes with the same layout, scale and key-padding presence share one FunctionProto;
     when there are several such variants each node gets ``overload = "v<i>"`` (IR >= 10).
-    The function imports the model's default-domain opset. Requests longer than
-    ``max_seq_len`` (default: the layout's ``nQB * block_size``) make the body fail.
+    The function imports the model's default-domain opset. Requests longer than the
+    op's layout length make the body fail: ``max_seq_len`` if given, else the node's
+    ``metadata_props["sparse_attn.max_seq_len"]`` (written by
+    :func:`~sparse_attn.export.symbolic.sparse_attention`), else ``nQB * block_size``.
     Modifies ``model`` in place.
 
     Returns:
@@ -176,7 +179,7 @@ def attach_functions(model: onnx.ModelProto, max_seq_len: int | None = None) -> 
         raise RuntimeError("model imports no default-domain opset")
     consts = _constant_arrays(model)
     variants: dict[tuple, list[onnx.NodeProto]] = {}
-    layouts: dict[tuple, tuple[BlockLayout, float, bool]] = {}
+    layouts: dict[tuple, tuple[BlockLayout, float, bool, int]] = {}
     for node in model.graph.node:
         if node.op_type != opspec.OP_TYPE or node.domain != opspec.DOMAIN:
             continue
@@ -184,9 +187,11 @@ def attach_functions(model: onnx.ModelProto, max_seq_len: int | None = None) -> 
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         scale = float(attrs.get("scale", 0.0))
         has_kpm = len(node.input) > 7 and node.input[7] != ""
-        key = (layout.layout_hash(), layout.block_size, scale, has_kpm)
+        node_meta = {p.key: p.value for p in node.metadata_props}
+        limit = max_seq_len or int(node_meta.get(NODE_MAX_SEQ_LEN_KEY, layout.seq_len))
+        key = (layout.layout_hash(), layout.block_size, scale, has_kpm, limit)
         variants.setdefault(key, []).append(node)
-        layouts[key] = (layout, scale, has_kpm)
+        layouts[key] = (layout, scale, has_kpm, limit)
     keep = [
         f for f in model.functions if not (f.domain == opspec.DOMAIN and f.name == opspec.OP_TYPE)
     ]
@@ -194,7 +199,7 @@ def attach_functions(model: onnx.ModelProto, max_seq_len: int | None = None) -> 
     model.functions.extend(keep)
     many = len(variants) > 1
     for i, (key, nodes) in enumerate(variants.items()):
-        layout, scale, has_kpm = layouts[key]
+        layout, scale, has_kpm, limit = layouts[key]
         overload = f"v{i}" if many else ""
         for node in nodes:
             node.overload = overload
@@ -205,7 +210,7 @@ def attach_functions(model: onnx.ModelProto, max_seq_len: int | None = None) -> 
                 has_key_padding_mask=has_kpm,
                 opset=opset,
                 overload=overload,
-                max_seq_len=max_seq_len,
+                max_seq_len=limit,
             )
         )
     if variants:
@@ -398,7 +403,7 @@ def export_model(
         ) from exc
     proto = program.model_proto
     check_custom_identities(proto)
-    n_fn = attach_functions(proto, max_seq_len)
+    n_fn = attach_functions(proto)
     if n_fn == 0:
         raise RuntimeError(
             f"the exported graph holds no {opspec.QUALIFIED_NAME} node; call "

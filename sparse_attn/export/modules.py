@@ -82,4 +82,5 @@ class SparseAttention(torch.nn.Module):
             key_padding_mask,
             self.block_size,
             scale,
+            max_seq_len=self.max_seq_len,
         )

@@ -13,6 +13,9 @@ import torch
 
 from sparse_attn import opspec
 
+#: Node-level ``metadata_props`` key holding the op's layout length (the body's guard).
+NODE_MAX_SEQ_LEN_KEY = "sparse_attn.max_seq_len"
+
 
 def sparse_attention(
     query: torch.Tensor,
@@ -25,6 +28,7 @@ def sparse_attention(
     key_padding_mask: torch.Tensor | None,
     block_size: int,
     scale: float,
+    max_seq_len: int | None = None,
 ) -> torch.Tensor:
     """Block-sparse attention over a layout given as tensors; exportable to ONNX.
 
@@ -38,6 +42,9 @@ def sparse_attention(
         key_padding_mask: optional ``[B, S]`` (bool, or 0/1 integers), True = real token.
         block_size: tokens per block (the node's ``block_size`` attribute).
         scale: softmax scale (the node's ``scale`` attribute), a Python float.
+        max_seq_len: the layout's ``seq_len`` (optional). Recorded in the node's
+            ``metadata_props`` (``sparse_attn.max_seq_len``) so that the function body
+            refuses longer requests; without it the guard is ``nQB * block_size``.
 
     Returns:
         ``[B, H, S, Dv]`` in the dtype of ``query``: softmax/accumulation in fp32, rows
@@ -59,6 +66,9 @@ def sparse_attention(
             dtype=query.dtype,
             shape=(query.shape[0], query.shape[1], query.shape[2], value.shape[3]),
             version=opspec.OP_VERSION,
+            metadata_props=None
+            if max_seq_len is None
+            else {NODE_MAX_SEQ_LEN_KEY: str(int(max_seq_len))},
         )
     import sparse_attn.ops  # noqa: F401  (registers torch.ops.sparse_attn.*)
 
