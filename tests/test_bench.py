@@ -86,6 +86,7 @@ def test_outputs_written_and_schema(tiny_run):
     assert not (out / "bench.partial.json").exists()  # checkpoint removed after a full run
     png = out / "attention_time_vs_S.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "attention_cpu_time_vs_S.png").read_bytes()[:4] == b"\x89PNG"
     layouts = data["layout_compile"]["cells"]
     assert [c["status"] for c in layouts] == ["ok", "ok"], layouts
 

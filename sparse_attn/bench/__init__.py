@@ -263,10 +263,12 @@ def run_bench(
         result["layout_compile"] = {"cells": [], "reason": "suite not selected"}
     result["loadavg_end"] = list(os.getloadavg())
     result["duration_s"] = time.perf_counter() - t_start
-    result["plot"] = None
+    result["plot"] = result["plot_cpu"] = None
     if plot:
         png = report.plot(result, out_dir / "attention_time_vs_S.png")
         result["plot"] = str(png) if png else None
+        png = report.plot(result, out_dir / "attention_cpu_time_vs_S.png", view="cpu")
+        result["plot_cpu"] = str(png) if png else None
     (out_dir / "bench.json").write_text(json.dumps(result, indent=1, default=_json_default))
     (out_dir / "bench.md").write_text(report.markdown_report(result))
     (out_dir / "bench.partial.json").unlink(missing_ok=True)

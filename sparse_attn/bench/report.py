@@ -347,13 +347,18 @@ def markdown_report(result: dict) -> str:
     return "\n".join(parts)
 
 
-def plot(result: dict, path: Path) -> Path | None:
-    """Log-log PNG of median time against S, one panel per pattern, one line per implementation.
+def plot(result: dict, path: Path, view: str = "wall") -> Path | None:
+    """Log-log PNG of time against S, one panel per pattern, one line per implementation.
 
-    The dashed black line is the ideal (SDPA dense x token density). Returns the path, or
-    None when there is nothing to plot.
+    Args:
+        view: ``"wall"`` (median wall-clock ms) or ``"cpu"`` (CPU time per call / threads,
+            the CPU-time view).
+
+    The dotted black line is the ideal (SDPA dense x token density, in the same view).
+    Returns the path, or None when there is nothing to plot.
     """
-    cells = [c for c in _cells(result) if c["status"] == "ok"]
+    key = "median_ms" if view == "wall" else "cpu_equiv_ms"
+    cells = [c for c in _cells(result) if c["status"] == "ok" and c.get(key) is not None]
     if not cells:
         return None
     import matplotlib
@@ -364,13 +369,15 @@ def plot(result: dict, path: Path) -> Path | None:
     pats = _patterns(cells)
     ncol = min(3, len(pats))
     nrow = math.ceil(len(pats) / ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(5.2 * ncol, 4.2 * nrow), squeeze=False)
+    fig, axes = plt.subplots(
+        nrow, ncol, figsize=(max(9.0, 5.2 * ncol), 4.2 * nrow + 0.8), squeeze=False
+    )
     palette = plt.get_cmap("tab10").colors
     colors = {name: palette[i % len(palette)] for i, name in enumerate(IMPLS)}
     for ax, pat in zip(axes.ravel(), pats, strict=False):
         pc = [c for c in cells if c["pattern"] == pat]
         for name, impl in IMPLS.items():
-            pts = sorted((c["seq_len"], c["median_ms"]) for c in pc if c["impl"] == name)
+            pts = sorted((c["seq_len"], c[key]) for c in pc if c["impl"] == name)
             if pts:
                 xs, ys = zip(*pts, strict=True)
                 ax.plot(
@@ -383,7 +390,14 @@ def plot(result: dict, path: Path) -> Path | None:
                     ls="-" if impl.ours else "--",
                     label=impl.label,
                 )
-        ideal = sorted({(c["seq_len"], c["ideal_ms"]) for c in pc if c.get("ideal_ms")})
+        dense = {c["seq_len"]: c[key] for c in pc if c["impl"] == "sdpa_dense"}
+        ideal = sorted(
+            {
+                (c["seq_len"], dense[c["seq_len"]] * c["density_tokens"])
+                for c in pc
+                if c["seq_len"] in dense
+            }
+        )
         if ideal:
             xs, ys = zip(*ideal, strict=True)
             ax.plot(
@@ -392,7 +406,7 @@ def plot(result: dict, path: Path) -> Path | None:
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("sequence length S (tokens)")
-        ax.set_ylabel("median time (ms)")
+        ax.set_ylabel("median time (ms)" if view == "wall" else "CPU time / threads (ms)")
         ax.set_title(pat if len(pat) < 40 else pat[:37] + "...", fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
     for ax in axes.ravel()[len(pats) :]:
@@ -406,7 +420,8 @@ def plot(result: dict, path: Path) -> Path | None:
     fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8)
     cfg = result.get("attention", {}).get("config", {})
     fig.suptitle(
-        f"Attention fp32, B={cfg.get('batch')}, H={cfg.get('num_heads')}, D={cfg.get('head_dim')}, "
+        ("Wall clock" if view == "wall" else "CPU-time view")
+        + f": attention fp32, B={cfg.get('batch')}, H={cfg.get('num_heads')}, D={cfg.get('head_dim')}, "
         f"block {cfg.get('block_size')}, {result.get('threads')} threads "
         f"(load average at start {_fmt(result.get('machine', {}).get('loadavg_start', [None])[0])})"
     )
