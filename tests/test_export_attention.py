@@ -68,6 +68,8 @@ def test_export_attention_runs_in_ort_at_several_lengths(
     assert node.domain == opspec.DOMAIN
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
     assert attrs["plugin_namespace"] == b"sparse_attn" and attrs["block_size"] == bs
+    node_meta = {p.key: p.value for p in node.metadata_props}
+    assert node_meta["sparse_attn.max_seq_len"] == str(max_s)  # the body's length guard
     assert [f.name for f in model.functions] == [opspec.OP_TYPE]
     names = [i.name for i in model.graph.input]
     assert names == ["query", "key", "value"] + (["key_padding_mask"] if kpm else [])
@@ -98,6 +100,10 @@ def test_export_attention_runs_in_ort_at_several_lengths(
         with torch.no_grad():
             eager = torch_model(**{n: torch.from_numpy(x) for n, x in feeds.items()})["output"]
         assert_close(eager.numpy(), expect, atol, rtol, f"torch model {spec} S={s}")
+    q, k, v, pad = make_inputs(rng, 1, heads, max_s + 1, d, d, npdt)
+    feeds = dict(query=q, key=k, value=v, **({"key_padding_mask": pad} if kpm else {}))
+    with pytest.raises(Exception, match="(?i)reshape"):  # longer than max_seq_len: loud
+        run_ort(out, feeds)
 
 
 def test_static_seq_len_pattern_exports_with_fixed_s(tmp_path):
