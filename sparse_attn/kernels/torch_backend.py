@@ -45,9 +45,9 @@ SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 #: Environment variable that disables the compiled CPU kernel.
 DISABLE_CPU_EXT_ENV = "SPARSE_ATTN_DISABLE_CPU_EXT"
 #: Score elements ``B * rows * bs * n*bs`` processed at once *per intra-op thread*: bounds the
-#: working memory and keeps each thread's share in L2 cache (1<<17 floats = 512 KiB; 2x
+#: working memory and keeps each thread's share near L2 size (1<<18 floats = 1 MiB; 2x
 #: faster than 1<<22 at S=4096 on one thread).
-_CHUNK_SCORE_ELEMENTS = 1 << 17
+_CHUNK_SCORE_ELEMENTS = 1 << 18
 _PLAN_CACHE_SIZE = 32
 
 
