@@ -12,6 +12,10 @@ Backends (each a module exposing ``NAME``, ``not_supported_reasons(...)`` and
 * ``"triton"``: the GPU kernel (owned by the Triton part).
 * ``"auto"``: the first of ``AUTO_ORDER`` that supports the inputs (Triton on CUDA, torch
   otherwise). The reference is never chosen automatically.
+
+Inside ``torch.compile`` the ``auto`` and ``torch`` backends run through the custom op
+``torch.ops.sparse_attn.block_sparse_attention`` (:mod:`sparse_attn.ops`), so the call
+traces as one node (``fullgraph=True`` works).
 """
 
 from __future__ import annotations
