@@ -308,9 +308,10 @@ def _ours_onnx_prepare(case: Case):
     path = _ours_onnx_path(case)
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.stem + f".tmp{os.getpid()}.onnx")
         try:
             fam.export_onnx(
-                path,
+                tmp,
                 pattern=case.layout,
                 block_size=case.layout.block_size,
                 max_seq_len=s,
@@ -321,10 +322,13 @@ def _ours_onnx_prepare(case: Case):
                 key_padding_mask=False,
                 verbose=False,
             )
+            os.replace(tmp, path)  # an interrupted export never leaves a cached file
         except NotAvailable:
             raise
         except Exception as exc:  # noqa: BLE001 - any export failure is reported, not fatal
             raise NotAvailable(f"export failed: {type(exc).__name__}: {exc}") from exc
+        finally:
+            tmp.unlink(missing_ok=True)
     sess = _ort_session(path, case.threads)
     qn, kn, vn = case.numpy_inputs()
     names = [i.name for i in sess.get_inputs()]

@@ -18,6 +18,7 @@ Every model is fed ``input_ids`` (random ids, seeded) and an all-ones ``attentio
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -175,7 +176,12 @@ def run_model_suite(
             t0 = time.perf_counter()
             cell["export_cached"] = path.exists()
             if not path.exists():
-                build(path, s, bs)
+                tmp = path.with_name(path.stem + f".tmp{os.getpid()}.onnx")
+                try:
+                    build(tmp, s, bs)
+                    os.replace(tmp, path)  # an interrupted export never leaves a cached file
+                finally:
+                    tmp.unlink(missing_ok=True)
                 cell["export_s"] = time.perf_counter() - t0
             sess = _ort_session(path, threads)
             feeds = _feeds(s, vocab)
