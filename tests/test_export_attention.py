@@ -102,7 +102,7 @@ def test_export_attention_runs_in_ort_at_several_lengths(
         assert_close(eager.numpy(), expect, atol, rtol, f"torch model {spec} S={s}")
     q, k, v, pad = make_inputs(rng, 1, heads, max_s + 1, d, d, npdt)
     feeds = dict(query=q, key=k, value=v, **({"key_padding_mask": pad} if kpm else {}))
-    with pytest.raises(Exception, match="(?i)reshape"):  # longer than max_seq_len: loud
+    with pytest.raises(Exception, match="ONNXRuntimeError"):  # S > max_seq_len: loud error
         run_ort(out, feeds)
 
 
