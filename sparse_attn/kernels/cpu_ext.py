@@ -160,9 +160,9 @@ def build(verbose: bool = False) -> Path:
 def is_available() -> bool:
     """Whether the compiled kernel can be used (builds it on first call if needed).
 
-    Returns ``False``, never raises, when the extension cannot be built or loaded, when the
-    platform is not Linux/macOS on x86-64 or arm64 with a C++ compiler, or when
-    ``SPARSE_ATTN_DISABLE_CPU_EXT=1``. The outcome of the first attempt is cached for the
+    Returns ``False``, never raises, when the extension cannot be built or loaded (no C++
+    compiler or ninja, compile or load error; checked on Linux x86-64 with GCC 12 only), or
+    when ``SPARSE_ATTN_DISABLE_CPU_EXT=1``. The outcome of the first attempt is cached for the
     process (the environment variable is read on every call).
     """
     if _disabled():

@@ -53,8 +53,10 @@ int MKL_Set_Num_Threads_Local(int nt) __attribute__((weak));
 
 namespace {
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11
 #define SA_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#elif defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define SA_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define SA_CLONES
 #endif
@@ -124,13 +126,19 @@ inline float exp_f32(float x) {
 
 constexpr int kLanes = 16;
 
+// 16 floats as one GCC vector (lowered to AVX-512, 2 x AVX2 or 4 x SSE per clone).
+typedef float vf16 __attribute__((vector_size(64)));
+
 // max over s[0:n], ignoring NaN (NaN scores still propagate through exp and the sum).
 inline float row_max(const float* s, int n) {
-  float lane[kLanes];
+  vf16 lane;
   for (int t = 0; t < kLanes; ++t) lane[t] = kNegInf;
   int j = 0;
-  for (; j + kLanes <= n; j += kLanes)
-    for (int t = 0; t < kLanes; ++t) lane[t] = s[j + t] > lane[t] ? s[j + t] : lane[t];
+  for (; j + kLanes <= n; j += kLanes) {
+    vf16 x;
+    std::memcpy(&x, s + j, sizeof(x));
+    lane = x > lane ? x : lane;
+  }
   float mx = kNegInf;
   for (; j < n; ++j) mx = s[j] > mx ? s[j] : mx;
   for (int t = 0; t < kLanes; ++t) mx = lane[t] > mx ? lane[t] : mx;
