@@ -42,7 +42,7 @@ class _LazyGroup(click.Group):
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name not in COMMANDS:
-            return None
+            return super().get_command(ctx, name)
         module = importlib.import_module(COMMANDS[name][0])
         return module.command
 
@@ -65,7 +65,8 @@ def _fail(message: str, code: int) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit code."""
     try:
-        cli.main(args=argv, prog_name="sparse-attn", standalone_mode=False)
+        # With standalone_mode=False click returns (not raises) the code of ctx.exit(n).
+        rc = cli.main(args=argv, prog_name="sparse-attn", standalone_mode=False)
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
     except click.exceptions.Abort:
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"{exc}; check the path", 2)
     except KeyboardInterrupt:
         return _fail("interrupted", 130)
-    return 0
+    return rc if isinstance(rc, int) else 0
 
 
 if __name__ == "__main__":
