@@ -249,5 +249,5 @@ def test_request_longer_than_layout_fails_loudly():
     assert sess.run(None, dict(query=q, key=q, value=q))[0].shape == (1, 1, 40, 4)
     for s in (41, 49):  # inside the last block's padding, and beyond it
         q = np.zeros((1, 1, s, 4), np.float32)
-        with pytest.raises(Exception, match="(?i)reshape"):
+        with pytest.raises(Exception, match="ONNXRuntimeError"):
             sess.run(None, dict(query=q, key=q, value=q))

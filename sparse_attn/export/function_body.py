@@ -358,13 +358,13 @@ def build_function(
         # rows inside the request: a prefix of the bucket (rows sorted by query block);
         # at least one row is always computed (a zero-row batch trips Reshape), extra
         # rows are clamped onto the all-invalid block and dropped from the output.
-        count_raw = g.op(
-            "ReduceSum",
-            [g.op("Cast", [g.op("Less", [rows_r, nb1])], p + "inreq", to=TensorProto.INT64)],
-            p + "count_raw",
-            keepdims=1,
+        # count tables indexed by nb (export-time searchsorted; S > max_seq_len is out of
+        # the tables' range and fails in Gather)
+        in_req = np.searchsorted(bk.rows, np.arange(layout.num_blocks + 1), side="left")
+        count_raw = g.op("Gather", [g.const(in_req.astype(np.int64), p + "count_tab"), nb1])
+        count = g.op(
+            "Gather", [g.const(np.maximum(in_req, 1).astype(np.int64), p + "countx_tab"), nb1]
         )
-        count = g.op("Max", [count_raw, one1], p + "count")
         heads_c = _head(g, p + "heads", g.const(bk.heads, p + "heads_all"), zero1, count)
         rows_c = _head(g, p + "rows_in", rows_r, zero1, count)
         row_id = g.op("Add", [g.op("Mul", [heads_c, nb1]), rows_c])
