@@ -56,3 +56,20 @@ def test_example_runs_as_written(tmp_path):
         f"{doc} example failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     )
     assert "refused:" in proc.stdout and "max |ORT - torch| =" in proc.stdout
+
+
+def test_readme_other_python_blocks_run(tmp_path):
+    """Every other ```python block of README.md (e.g. the kernel example) runs as written."""
+    blocks = [
+        b
+        for b in FENCE.findall((ROOT / "README.md").read_text(encoding="utf-8"))
+        if "sparse_attn.Runtime(" not in b
+    ]
+    assert blocks, "README.md has no python example besides the Runtime one"
+    for i, code in enumerate(blocks):
+        script = tmp_path / f"readme_{i}.py"
+        script.write_text(code)
+        proc = subprocess.run(
+            [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300
+        )
+        assert proc.returncode == 0, f"README block {i} failed:\n{proc.stderr[-3000:]}"
