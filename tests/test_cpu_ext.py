@@ -333,3 +333,14 @@ def test_concurrent_calls_from_python_threads():
         got = list(pool.map(lambda x: run(*x, layout), inputs * 3))
     for i, g in enumerate(got):
         assert torch.equal(g, expected[i % len(inputs)]), f"call {i} differs"
+
+
+def test_empty_mask_table():
+    """A layout of full tiles only has M = 0 masks; the kernel takes the empty table as is."""
+    mask = np.kron(np.eye(3, dtype=bool), np.ones((16, 16), dtype=bool))  # block-diagonal
+    layout = BlockLayout.from_token_mask(mask[None], 16)
+    assert layout.masks.shape[0] == 0
+    q, k, v = rand(1, 1, 48, 8), rand(1, 1, 48, 8, seed=1), rand(1, 1, 48, 8, seed=2)
+    arrs = [torch.from_numpy(a) for a in (layout.row_ptr, layout.col_idx, layout.mask_idx)]
+    out = cpu_ext.attention_arrays(q, k, v, *arrs, torch.from_numpy(layout.masks), None, 16, 0.5)
+    assert_close(out, reference(q, k, v, mask[None], None, 0.5), 2e-5, 2e-5, "M = 0")
