@@ -344,3 +344,15 @@ def test_empty_mask_table():
     arrs = [torch.from_numpy(a) for a in (layout.row_ptr, layout.col_idx, layout.mask_idx)]
     out = cpu_ext.attention_arrays(q, k, v, *arrs, torch.from_numpy(layout.masks), None, 16, 0.5)
     assert_close(out, reference(q, k, v, mask[None], None, 0.5), 2e-5, 2e-5, "M = 0")
+
+
+def test_fake_impl_gives_output_shape():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    q, k, v, arrs = _good()
+    v = rand(1, 1, 32, 5)
+    with FakeTensorMode() as mode:
+        fq, fk, fv = (mode.from_tensor(t) for t in (q, k, v))
+        farrs = [mode.from_tensor(t) for t in arrs]
+        out = torch.ops.sparse_attn_cpu.attention_arrays(fq, fk, fv, *farrs, None, 16, 0.3)
+    assert tuple(out.shape) == (1, 1, 32, 5) and out.dtype == torch.float32

@@ -125,6 +125,7 @@ def build(verbose: bool = False) -> Path:
         if _state.get("loaded"):
             return Path(str(_state["dir"]))
         if _op_loaded():  # loaded by another path in this process
+            _register_fake()
             _state.update(loaded=True, dir=str(build_directory()))
             return Path(str(_state["dir"]))
         try:
@@ -153,8 +154,22 @@ def build(verbose: bool = False) -> Path:
                 "torch.ops.sparse_attn_cpu.attention_arrays; rebuild with "
                 "`python -m sparse_attn.kernels.cpu_ext --build --verbose`"
             )
+        _register_fake()
         _state.update(loaded=True, dir=str(bdir))
         return bdir
+
+
+def _register_fake() -> None:
+    """Shape-only implementation so torch.compile / torch.export can trace the op."""
+    try:
+
+        @torch.library.register_fake("sparse_attn_cpu::attention_arrays")
+        def _fake(query, key, value, row_ptr, col_idx, mask_idx, masks, kpm, block_size, scale):
+            b, h, s, _ = query.shape
+            return query.new_empty((b, h, s, value.shape[-1]))
+
+    except RuntimeError:  # already registered in this process
+        pass
 
 
 def is_available() -> bool:
