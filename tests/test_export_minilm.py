@@ -224,3 +224,17 @@ def test_metadata_rebuilds_torch_model(exported):
         rtol=2e-5,
         name="rebuilt vs ORT",
     )
+
+
+@pytest.mark.slow
+def test_default_model_at_512_tokens(tmp_path, hf_sdpa):
+    """The `make export` default (512 tokens, DEFAULT_PATTERN) vs HF with the 4D mask."""
+    path = minilm.export_onnx(tmp_path / "minilm.onnx", block_size=32)
+    model = minilm.build_model(block_size=32)
+    texts = [" ".join(LONG_TEXTS) * 6, SHORT_TEXTS[1]]
+    enc = minilm.tokenize(texts, 512)
+    inp = {k: torch.from_numpy(v) for k, v in enc.items()}
+    assert inp["input_ids"].shape[1] == 512
+    out = _ort_run(path, inp)
+    ref_h, ref_e = _hf_reference(hf_sdpa, inp, model.layout)
+    _check(out, ref_h, ref_e, inp["attention_mask"], 1e-4, "ORT default S=512")
