@@ -315,8 +315,8 @@ def build_function(
     # Q * scale, padded along S (rows discarded later) and along D with the ones column
     pads_q = g.op("Concat", [g.const(_i64(0, 0, 0, 0, 0, 0)), padlen, one1], "pads_q", axis=0)
     q32 = g.op("Cast", [q_in], "q32", to=f32)
-    qs = g.op("Mul", [q32, g.const(np.array(scale, dtype=np.float32), "scale")], "qs")
-    q_aug = g.op("Pad", [qs, pads_q, g.const(np.array(1.0, np.float32))], "q_aug")
+    scale_c = g.const(np.array(scale, dtype=np.float32), "scale")
+    q_aug = g.op("Pad", [q32, pads_q, g.const(np.array(1.0, np.float32))], "q_aug")
     qb = blocks(q_aug, d_aug, "q")
     # K padded along S and D; one Where keeps real keys, zeroes invalid ones (padded slots
     # may hold NaN/Inf: selected away, never multiplied) and writes the key bias into the
@@ -350,6 +350,7 @@ def build_function(
     ninf = g.const(np.array(-np.inf, dtype=np.float32), "ninf")
 
     # per-bucket row bookkeeping (outer graph; the math below may run in If branches)
+    n_out = g.op("Mul", [nb1, g.const(_i64(n_heads))], "n_out")  # output rows H * nb
     prep = []
     row_ids = []
     for bi, bk in enumerate(buckets):
@@ -361,15 +362,15 @@ def build_function(
         # count tables indexed by nb (export-time searchsorted; S > max_seq_len is out of
         # the tables' range and fails in Gather)
         in_req = np.searchsorted(bk.rows, np.arange(layout.num_blocks + 1), side="left")
-        count_raw = g.op("Gather", [g.const(in_req.astype(np.int64), p + "count_tab"), nb1])
         count = g.op(
             "Gather", [g.const(np.maximum(in_req, 1).astype(np.int64), p + "countx_tab"), nb1]
         )
         heads_c = _head(g, p + "heads", g.const(bk.heads, p + "heads_all"), zero1, count)
         rows_c = _head(g, p + "rows_in", rows_r, zero1, count)
         row_id = g.op("Add", [g.op("Mul", [heads_c, nb1]), rows_c])
-        row_ids.append(_head(g, p + "row_id", row_id, zero1, count_raw))
-        item = {"p": p, "bk": bk, "count": count, "count_raw": count_raw}
+        # a dummy row (bucket with no row in the request) goes to the trash slot H * nb
+        row_ids.append(g.op("Where", [g.op("Less", [rows_c, nb1]), row_id, n_out], p + "row_id"))
+        item = {"p": p, "bk": bk, "count": count}
         if bk.width:
             heads_x = g.op("Mul", [heads_c, nbx1], p + "head_off")  # [Rc]
             item["qidx"] = g.op("Add", [heads_x, g.op("Min", [rows_c, nb1])], p + "qidx")
@@ -389,10 +390,10 @@ def build_function(
         """
         outs = []
         for item in prep:
-            p, bk, count, count_raw = item["p"], item["bk"], item["count"], item["count_raw"]
+            p, bk, count = item["p"], item["bk"], item["count"]
             p = gg.prefix + p
             if bk.width == 0:
-                zshape = gg.op("Concat", [b1, count_raw, bs1, dv1], p + "zshape", axis=0)
+                zshape = gg.op("Concat", [b1, count, bs1, dv1], p + "zshape", axis=0)
                 zero = gg.const(np.zeros((1, 1, 1, 1), np.float32), p + "z")
                 outs.append(gg.op("Expand", [zero, zshape], p + "zero"))
                 continue
@@ -414,6 +415,9 @@ def build_function(
                 [qg, gg.op("Transpose", [kg], p + "kT", perm=[0, 1, 3, 2])],
                 p + "scores",
             )  # [B, Rc, bs, n*bs]; invalid keys carry _KEY_BIAS via the augmented column
+            # scale after the product (ORT folds it into the MatMul); the key bias stays
+            # overwhelming: scale * -1e30
+            scores = gg.op("Mul", [scores, scale_c], p + "scaled")
             vis = None
             if bk.has_partial:
                 table_c = bool_table if exact else bias_table
@@ -451,7 +455,7 @@ def build_function(
             elif dead.any():
                 dead_c = _head(gg, p + "dead", gg.const(dead[:, :, None]), zero1, count)
                 o = gg.op("Where", [dead_c, fzero, o], p + "o")
-            outs.append(gg.op("Slice", [o, zero1, count_raw, one1], p + "out_in"))
+            outs.append(o)
         return outs[0] if len(outs) == 1 else gg.op("Concat", outs, "cat", axis=1)
 
     if any(b.has_partial for b in buckets):
@@ -483,17 +487,23 @@ def build_function(
 
     # -- 4. back to row order, crop, cast
     ids = row_ids[0] if len(row_ids) == 1 else g.op("Concat", row_ids, "row_ids", axis=0)
-    n_rows = g.op("Shape", [ids], "n_rows")
+    n_cat = g.op("Shape", [ids], "n_cat")  # H * nb real rows + dummy rows
     inv = g.op(
         "ScatterElements",
         [
-            g.op("ConstantOfShape", [n_rows], "inv0", value=helper.make_tensor("v", 7, [1], [0])),
+            g.op(
+                "ConstantOfShape",
+                [g.op("Add", [n_out, one1])],
+                "inv0",
+                value=helper.make_tensor("v", 7, [1], [0]),
+            ),
             ids,
-            g.op("Range", [g.const(np.int64(0)), g.op("Squeeze", [n_rows]), g.const(np.int64(1))]),
+            g.op("Range", [g.const(np.int64(0)), g.op("Squeeze", [n_cat]), g.const(np.int64(1))]),
         ],
         "inv",
         axis=0,
     )
+    inv = g.op("Slice", [inv, zero1, n_out], "inv_real")  # drop the trash slot
     ordered = g.op("Gather", [cat, inv], "ordered", axis=1)  # [B, H*nb, bs, Dv]
     shp = g.op("Concat", [zero1, g.const(_i64(n_heads)), m1, dv1], "out_shape", axis=0)
     full = g.op("Reshape", [ordered, shp], "out_full")  # [B, H, Sp, Dv]
