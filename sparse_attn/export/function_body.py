@@ -10,11 +10,12 @@ Algorithm (block-sparse, exact per SPEC section 1):
 
 1. Request sizes: ``nb = ceil(S / bs)`` query/key blocks (dynamic). Q/K/V are cast to
    float32 and padded along S to ``(nb + 1) * bs``: block ``nb`` is an extra all-invalid
-   block. Key validity ``ok[b, j] = j < S and key_padding_mask[b, j]``; with a key padding
-   mask, K and V at invalid keys are replaced by 0 with ``Where`` (NaN/Inf there never
-   reach a product). Q is scaled and augmented with a column of ones, K with a column
-   holding ``0`` (valid) or ``-1e30`` (invalid key), so ``Q_aug @ K_aug^T`` already carries
-   the key mask: no per-score mask pass for padding or crop. Views: ``[B, H*(nb+1), bs, .]``.
+   block. Key validity ``ok[b, j] = j < S and key_padding_mask[b, j]``: K at invalid keys
+   is replaced by 0 with ``Where`` (always), V too when there is a key padding mask (NaN/Inf
+   in padded slots never reach a product). Q is augmented with a column of ones, K with a
+   column holding ``0`` (valid) or ``-1e30`` (invalid key), so ``Q_aug @ K_aug^T`` already
+   carries the key mask: no per-score mask pass for padding or crop. The scale multiplies
+   the scores (ORT fuses it into the MatMul). Views: ``[B, H*(nb+1), bs, .]``.
 2. Export-time buckets (:func:`plan_buckets`): (head, query block) rows with the same tile
    count and full/partial mask sequence form *uniform* buckets (one ``[bs, n*bs]`` tile
    bias broadcast over the rows, e.g. all interior rows of a band); leftover rows are
@@ -32,7 +33,8 @@ Algorithm (block-sparse, exact per SPEC section 1):
    zeroed V and outputs exactly 0; a query with no visible key in the layout (``-inf``
    row, statically known) is set to 0 with ``Where``.
 4. Bucket outputs are concatenated, put back in row order with one ``Gather`` by the
-   inverse permutation, reshaped to ``[B, H, nb*bs, Dv]``, cropped to ``S`` and cast
+   inverse permutation (the dummy row of a bucket without rows in the request goes to a
+   trash slot), reshaped to ``[B, H, nb*bs, Dv]``, cropped to ``S`` and cast
    back to the query dtype (``CastLike``).
 
 Work beyond the non-empty tiles: (a) padding tiles of merged buckets (bounded by
