@@ -122,9 +122,28 @@ def test_nonfinite_value_of_key_hidden_by_partial_tile():
     q, k, v = random_qkv(1, 1, s, 16, seed=7)
     v[0, 0, 20, 3] = float("nan")
     v[0, 0, 21, 4] = float("inf")
+    v[0, 0, 22, 4] = float("-inf")  # rows >= 22 see +Inf and -Inf in column 4: NaN
+    v[0, 0, 23, 5] = float("-inf")
     out = _check(q, k, v, layout)
     assert torch.isfinite(out[0, 0, :20]).all()
     assert torch.isnan(out[0, 0, 20:, 3]).all()
+    assert out[0, 0, 21, 4] == float("inf") and torch.isnan(out[0, 0, 22:, 4]).all()
+    assert (out[0, 0, 23:, 5] == float("-inf")).all() and torch.isfinite(out[0, 0, :23, 5]).all()
+
+
+def test_finite_value_variants_agree_bitwise():
+    """The variant without the non-finite-V handling (used when V is finite) gives the very
+    same result as the safe one."""
+    from sparse_attn.kernels.torch_backend import layout_arrays
+    from sparse_attn.kernels.triton_kernel import attention_arrays
+
+    s = 40
+    layout = layout_from_masks(np.stack([causal_mask(s), band_mask(s, 6)]), 16)
+    q, k, v = random_qkv(1, 2, s, 32, dtype=torch.float16, seed=8)
+    a = [layout_arrays(layout, "cpu")[n] for n in ("row_ptr", "col_idx", "mask_idx", "masks")]
+    fast = attention_arrays(q, k, v, *a, None, 16, 0.2, assume_finite_v=True)
+    safe = attention_arrays(q, k, v, *a, None, 16, 0.2, assume_finite_v=False)
+    assert torch.equal(fast, safe)
 
 
 def test_fp16_near_overflow():

@@ -69,6 +69,7 @@ CONST_ARGS = (
     "HAS_KPM",
     "UPCAST_DOT",
     "PV_SPLIT",
+    "NONFINITE_V",
 )
 #: Default of ``PV_SPLIT`` for 16-bit inputs (see :func:`compile_constants`).
 PRECISE_PV = True
@@ -120,6 +121,7 @@ def _block_sparse_attn_fwd(
     HAS_KPM: tl.constexpr,
     UPCAST_DOT: tl.constexpr,
     PV_SPLIT: tl.constexpr,
+    NONFINITE_V: tl.constexpr,
 ):
     qblk = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -183,19 +185,18 @@ def _block_sparse_attn_fwd(
                 other=0.0,
             )
             k = tl.where(col_used[:, None], k, 0.0)
-            v = tl.load(
-                v_base + offs_n.to(tl.int64)[:, None] * stride_vs + offs_dv[None, :],
-                mask=key_ok[:, None] & dv_ok[None, :],
-                other=0.0,
-            )
+            v_ptrs = v_base + offs_n.to(tl.int64)[:, None] * stride_vs + offs_dv[None, :]
+            v_mask = key_ok[:, None] & dv_ok[None, :]
+            v = tl.load(v_ptrs, mask=v_mask, other=0.0)
             v = tl.where(col_used[:, None], v, 0.0)
             # Non-finite V of a key that only some rows of the tile see: p = 0 for the other
             # rows, but 0 * NaN = NaN inside the dot. Clean V, then restore NaN/Inf exactly
             # for the rows that do see such a key (rare branch).
-            v32 = v.to(tl.float32)
-            v_bad = (v32 != v32) | (tl.abs(v32) == float("inf"))
-            n_bad = tl.reduce(tl.reduce(v_bad.to(tl.int32), 1, _MAX_COMBINE), 0, _MAX_COMBINE)
-            v = tl.where(v_bad, 0.0, v)
+            if NONFINITE_V:
+                v32 = v.to(tl.float32)  # (the interpreter compares bf16 as raw bits)
+                v_bad = (v32 != v32) | (tl.abs(v32) == float("inf"))
+                n_bad = tl.reduce(tl.reduce(v_bad.to(tl.int32), 1, _MAX_COMBINE), 0, _MAX_COMBINE)
+                v = tl.where(v_bad, 0.0, v)
             if UPCAST_DOT:  # interpreter: its tl.dot multiplies bf16 bit patterns as integers
                 s = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)), input_precision="ieee")
             else:
@@ -222,18 +223,21 @@ def _block_sparse_attn_fwd(
                     pv += tl.dot(p_lo.to(tl.float32), v.to(tl.float32), input_precision="ieee")
                 else:
                     pv += tl.dot(p_lo, v, input_precision="ieee")
-            if n_bad > 0:
+            if NONFINITE_V and n_bad > 0:
+                # reload V (nothing kept live across the main path); count, per output
+                # element, the visible keys holding +Inf (weight 1) / -Inf (weight 256) and
+                # NaN: exact small integers in fp16 x fp16 -> fp32 products
+                vr = tl.load(v_ptrs, mask=v_mask, other=0.0).to(tl.float32)
+                vr = tl.where(col_used[:, None], vr, 0.0)
                 seen = visible.to(tl.float16)
-                hit_nan = tl.dot(seen, (v32 != v32).to(tl.float16), out_dtype=tl.float32) > 0
-                hit_pinf = (
-                    tl.dot(seen, (v32 == float("inf")).to(tl.float16), out_dtype=tl.float32) > 0
-                )
-                hit_ninf = (
-                    tl.dot(seen, (v32 == float("-inf")).to(tl.float16), out_dtype=tl.float32) > 0
-                )
-                pv = tl.where(hit_pinf, float("inf"), pv)
-                pv = tl.where(hit_ninf, float("-inf"), pv)
-                pv = tl.where(hit_nan | (hit_pinf & hit_ninf), float("nan"), pv)
+                code = tl.where(vr == float("inf"), 1.0, tl.where(vr == float("-inf"), 256.0, 0.0))
+                n_inf = tl.dot(seen, code.to(tl.float16), out_dtype=tl.float32)
+                has_ninf = n_inf >= 256.0
+                has_pinf = (n_inf - 256.0 * tl.floor(n_inf / 256.0)) > 0.0
+                pv = tl.where(has_pinf, float("inf"), pv)
+                pv = tl.where(has_ninf, tl.where(has_pinf, float("nan"), float("-inf")), pv)
+                n_nan = tl.dot(seen, (vr != vr).to(tl.float16), out_dtype=tl.float32)
+                pv = tl.where(n_nan > 0.0, float("nan"), pv)
             acc = acc * alpha[:, None] + pv
             m_i = m_new
 
@@ -300,8 +304,13 @@ def padded_dim(n: int) -> int:
 
 
 def num_warps_for(block: int, d_pad: int) -> int:
-    """Warps per program: 4, or 8 for 128-wide tiles with large head dims."""
-    return 8 if block >= 128 and d_pad >= 64 else 4
+    """Warps per program: 8 when a tile holds >= 64 x 128 elements, else 4.
+
+    Chosen from ``ptxas -v`` on the AOT PTX (sm_80/sm_90): with 4 warps, 64 x 128 and
+    128 x 64 tiles spill hundreds of bytes per thread; with 8 they fit in 255 registers.
+    ``d_pad`` is the larger padded head dim (D or Dv).
+    """
+    return 8 if block * d_pad >= 64 * 128 else 4
 
 
 def compile_constants(
@@ -311,6 +320,7 @@ def compile_constants(
     has_kpm: bool,
     upcast_dot: bool = False,
     pv_split: bool = False,
+    nonfinite_v: bool = True,
 ) -> dict:
     """Compile-time constants of one specialisation (shared by the launcher and AOT).
 
@@ -329,7 +339,18 @@ def compile_constants(
         "HAS_KPM": bool(has_kpm),
         "UPCAST_DOT": bool(upcast_dot),
         "PV_SPLIT": bool(pv_split),
+        "NONFINITE_V": bool(nonfinite_v),
     }
+
+
+def _needs_nonfinite_variant(value, assume_finite_v) -> bool:
+    import torch
+
+    if assume_finite_v is not None:
+        return not assume_finite_v
+    if value.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        return True
+    return not bool(torch.isfinite(value).all())
 
 
 def attention_arrays(
@@ -346,6 +367,7 @@ def attention_arrays(
     *,
     out=None,
     precise_pv: bool | None = None,
+    assume_finite_v: bool | None = None,
 ):
     """Launch the kernel on arrays (the array-level contract of the kernels package).
 
@@ -365,6 +387,11 @@ def attention_arrays(
             dim contiguous), e.g. a TensorRT output buffer; written in place and returned.
         precise_pv: split P into two 16-bit halves for ``P @ V`` (default
             :data:`PRECISE_PV`); False gives the usual FlashAttention rounding of P.
+        assume_finite_v: True compiles out the handling of NaN/Inf in V for keys that only
+            some rows of a tile see (it costs registers); None (default) checks
+            ``torch.isfinite(value).all()`` (one pass over V and, on CUDA, a host sync; during
+            CUDA graph capture the safe variant is used without checking). Keys that no row of a
+            tile sees (padding, keys >= S) are always safe.
 
     Returns:
         ``[B, H, S, Dv]`` in ``query``'s dtype.
@@ -423,10 +450,15 @@ def attention_arrays(
         upcast_dot=interpret and query.dtype == torch.bfloat16,
         pv_split=(PRECISE_PV if precise_pv is None else precise_pv)
         and query.dtype in (torch.float16, torch.bfloat16),
+        nonfinite_v=_needs_nonfinite_variant(value, assume_finite_v),
     )
     grid = (-(-slen // block_size), bsz * nh)
     kernel = get_kernel(interpret)
-    extra = {} if interpret else {"num_warps": num_warps_for(consts["BLOCK"], consts["D_PAD"])}
+    extra = (
+        {}
+        if interpret
+        else {"num_warps": num_warps_for(consts["BLOCK"], max(consts["D_PAD"], consts["DV_PAD"]))}
+    )
     kernel[grid](
         query,
         key,

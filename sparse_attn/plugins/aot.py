@@ -185,6 +185,7 @@ def signature_and_constants(spec: KernelSpec) -> tuple[dict, dict]:
         spec.value_dim,
         spec.kpm_dtype is not None,
         pv_split=tk.PRECISE_PV and spec.dtype in ("float16", "bfloat16"),
+        nonfinite_v=True,  # an engine cannot look at V before launching: always safe
     )
     consts.update(
         scale=float(spec.scale),
@@ -217,6 +218,31 @@ def signature_and_constants(spec: KernelSpec) -> tuple[dict, dict]:
     order = [*tk.POINTER_INPUTS, *tk.INT_ARGS, *tk.OUTPUT_ARGS, *tk.CONST_ARGS]
     assert set(order) == set(sig), (sorted(order), sorted(sig))
     return {k: sig[k] for k in order}, consts
+
+
+def divisibility_hints(spec: KernelSpec) -> list[str]:
+    """Kernel arguments that are multiples of 16 (pointers: 16-byte aligned) for ``spec``.
+
+    Like Triton's JIT specialisation, these hints let the compiler vectorise loads (without
+    them the kernel needs about twice the registers). Pointers: TensorRT and PyTorch allocate
+    device buffers with at least 256-byte alignment. Strides: ``S*H*D`` and ``S*D`` are
+    multiples of 16 for every S when ``H*D`` and ``D`` are.
+    """
+    from sparse_attn.kernels import triton_kernel as tk
+
+    names = [*tk.POINTER_INPUTS, *tk.OUTPUT_ARGS]
+    if spec.kpm_dtype is None:
+        names.remove("Kpm")
+    h, d, dv = spec.num_heads, spec.head_dim, spec.value_dim
+    if (h * d) % 16 == 0:
+        names += ["stride_qb", "stride_kb"]
+    if d % 16 == 0:
+        names += ["stride_qh", "stride_kh"]
+    if (h * dv) % 16 == 0:
+        names += ["stride_vb", "stride_ob"]
+    if dv % 16 == 0:
+        names += ["stride_vh", "stride_oh"]
+    return names
 
 
 def runtime_int_values(spec: KernelSpec, seq_len):
@@ -321,7 +347,9 @@ def compile_kernel(
         ptx_version = default_ptx_version(arch)
     sig, consts = signature_and_constants(spec)
     nw = num_warps or tk.num_warps_for(consts["BLOCK"], max(consts["D_PAD"], consts["DV_PAD"]))
-    src = ASTSource(fn=tk.get_kernel(False), signature=sig, constexprs=consts)
+    fn = tk.get_kernel(False)
+    attrs = {(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n in divisibility_hints(spec)}
+    src = ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs)
     ck = None
     for stages in dict.fromkeys((num_stages, 1)):  # fewer stages = less shared memory
         ck = triton.compile(
