@@ -22,9 +22,10 @@ from sparse_attn.errors import InvalidInputError, UnsupportedEnvironmentError
 
 #: ``(atol, rtol)`` of the export-time ORT-vs-PyTorch check of a *whole* fp16 model. The
 #: fp16 graph in ONNX Runtime and torch's fp16 CPU kernels round differently (matmul
-#: accumulation, LayerNorm/RMSNorm internals), and the difference grows with depth: on
-#: MiniLM (6 layers) hidden states of magnitude ~5 differ by ~3e-2 between the two, which is
-#: a few fp16 ulps at that magnitude. The op itself keeps fp32 softmax/accumulation.
+#: accumulation, LayerNorm/RMSNorm internals) and the difference grows with depth. On
+#: MiniLM (6 layers) real tokens differ by ~4e-3 (the size of Hugging Face's own fp16 drift),
+#: but padded positions, which the check also compares, reach ~3e-2 on values of ~5.
+#: The op itself keeps fp32 softmax/accumulation.
 FP16_MODEL_TOLERANCE = (5e-2, 2e-2)
 
 #: dtype names accepted by every family's ``export_onnx`` (SPEC section 2).
