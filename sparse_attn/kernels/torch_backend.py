@@ -366,7 +366,6 @@ def _attention_torch(
             flat_k = kidx.reshape(-1)
             q = qb.index_select(1, rows)  # [B, g, bs, D]
             k = kb.index_select(1, flat_k).reshape(b, g, n * bs, d)
-            scores = torch.matmul(q, k.transpose(-1, -2))  # [B, g, bs, n*bs]
             # partial tiles come first: their bias covers the first npa*bs columns
             tbias = kb_bias = None
             if npa:
@@ -376,6 +375,7 @@ def _attention_torch(
             if need_kvalid:
                 kblk = torch.remainder(kidx, nb).reshape(-1)  # key block index within the head
                 kb_bias = kbias_blocks.index_select(1, kblk).reshape(b, g, 1, n * bs)
+            scores = torch.matmul(q, k.transpose(-1, -2))  # [B, g, bs, n*bs]
             empty = None
             if add_bias:
                 if tbias is not None:
