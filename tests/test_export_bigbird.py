@@ -98,31 +98,33 @@ def exported(tmp_path_factory):
     }
 
 
-@pytest.mark.parametrize("dtype,atol", [("float32", 2e-5), ("float16", 2e-2)])
-def test_onnx_matches_hf_static_length(exported, hf, dtype, atol):
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_onnx_matches_hf_static_length(exported, hf, dtype):
+    """Two real lengths padded to the fixed S; fp16 within 2x HF's own fp16 drift."""
     sess = ort.InferenceSession(str(exported[dtype]), providers=["CPUExecutionProvider"])
     shape = sess.get_inputs()[0].shape
     assert shape[1] == S and isinstance(shape[0], str), shape
+    hf16 = bigbird.load_hf_model(seed=0, dtype="float16") if dtype == "float16" else None
+    names = ["last_hidden_state", "pooler_output"]
     for real_len in (100, S):
         inp = _inputs(real_len, seed=300 + real_len, batch=3)
-        names = ["last_hidden_state", "pooler_output"]
         got = dict(zip(names, sess.run(names, {k: v.numpy() for k, v in inp.items()}), strict=True))
         ref = _hf(hf, inp)
+        ref16 = _hf(hf16, inp) if hf16 is not None else ref
         assert got["last_hidden_state"].dtype == np.dtype(dtype)
-        assert_close(
-            got["last_hidden_state"].astype(np.float64),
-            ref.last_hidden_state.numpy(),
-            atol=atol,
-            rtol=atol,
-            name=f"ORT {dtype} real_len={real_len}",
-        )
-        assert_close(
-            got["pooler_output"].astype(np.float64),
-            ref.pooler_output.numpy(),
-            atol=atol,
-            rtol=atol,
-            name=f"ORT {dtype} pooler",
-        )
+        for name in names:
+            r32, r16 = getattr(ref, name).double(), getattr(ref16, name).double()
+            if hf16 is None:
+                atol, rtol = 2e-5, 2e-5
+            else:
+                atol, rtol = 2 * float((r16 - r32).abs().max()) + 1e-4, 0.0
+            assert_close(
+                got[name].astype(np.float64),
+                r32.numpy(),
+                atol=atol,
+                rtol=rtol,
+                name=f"ORT {dtype} {name} real_len={real_len}",
+            )
 
 
 def test_metadata_static_and_rebuild(exported):

@@ -82,20 +82,30 @@ def exported(tmp_path_factory):
     }
 
 
-@pytest.mark.parametrize("dtype,atol", [("float32", 2e-5), ("float16", 2e-2)])
-def test_onnx_matches_hf_two_lengths(exported, hf, dtype, atol):
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_onnx_matches_hf_two_lengths(exported, hf, dtype):
+    """One file, two lengths; fp16 vs the fp32 reference within 2x HF's own fp16 drift."""
     sess = ort.InferenceSession(str(exported[dtype]), providers=["CPUExecutionProvider"])
+    hf16 = longformer.load_hf_model(seed=0, dtype="float16") if dtype == "float16" else None
     for s in (45, 128):
         inp = _inputs(s, seed=200 + s, pad=7)
         (got,) = sess.run(["last_hidden_state"], {k: v.numpy() for k, v in inp.items()})
         assert got.dtype == np.dtype(dtype)
         ref = longformer.hf_reference(hf, inp["input_ids"], inp["attention_mask"], NUM_GLOBAL)
         real = inp["attention_mask"].bool().numpy()
+        if hf16 is None:
+            atol, rtol = 2e-5, 2e-5
+        else:
+            r16 = longformer.hf_reference(hf16, inp["input_ids"], inp["attention_mask"], NUM_GLOBAL)
+            atol, rtol = (
+                2 * float((r16.double() - ref.double()).abs().numpy()[real].max()) + 1e-4,
+                0.0,
+            )
         assert_close(
             got[real].astype(np.float64),
             ref.numpy()[real],
             atol=atol,
-            rtol=atol,
+            rtol=rtol,
             name=f"ORT {dtype} S={s}",
         )
 
