@@ -148,3 +148,22 @@ def test_dispatcher_under_torch_compile_is_one_op_node():
 
     got = torch.compile(f, backend="aot_eager", fullgraph=True)(q, k, v, mask)
     assert_close(got, 2 * reference_attention(q, k, v, lay, mask), name="compiled dispatcher")
+
+
+def test_dispatcher_under_torch_export_keeps_dynamic_seq_len():
+    """A module calling ``block_sparse_attention`` exports to one op node, S stays dynamic."""
+    import sparse_attn
+
+    lay = _layout()
+
+    class M(torch.nn.Module):
+        def forward(self, q, k, v):
+            return sparse_attn.block_sparse_attention(q, k, v, lay)
+
+    q, k, v, *_ = _args(lay, 40)
+    seq = torch.export.Dim("seq", min=1, max=lay.seq_len)
+    ep = torch.export.export(M(), (q, k, v), dynamic_shapes=({2: seq}, {2: seq}, {2: seq}))
+    assert OP in [n.target for n in ep.graph.nodes if n.op == "call_function"]
+    q2, k2, v2, *_ = _args(lay, 19, seed=7)
+    got = ep.module()(q2, k2, v2)
+    assert_close(got, reference_attention(q2, k2, v2, lay), name="exported dispatcher")
