@@ -5,24 +5,28 @@ formed. Algorithm (a "gather then dense" block-sparse scheme, in the spirit of t
 kernels of Child et al., "Generating Long Sequences with Sparse Transformers",
 arXiv 1904.10509, Sec. 5.5):
 
-1. Plan (once per layout, ``S`` and device, cached): for every (head, query block row) the
-   list of stored key blocks with index ``< ceil(S / bs)``; rows are bucketed by their
-   number of blocks ``n`` so that each bucket is one batched computation.
-2. Per bucket (processed in chunks of rows to bound memory): gather the query block
-   ``[B, G, bs, D]`` and the ``n`` key/value blocks ``[B, G, n*bs, D]``, compute scores in
-   float32 (float64 for float64 inputs), *select* ``-inf`` where the pair is masked
-   (partial-tile mask, key padding, key ``>= S``), softmax with an all-masked-row guard
-   (row -> 0), multiply by V, and scatter the rows to the output.
-3. NaN/Inf safety: scores are selected (``torch.where``), never biased, so a NaN key of a
-   masked pair cannot leak; V is multiplied with a zero-cleaned copy, and if V holds any
-   non-finite value the affected outputs (a visible pair with non-finite V) are recomputed
-   with an exact per-pair select, so ``0 * NaN`` never reaches a row that cannot see it.
+1. Plan (once per layout arrays, ``S`` and device, cached): for every (head, query block
+   row) the stored key blocks with index ``< ceil(S / bs)``; rows are bucketed by (number of
+   tiles ``n``, number of partial tiles ``npart``) so that each bucket is one batched
+   computation, and each row lists its partial tiles first (key order does not matter to
+   attention), so only the first ``npart * bs`` score columns ever need a tile mask.
+2. Per bucket, in chunks of rows (about 256K scores per intra-op thread, to bound memory and
+   stay near L2 size): gather the query block ``[B, g, bs, D]`` and the ``n`` key/value
+   blocks ``[B, g, n*bs, D]``, scores in float32 (float64 for float64 inputs; ``q`` is
+   scaled first, so float16 products beyond 65504 are fine), mask the hidden pairs
+   (partial-tile mask, key padding, keys ``>= S``), fused softmax, multiply by V, set rows
+   with no visible key to exactly 0, and scatter the rows to the output.
+3. NaN/Inf safety: the mask is an added 0/-inf bias only when every score is provably
+   finite (Q and K finite and ``max|q| * max|k| * D < 1e37``); otherwise hidden scores are
+   *selected* (``masked_fill``), so a NaN key of a hidden pair cannot leak. V is multiplied
+   in a zero-cleaned copy, and if V holds any non-finite value its contribution is added
+   back exactly at the visible pairs only, so ``0 * NaN`` never reaches a row that cannot
+   see it. With autograd, empty rows are neutralised before the softmax (no NaN gradient).
 
 For CPU tensors the compiled kernel ``sparse_attn.kernels.cpu_ext`` (a flash-style loop
 over each CSR row) is used when it is importable, ``cpu_ext.is_available()`` and it supports
 the inputs (float32/float16/bfloat16, no grad required; float64 and autograd inputs take the
-PyTorch path); set
-``SPARSE_ATTN_DISABLE_CPU_EXT=1`` to force the pure PyTorch path.
+PyTorch path); set ``SPARSE_ATTN_DISABLE_CPU_EXT=1`` to force the pure PyTorch path.
 """
 
 from __future__ import annotations
