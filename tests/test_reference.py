@@ -127,3 +127,22 @@ def test_reference_validates_inputs():
     with pytest.raises(InvalidInputError, match="S=17"):
         q2, k2, v2 = random_qkv(1, 1, 17, 4)
         reference_attention(q2, k2, v2, lay)
+
+
+def test_visible_nan_key_propagates_like_dense_attention():
+    """A NaN in a *visible* key is not hidden: the rows that see it are NaN, others finite."""
+    import torch
+
+    from sparse_attn.kernels import block_sparse_attention
+    from sparse_attn.layout import compile_layout
+
+    layout = compile_layout("band(w=2)", seq_len=8, block_size=16, num_heads=1)
+    q, k, v = (
+        torch.randn(1, 1, 8, 4, generator=torch.Generator().manual_seed(i)) for i in range(3)
+    )
+    k[0, 0, 3, 0] = float("nan")
+    for backend in ("reference", "torch"):
+        out = block_sparse_attention(q, k, v, layout, backend=backend)[0, 0, :, 0]
+        sees_nan = torch.tensor([abs(i - 3) <= 2 for i in range(8)])
+        assert torch.isnan(out[sees_nan]).all(), (backend, out)
+        assert torch.isfinite(out[~sees_nan]).all(), (backend, out)

@@ -132,6 +132,9 @@ def masked_attention(
         else:
             prod = p[..., None] * v[:, :, None, :, :]  # [B, H, c, S, Dv]
             num = torch.where(vis[..., None], prod, torch.zeros_like(prod)).sum(dim=-2)
-        safe = torch.where(denom > 0, denom, torch.ones_like(denom))
-        out[:, :, i0:i1, :] = torch.where(denom > 0, num / safe, torch.zeros_like(num))
+        # Rows with no visible key are exactly 0; a row that sees a NaN key stays NaN
+        # (test visibility, not denom > 0, which is False for NaN).
+        has_key = vis.any(dim=-1, keepdim=True)
+        safe = torch.where(has_key, denom, torch.ones_like(denom))
+        out[:, :, i0:i1, :] = torch.where(has_key, num / safe, torch.zeros_like(num))
     return out.to(query.dtype)
