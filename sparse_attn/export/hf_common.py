@@ -56,8 +56,8 @@ def check_positive_int(name: str, value: Any, *, minimum: int = 1, maximum: int 
         raise InvalidInputError(f"{name} must be an integer, got {value!r}")
     value = int(value)
     if value < minimum or (maximum is not None and value > maximum):
-        hi = "" if maximum is None else f"..{maximum}"
-        raise InvalidInputError(f"{name} must be in {minimum}{hi}, got {value}")
+        allowed = f">= {minimum}" if maximum is None else f"in {minimum}..{maximum}"
+        raise InvalidInputError(f"{name} must be {allowed}, got {value}")
     return value
 
 
