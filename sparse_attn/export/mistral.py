@@ -18,6 +18,10 @@ ONNX inputs: ``input_ids`` int64 ``[B, S]``, ``attention_mask`` int64 ``[B, S]``
 token; right padding; positions are ``0..S-1`` as in Hugging Face's default
 ``position_ids``). Outputs: ``logits`` ``[B, S, vocab]`` and ``last_hidden_state``
 ``[B, S, hidden]``. B and S dynamic.
+
+Sources: sliding-window attention, Jiang et al., "Mistral 7B" (arXiv 2310.06825), Sec. 2;
+rotary embeddings, Su et al., "RoFormer" (arXiv 2104.09864); grouped-query attention,
+Ainslie et al., "GQA" (arXiv 2305.13245).
 """
 
 from __future__ import annotations
