@@ -12,7 +12,9 @@ block 64, 2 threads, S in {4096, 8192, 16384}. Implementations timed:
 
 Timing: warm-up, then ``--repeats`` calls; the minimum is the headline number (the machine
 may be shared: the minimum is the least disturbed run), the median is reported too, with the
-load average before and after each cell. Writes JSON (``--out``) and prints a markdown table.
+load average before and after each cell. The process CPU time per call (all threads) is
+reported next to the wall time: on a machine shared with other jobs it is the steadier
+measure of the work done (ideal CPU time = dense SDPA CPU time x token density). Writes JSON (``--out``) and prints a markdown table.
 Never asserts timings. Expected duration on an idle 2-core machine: about 1.5 min (most of it
 dense SDPA at S = 16384 and FlexAttention's compiles); ``--quick`` (S = 4096 only): ~20 s.
 
@@ -220,12 +222,14 @@ def markdown(report: dict) -> str:
     lines = [
         "| S | cpu_ext min (median) ms | SDPA dense ms | FlexAttention ms | ideal ms | "
         "cpu_ext / ideal | flex / cpu_ext | cpu_ext GFLOP/s (stored tiles) | "
-        "targets: dense / flex / ideal | CPU-time ms: cpu_ext / dense / flex | load avg |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "targets: dense / flex / ideal | CPU-time ms: cpu_ext / dense / flex | "
+        "CPU-time cpu_ext / ideal | CPU-time flex / cpu_ext | load avg |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in report["results"]:
         ours = c["cpu_ext"]["min_ms"]
         flex = c.get("flex", {}).get("min_ms")
+        cpu_ours, cpu_flex = c["cpu_ext"]["min_cpu_ms"], c.get("flex", {}).get("min_cpu_ms")
         tgt = report["targets_ms_issue6"].get(str(c["seq_len"]))
         lines.append(
             f"| {c['seq_len']} | {_fmt(ours)} ({_fmt(c['cpu_ext']['median_ms'])}) | "
@@ -235,6 +239,8 @@ def markdown(report: dict) -> str:
             f"{' / '.join(_fmt(t, 0) for t in tgt) if tgt else 'n/a'} | "
             f"{_fmt(c['cpu_ext']['min_cpu_ms'])} / {_fmt(c['sdpa_dense']['min_cpu_ms'])} / "
             f"{_fmt(c.get('flex', {}).get('min_cpu_ms'))} | "
+            f"{_fmt(cpu_ours / (c['sdpa_dense']['min_cpu_ms'] * c['density_tokens']), 2)} | "
+            f"{_fmt(cpu_flex / cpu_ours if cpu_flex else None, 2)} | "
             f"{_fmt(c['cpu_ext']['loadavg_1min'][0])} |"
         )
     return "\n".join(lines)
