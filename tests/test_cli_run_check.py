@@ -218,3 +218,35 @@ def test_check_attention_model_against_dense_oracle(attention_model, capsys, tmp
                 for k, v in feeds.items()
             }
         )
+
+
+def test_check_text_family_without_tokenizer_uses_seeded_ids(tmp_path):
+    """Random-weight text families (no tokenizer) are checked on seeded random token ids."""
+    import json as _json
+    import subprocess as _sp
+    import sys as _sys
+
+    out = tmp_path / "mistral.onnx"
+    cmd = [_sys.executable, "-m", "sparse_attn.cli"]
+    exp = _sp.run(
+        [
+            *cmd,
+            "export",
+            "--model",
+            "mistral",
+            "--block-size",
+            "16",
+            "--max-seq-len",
+            "32",
+            "-o",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert exp.returncode == 0, exp.stderr
+    chk = _sp.run([*cmd, "check", str(out), "--json"], capture_output=True, text=True)
+    assert chk.returncode == 0, chk.stderr
+    report = _json.loads(chk.stdout)
+    assert report["passed"] is True and report["seed"] == 0 and report["num_texts"] is None
+    assert report["inputs"]["input_ids"] == [2, 29]

@@ -35,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
+from sparse_attn.runtime.text import find_tokenizer_file
+
 #: Real multi-sentence texts used by ``check`` and the demo for text models.
 CHECK_TEXTS = (
     "Sparse attention lets a transformer read long documents. Each token looks at its "
@@ -188,16 +190,19 @@ def compare_outputs(
 def check_inputs(rt, *, seed: int = 0, texts: Sequence[str] | None = None) -> dict:
     """Inputs ``check`` runs: tokenized texts for text models, seeded random tensors otherwise.
 
-    For non-text models every float input is ``N(0, 1)`` from ``numpy.random.default_rng(seed)``,
-    batch 2, sequence length ``max_seq_len`` for static models else ``max_seq_len - 3``
-    (a ragged length that exercises the crop); a padding-mask input marks the last quarter of
-    the second example as padding; integer inputs are drawn in ``[0, 2)``.
+    For non-text models, and text models without a known tokenizer (the random-weight
+    families bigbird, longformer, mistral), every float input is ``N(0, 1)`` from
+    ``numpy.random.default_rng(seed)``, batch 2, sequence length ``max_seq_len`` for static
+    models else ``max_seq_len - 3`` (a ragged length that exercises the crop); a padding-mask
+    input marks the last quarter of the second example as padding; ``input_ids`` are drawn in
+    ``[0, vocab_size)`` and other integer inputs in ``[0, 2)``.
 
     Args:
         rt: a :class:`~sparse_attn.runtime.Runtime`.
     """
-    if rt.is_text_model:
+    if rt.is_text_model and find_tokenizer_file(rt.info) is not None:
         return rt.encode(list(texts or CHECK_TEXTS))
+    vocab = getattr(rt.info, "vocab_size", None) or 2
     rng = np.random.default_rng(seed)
     max_len = rt.max_seq_len or 64
     s = max_len if rt.info.static_seq_len or max_len <= 4 else max_len - 3
@@ -221,7 +226,8 @@ def check_inputs(rt, *, seed: int = 0, texts: Sequence[str] | None = None) -> di
         elif dt == np.bool_:
             arr = np.ones(shape, dtype=bool)
         else:
-            arr = rng.integers(0, 2, size=shape).astype(dt)
+            high = vocab if spec.name == "input_ids" else 2
+            arr = rng.integers(0, high, size=shape).astype(dt)
         feeds[spec.name] = arr
     return feeds
 
@@ -257,6 +263,7 @@ def check_model(
     rt = runtime if runtime is not None else Runtime(path, backend=backend)
     ref = reference if reference is not None else Runtime(path, backend="torch")
     feeds = check_inputs(rt, seed=seed, texts=texts)
+    from_texts = rt.is_text_model and find_tokenizer_file(rt.info) is not None
     got = rt.run(feeds)
     exp = ref.run(feeds)
     tol = tolerance_for(rt.info.dtype)
@@ -268,8 +275,8 @@ def check_model(
         "backend": rt.backend,
         "reference": "torch",
         "dtype": rt.info.dtype or "float32",
-        "seed": seed if not rt.is_text_model else None,
-        "num_texts": len(next(iter(feeds.values()))) if rt.is_text_model else None,
+        "seed": None if from_texts else seed,
+        "num_texts": len(next(iter(feeds.values()))) if from_texts else None,
         "inputs": {k: list(v.shape) for k, v in feeds.items()},
         "outputs": per_output,
         "passed": bool(per_output) and all(v.get("passed") for v in per_output.values()),
