@@ -405,7 +405,9 @@ def _cell_line(c: dict) -> str:
     if c["status"] != "ok":
         return f"{head} n/a ({c['reason']})"
     mem = "?" if c.get("peak_mem_mib") is None else f"{c['peak_mem_mib']:.0f} MiB"
+    cpu = c.get("cpu_median_ms")
+    cpu_s = "" if cpu is None else f" cpu {cpu:.1f} ms"
     return (
         f"{head} {c['median_ms']:9.2f} ms [{c['min_ms']:.2f}-{c['max_ms']:.2f}] "
-        f"x{c['repeats']} peak {mem}"
+        f"x{c['repeats']}{cpu_s} peak {mem}"
     )
