@@ -9,6 +9,7 @@ directly as token predicates, and the layout is built from them with
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -356,3 +357,14 @@ def test_fake_impl_gives_output_shape():
         farrs = [mode.from_tensor(t) for t in arrs]
         out = torch.ops.sparse_attn_cpu.attention_arrays(fq, fk, fv, *farrs, None, 16, 0.3)
     assert tuple(out.shape) == (1, 1, 32, 5) and out.dtype == torch.float32
+
+
+def test_stale_build_lock_is_removed(tmp_path):
+    lock = tmp_path / "lock"
+    lock.write_text("")
+    cpu_ext._remove_stale_lock(tmp_path)
+    assert lock.exists(), "a fresh lock belongs to a running build and must stay"
+    old = cpu_ext.time.time() - cpu_ext._STALE_LOCK_S - 10
+    os.utime(lock, (old, old))
+    cpu_ext._remove_stale_lock(tmp_path)
+    assert not lock.exists()

@@ -98,6 +98,20 @@ def _ensure_ninja_on_path() -> None:
         os.environ["PATH"] = os.pathsep.join([bindir, *parts])
 
 
+#: A build lock older than this (seconds) was left by a killed build (a real one takes < 2 min).
+_STALE_LOCK_S = 600
+
+
+def _remove_stale_lock(bdir: Path) -> None:
+    # torch.utils.cpp_extension waits forever on the lock file of a build that was killed.
+    lock = bdir / "lock"
+    try:
+        if time.time() - lock.stat().st_mtime > _STALE_LOCK_S:
+            lock.unlink()
+    except OSError:
+        pass
+
+
 def _op_loaded() -> bool:
     try:
         return hasattr(torch.ops.sparse_attn_cpu, "attention_arrays")
@@ -133,6 +147,7 @@ def build(verbose: bool = False) -> Path:
 
             _ensure_ninja_on_path()
             bdir = build_directory()
+            _remove_stale_lock(bdir)
             cpp_extension.load(
                 name=_EXT_NAME,
                 sources=[str(s) for s in _SOURCES],
