@@ -21,7 +21,7 @@ from sparse_attn.layout import BlockLayout
 
 pytestmark = pytest.mark.skipif(
     not cpu_ext.is_available(),
-    reason=f"CPU extension cannot be built here: {cpu_ext.unavailable_reason()}",
+    reason=f"CPU extension unavailable: {cpu_ext.unavailable_reason()}",
 )
 
 
