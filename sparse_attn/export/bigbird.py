@@ -64,7 +64,7 @@ INPUT_NAMES = ("input_ids", "attention_mask")
 OUTPUT_NAMES = ("last_hidden_state", "pooler_output")
 
 CLI_OPTIONS = {
-    "seed": {"type": "int", "help": "seed of the random weights", "default": DEFAULT_SEED},
+    "seed": hf_common.seed_cli_option(DEFAULT_SEED),
     "hf_block_size": {
         "type": "int",
         "help": "BigBird's own block size (config.block_size)",
@@ -86,9 +86,7 @@ def make_config(config: dict | None = None):
     """
     from transformers import BigBirdConfig
 
-    d = dict(DEFAULT_CONFIG)
-    if config:
-        d.update({k: v for k, v in config.items() if k != "transformers_version"})
+    d = hf_common.merged_config(DEFAULT_CONFIG, config)
     if d.get("attention_type") != "block_sparse":
         raise InvalidInputError(
             f"bigbird family exports attention_type='block_sparse', got {d.get('attention_type')!r}"
@@ -160,11 +158,9 @@ def load_hf_model(config: dict | None = None, *, seed: int = DEFAULT_SEED, dtype
     """Hugging Face ``BigBirdModel`` (block_sparse) with seeded random weights, eval mode."""
     from transformers import BigBirdModel
 
-    cfg = make_config(config)
-    with hf_common.seeded_init(seed):
-        model = BigBirdModel(cfg, add_pooling_layer=True)
-    model.eval()
-    return model.to(hf_common.torch_dtype(dtype))
+    return hf_common.seeded_hf_model(
+        BigBirdModel, make_config(config), seed=seed, dtype=dtype, add_pooling_layer=True
+    )
 
 
 @functools.cache
@@ -198,9 +194,6 @@ def _module_class():
             self.num_heads = int(cfg.num_attention_heads)
             self.head_dim = int(cfg.hidden_size // cfg.num_attention_heads)
 
-        def _heads(self, x, b, s):
-            return x.view(b, s, self.num_heads, self.head_dim).transpose(1, 2)
-
         def _extend(self, x):
             if not self.dup_copies:
                 return x
@@ -217,18 +210,14 @@ def _module_class():
             else:
                 kpm_ext = kpm
             row_keep = kpm[:, None, :, None].to(hidden.dtype)
+            sizes = (b, s, self.num_heads, self.head_dim)
             for layer in self.hf.encoder.layer:
-                sa = layer.attention.self
-                q = self._heads(sa.query(hidden), b, s)
-                k = self._heads(sa.key(hidden), b, s)
-                v = self._heads(sa.value(hidden), b, s)
+                q, k, v = hf_common.encoder_qkv(layer, hidden, *sizes)
                 if extra:
                     q = torch.cat([q, q.new_zeros(b, self.num_heads, extra, self.head_dim)], 2)
                 ctx = self.attention(q, self._extend(k), self._extend(v), kpm_ext)[:, :, :s]
                 ctx = ctx * row_keep
-                ctx = ctx.transpose(1, 2).reshape(b, s, self.num_heads * self.head_dim)
-                attn_out = layer.attention.output(ctx, hidden)
-                hidden = layer.output(layer.intermediate(attn_out), attn_out)
+                hidden = hf_common.encoder_layer_output(layer, ctx, hidden, *sizes)
             pooled = self.hf.activation(self.hf.pooler(hidden[:, 0, :]))
             return {"last_hidden_state": hidden, "pooler_output": pooled}
 
@@ -296,16 +285,16 @@ def build_model(
 
 def model_config_for(pattern, *, block_size, max_seq_len, dtype, config, seed, causal) -> dict:
     """The JSON ``sparse_attn.model_config`` of a BigBird export."""
-    return {
-        "family": NAME,
-        "pattern": hf_common.pattern_for_config(pattern),
-        "block_size": int(block_size),
-        "max_seq_len": int(max_seq_len),
-        "dtype": dtype,
-        "config": dict(config or {}),
-        "seed": int(seed),
-        "causal": bool(causal),
-    }
+    return hf_common.family_model_config(
+        NAME,
+        pattern,
+        block_size=block_size,
+        max_seq_len=max_seq_len,
+        dtype=dtype,
+        config=config,
+        seed=seed,
+        causal=causal,
+    )
 
 
 def build_torch_model(model_config: dict):
@@ -314,20 +303,9 @@ def build_torch_model(model_config: dict):
     Raises:
         InvalidInputError: missing keys, or a layout that differs from the exported one.
     """
-    try:
-        model = build_model(
-            model_config["pattern"],
-            block_size=model_config["block_size"],
-            max_seq_len=model_config["max_seq_len"],
-            dtype=model_config.get("dtype", "float32"),
-            config=model_config.get("config"),
-            seed=model_config.get("seed", DEFAULT_SEED),
-            causal=bool(model_config.get("causal", False)),
-        )
-    except KeyError as exc:
-        raise InvalidInputError(f"bigbird model_config lacks {exc}; re-export the model") from exc
-    hf_common.check_rebuilt_layouts(model_config, [model.layout])
-    return model
+    return hf_common.rebuild_family_model(
+        NAME, build_model, model_config, config=None, seed=DEFAULT_SEED, causal=False
+    )
 
 
 def export_onnx(
@@ -393,7 +371,6 @@ def export_onnx(
         example_inputs=example,
         check_inputs=[example, check],
         output_names=OUTPUT_NAMES,
-        static_seq_len=True,
         model_config=model_config_for(
             pattern,
             block_size=block_size,
@@ -403,12 +380,9 @@ def export_onnx(
             seed=seed,
             causal=causal,
         ),
-        layouts=[model.layout],
-        pattern_spec=model.layout.spec,
         causal=causal,
         max_seq_len=max_seq_len,
         dtype=dtype,
-        num_heads=model.num_heads,
-        head_dim=model.head_dim,
+        static_seq_len=True,
         op_max_seq_len=model.layout.seq_len,
     )

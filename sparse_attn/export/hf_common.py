@@ -189,6 +189,36 @@ def seeded_init(seed: int):
     return _Ctx()
 
 
+def merged_config(defaults: Mapping[str, Any], config: Mapping[str, Any] | None) -> dict:
+    """``defaults`` updated with ``config``, without a saved config's ``transformers_version``.
+
+    The keyword arguments of a family's Hugging Face config class (``make_config``).
+    """
+    d = dict(defaults)
+    if config:
+        d.update({k: v for k, v in config.items() if k != "transformers_version"})
+    return d
+
+
+def seeded_hf_model(model_class, config, *, seed: int, dtype: str = "float32", **kwargs):
+    """``model_class(config, **kwargs)`` with seeded random weights, eval mode, in ``dtype``.
+
+    The weights are drawn inside :func:`seeded_init` (same weights for the same seed).
+
+    Raises:
+        InvalidInputError: a bad dtype name.
+    """
+    with seeded_init(seed):
+        model = model_class(config, **kwargs)
+    model.eval()
+    return model.to(torch_dtype(dtype))
+
+
+def seed_cli_option(default: int) -> dict:
+    """The ``--seed`` entry of a random-weight family's ``CLI_OPTIONS``."""
+    return {"type": "int", "help": "seed of the random weights", "default": default}
+
+
 def config_to_json(config) -> dict:
     """A Hugging Face ``PretrainedConfig`` as a JSON-safe dict (``to_diff_dict``-like)."""
     d = config.to_dict()
@@ -266,6 +296,70 @@ def check_rebuilt_layouts(model_config: dict, layouts) -> None:
         )
 
 
+def model_layouts(model) -> list:
+    """The layouts of a family model, one per layer where they differ (``layer_layouts``),
+    else the model's single ``layout`` in a list."""
+    per_layer = getattr(model, "layer_layouts", None)
+    return list(per_layer) if per_layer is not None else [model.layout]
+
+
+def pattern_summary(layouts) -> str:
+    """``sparse_attn.pattern`` of a model: the layouts' spec when they all share it, else
+    ``"layer 0: <spec>; layer 1: <spec>; ..."``."""
+    specs = [lay.spec for lay in layouts]
+    if len(set(specs)) == 1:
+        return specs[0]
+    return "; ".join(f"layer {i}: {sp}" for i, sp in enumerate(specs))
+
+
+def family_model_config(family: str, pattern, *, block_size, max_seq_len, dtype, **extra) -> dict:
+    """The JSON ``sparse_attn.model_config`` of a family export (read by
+    :func:`rebuild_family_model`): the common keys, then ``extra`` in the order given.
+
+    ``extra`` takes the family's own ``build_model`` arguments; ``config`` is stored as a
+    dict, ``seed`` and ``num_global`` as ints, ``causal`` as a bool.
+    """
+    convert = {"config": lambda c: dict(c or {}), "seed": int, "num_global": int, "causal": bool}
+    d = {
+        "family": family,
+        "pattern": pattern_for_config(pattern),
+        "block_size": int(block_size),
+        "max_seq_len": int(max_seq_len),
+        "dtype": dtype,
+    }
+    d.update({k: convert.get(k, lambda v: v)(v) for k, v in extra.items()})
+    return d
+
+
+def rebuild_family_model(family: str, build_model, model_config: dict, **defaults):
+    """Rebuild a family's eager model from its ``sparse_attn.model_config`` (``build_torch_model``).
+
+    Calls ``build_model(pattern, block_size=..., max_seq_len=..., dtype=..., **others)`` where
+    ``pattern``, ``block_size`` and ``max_seq_len`` must be in ``model_config``, ``dtype``
+    defaults to ``"float32"`` and each other argument is taken from ``model_config`` with the
+    default given in ``defaults`` (``causal`` as a bool). Then checks the rebuilt layouts
+    against the exported ones (:func:`check_rebuilt_layouts`).
+
+    Raises:
+        InvalidInputError: missing keys, or layouts that differ from the exported ones.
+    """
+    try:
+        others = {k: model_config.get(k, d) for k, d in defaults.items()}
+        if "causal" in others:
+            others["causal"] = bool(others["causal"])
+        model = build_model(
+            model_config["pattern"],
+            block_size=model_config["block_size"],
+            max_seq_len=model_config["max_seq_len"],
+            dtype=model_config.get("dtype", "float32"),
+            **others,
+        )
+    except KeyError as exc:
+        raise InvalidInputError(f"{family} model_config lacks {exc}; re-export the model") from exc
+    check_rebuilt_layouts(model_config, model_layouts(model))
+    return model
+
+
 def export_family(
     model,
     output_path,
@@ -274,31 +368,30 @@ def export_family(
     example_inputs: dict,
     check_inputs: Sequence[dict] | None,
     output_names: Sequence[str],
-    static_seq_len: bool,
     model_config: dict,
-    layouts,
-    pattern_spec: str,
     causal: bool,
     max_seq_len: int,
     dtype: str,
-    num_heads: int,
-    head_dim: int,
+    static_seq_len: bool | None = None,
     tolerance=None,
     op_max_seq_len: int | None = None,
 ) -> Path:
     """Run the export pipeline (:func:`sparse_attn.export.exporter.export_model`) for a family.
 
     Args:
-        model: module whose ``forward(**example_inputs)`` returns ``{output_name: tensor}``.
+        model: module whose ``forward(**example_inputs)`` returns ``{output_name: tensor}``;
+            it has ``num_heads``, ``head_dim`` and its layouts (:func:`model_layouts`), which
+            give the metadata's heads, head dim, ``sparse_attn.layout_hash`` and pattern
+            (:func:`pattern_summary`).
         output_path: ``.onnx`` file to write.
         family: ``sparse_attn.model`` metadata value.
         example_inputs: ordered ``{name: tensor}`` (the ONNX input order).
         check_inputs: list of input dicts for the ORT-vs-PyTorch check (default:
             ``[example_inputs]``).
         output_names: ONNX output names.
-        static_seq_len: True when S is fixed at ``max_seq_len`` (no ``seq_len`` dynamic axis).
         model_config: JSON-safe dict for ``build_torch_model`` (the layout hash is added).
-        layouts: the layouts in the model (for ``sparse_attn.layout_hash``).
+        static_seq_len: True when S is fixed at ``max_seq_len`` (no ``seq_len`` dynamic axis);
+            default: when a layout of the model ``requires_static_seq_len``.
         tolerance: ``(atol, rtol)`` of the ORT check; default the exporter's per-dtype
             tolerance for fp32 and :data:`FP16_MODEL_TOLERANCE` for fp16.
         op_max_seq_len: longest sequence the op itself sees when it exceeds the model's
@@ -306,7 +399,7 @@ def export_family(
             ``sparse_attn.max_seq_len`` into the function body as the op's length guard, so the
             export runs with the op's length and the metadata is set back to the model's
             input length afterwards.
-        pattern_spec, causal, max_seq_len, dtype, num_heads, head_dim: metadata
+        causal, max_seq_len, dtype: metadata
             (:func:`sparse_attn.export.metadata.build_metadata`).
 
     Returns:
@@ -315,7 +408,9 @@ def export_family(
     from sparse_attn.export import exporter
     from sparse_attn.export.metadata import build_metadata
 
-    layouts = list(layouts)
+    layouts = model_layouts(model)
+    if static_seq_len is None:
+        static_seq_len = any(lay.requires_static_seq_len for lay in layouts)
     if tolerance is None and dtype == "float16":
         tolerance = FP16_MODEL_TOLERANCE
     model_config = dict(model_config, layout_hash=layouts_hash(layouts))
@@ -328,11 +423,11 @@ def export_family(
         dtype=dtype,
         model_config=model_config,
         max_seq_len=guard_len,
-        num_heads=num_heads,
-        head_dim=head_dim,
-        pattern=pattern_spec,
+        num_heads=int(model.num_heads),
+        head_dim=int(model.head_dim),
+        pattern=pattern_summary(layouts),
         causal=causal,
-        static_seq_len=static_seq_len,
+        static_seq_len=bool(static_seq_len),
     )
     result = exporter.export_model(
         model,
@@ -372,3 +467,50 @@ def random_token_inputs(
     if batch > 1 and pad_last:
         mask[-1, seq_len - min(pad_last, seq_len - 1) :] = 0
     return {"input_ids": ids, "attention_mask": mask}
+
+
+def dynamic_length_inputs(max_seq_len: int, vocab_size: int):
+    """Trace and check inputs of a dynamic-S family export (:func:`random_token_inputs`).
+
+    Returns:
+        ``(example, check)``: the tracing batch (2 rows, ``S1 = max(2, min(max_seq_len, 24))``
+        tokens, seed 1, last row's final 3 positions padded) and a longer check batch (2 rows,
+        ``max(2, min(max_seq_len, 2 * S1 + 5))`` tokens, seed 2, 5 padded). With
+        ``max_seq_len = 1`` the tracing batch is already too long and the export refuses it.
+    """
+    s1 = max(2, min(max_seq_len, 24))
+    s2 = max(2, min(max_seq_len, 2 * s1 + 5))
+    example = random_token_inputs(2, s1, vocab_size, seed=1, pad_last=3)
+    check = random_token_inputs(2, s2, vocab_size, seed=2, pad_last=5)
+    return example, check
+
+
+def split_heads(x, b: int, s: int, num_heads: int, head_dim: int):
+    """``[B, S, num_heads * head_dim]`` -> ``[B, num_heads, S, head_dim]`` (the op's layout)."""
+    return x.view(b, s, num_heads, head_dim).transpose(1, 2)
+
+
+def merge_heads(ctx, b: int, s: int, num_heads: int, head_dim: int):
+    """``[B, num_heads, S, head_dim]`` -> ``[B, S, num_heads * head_dim]`` (undoes
+    :func:`split_heads`)."""
+    return ctx.transpose(1, 2).reshape(b, s, num_heads * head_dim)
+
+
+def encoder_qkv(layer, hidden, b: int, s: int, num_heads: int, head_dim: int):
+    """Query, key and value ``[B, H, S, D]`` of a BERT-style encoder layer (Hugging Face's
+    ``BertLayer``, ``BigBirdLayer``, ``LongformerLayer``: ``layer.attention.self.query``,
+    ``.key``, ``.value``) for ``hidden`` ``[B, S, hidden]``."""
+    sa = layer.attention.self
+    return tuple(
+        split_heads(proj(hidden), b, s, num_heads, head_dim)
+        for proj in (sa.query, sa.key, sa.value)
+    )
+
+
+def encoder_layer_output(layer, ctx, hidden, b: int, s: int, num_heads: int, head_dim: int):
+    """The rest of a BERT-style encoder layer after its attention core: heads merged, output
+    projection with residual and norm (``layer.attention.output``), then the feed-forward
+    block (``layer.intermediate``, ``layer.output``). Returns the layer's hidden states."""
+    ctx = merge_heads(ctx, b, s, num_heads, head_dim)
+    attn_out = layer.attention.output(ctx, hidden)
+    return layer.output(layer.intermediate(attn_out), attn_out)

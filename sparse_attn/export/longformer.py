@@ -64,7 +64,7 @@ CLI_OPTIONS = {
         "help": "number of leading tokens with global attention",
         "default": DEFAULT_NUM_GLOBAL,
     },
-    "seed": {"type": "int", "help": "seed of the random weights", "default": DEFAULT_SEED},
+    "seed": hf_common.seed_cli_option(DEFAULT_SEED),
 }
 
 
@@ -72,10 +72,7 @@ def make_config(config: dict | None = None):
     """``transformers.LongformerConfig`` from ``DEFAULT_CONFIG`` updated with ``config``."""
     from transformers import LongformerConfig
 
-    d = dict(DEFAULT_CONFIG)
-    if config:
-        d.update({k: v for k, v in config.items() if k != "transformers_version"})
-    cfg = LongformerConfig(**d)
+    cfg = LongformerConfig(**hf_common.merged_config(DEFAULT_CONFIG, config))
     windows = layer_windows(cfg)
     bad = [w for w in windows if w < 2 or w % 2]
     if bad:
@@ -105,11 +102,9 @@ def load_hf_model(config: dict | None = None, *, seed: int = DEFAULT_SEED, dtype
     """Hugging Face ``LongformerModel`` (no pooler) with seeded random weights, eval mode."""
     from transformers import LongformerModel
 
-    cfg = make_config(config)
-    with hf_common.seeded_init(seed):
-        model = LongformerModel(cfg, add_pooling_layer=False)
-    model.eval()
-    return model.to(hf_common.torch_dtype(dtype))
+    return hf_common.seeded_hf_model(
+        LongformerModel, make_config(config), seed=seed, dtype=dtype, add_pooling_layer=False
+    )
 
 
 @functools.cache
@@ -139,27 +134,23 @@ def _module_class():
             self.num_heads = int(cfg.num_attention_heads)
             self.head_dim = int(cfg.hidden_size // cfg.num_attention_heads)
 
-        def _heads(self, x, b, s):
-            return x.view(b, s, self.num_heads, self.head_dim).transpose(1, 2)
-
         def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict:
             b, s = input_ids.shape
             hidden = self.hf.embeddings(input_ids=input_ids)
             kpm = attention_mask != 0
             g = self.num_global
             scale = self.head_dim**-0.5
+            h, d = self.num_heads, self.head_dim
             for layer, attention in zip(self.hf.encoder.layer, self.attentions, strict=True):
-                sa = layer.attention.self
-                q = self._heads(sa.query(hidden), b, s)
-                k = self._heads(sa.key(hidden), b, s)
-                v = self._heads(sa.value(hidden), b, s)
+                q, k, v = hf_common.encoder_qkv(layer, hidden, b, s, h, d)
                 ctx = attention(q, k, v, kpm)
                 if g:
+                    sa = layer.attention.self
                     hg = hidden[:, :g]
                     gs = hg.shape[1]
-                    qg = self._heads(sa.query_global(hg), b, gs)
-                    kg = self._heads(sa.key_global(hidden), b, s)
-                    vg = self._heads(sa.value_global(hidden), b, s)
+                    qg = hf_common.split_heads(sa.query_global(hg), b, gs, h, d)
+                    kg = hf_common.split_heads(sa.key_global(hidden), b, s, h, d)
+                    vg = hf_common.split_heads(sa.value_global(hidden), b, s, h, d)
                     scores = torch.matmul(qg.float(), kg.float().transpose(-1, -2)) * scale
                     scores = scores.masked_fill(
                         ~kpm[:, None, None, :], torch.finfo(torch.float32).min
@@ -167,9 +158,7 @@ def _module_class():
                     probs = torch.softmax(scores, dim=-1)
                     out_g = torch.matmul(probs, vg.float()).to(ctx.dtype)
                     ctx = torch.cat([out_g, ctx[:, :, g:]], dim=2)
-                ctx = ctx.transpose(1, 2).reshape(b, s, self.num_heads * self.head_dim)
-                attn_out = layer.attention.output(ctx, hidden)
-                hidden = layer.output(layer.intermediate(attn_out), attn_out)
+                hidden = hf_common.encoder_layer_output(layer, ctx, hidden, b, s, h, d)
             return {"last_hidden_state": hidden}
 
     return SparseLongformer
@@ -252,17 +241,17 @@ def hf_reference(hf, input_ids, attention_mask, num_global: int = DEFAULT_NUM_GL
 
 def model_config_for(pattern, *, block_size, max_seq_len, dtype, config, seed, num_global, causal):
     """The JSON ``sparse_attn.model_config`` of a Longformer export."""
-    return {
-        "family": NAME,
-        "pattern": hf_common.pattern_for_config(pattern),
-        "block_size": int(block_size),
-        "max_seq_len": int(max_seq_len),
-        "dtype": dtype,
-        "config": dict(config or {}),
-        "seed": int(seed),
-        "num_global": int(num_global),
-        "causal": bool(causal),
-    }
+    return hf_common.family_model_config(
+        NAME,
+        pattern,
+        block_size=block_size,
+        max_seq_len=max_seq_len,
+        dtype=dtype,
+        config=config,
+        seed=seed,
+        num_global=num_global,
+        causal=causal,
+    )
 
 
 def build_torch_model(model_config: dict):
@@ -271,23 +260,15 @@ def build_torch_model(model_config: dict):
     Raises:
         InvalidInputError: missing keys, or layouts that differ from the exported ones.
     """
-    try:
-        model = build_model(
-            model_config["pattern"],
-            block_size=model_config["block_size"],
-            max_seq_len=model_config["max_seq_len"],
-            dtype=model_config.get("dtype", "float32"),
-            config=model_config.get("config"),
-            seed=model_config.get("seed", DEFAULT_SEED),
-            num_global=model_config.get("num_global", DEFAULT_NUM_GLOBAL),
-            causal=bool(model_config.get("causal", False)),
-        )
-    except KeyError as exc:
-        raise InvalidInputError(
-            f"longformer model_config lacks {exc}; re-export the model"
-        ) from exc
-    hf_common.check_rebuilt_layouts(model_config, model.layer_layouts)
-    return model
+    return hf_common.rebuild_family_model(
+        NAME,
+        build_model,
+        model_config,
+        config=None,
+        seed=DEFAULT_SEED,
+        num_global=DEFAULT_NUM_GLOBAL,
+        causal=False,
+    )
 
 
 def export_onnx(
@@ -335,16 +316,7 @@ def export_onnx(
         num_global=num_global,
         causal=causal,
     )
-    cfg = model.hf.config
-    s1 = max(2, min(max_seq_len, 24))
-    s2 = max(2, min(max_seq_len, 2 * s1 + 5))
-    example = hf_common.random_token_inputs(2, s1, cfg.vocab_size, seed=1, pad_last=3)
-    check = hf_common.random_token_inputs(2, s2, cfg.vocab_size, seed=2, pad_last=5)
-    specs = [lay.spec for lay in model.layer_layouts]
-    if len(set(specs)) == 1:
-        pattern_spec = specs[0]
-    else:
-        pattern_spec = "; ".join(f"layer {i}: {sp}" for i, sp in enumerate(specs))
+    example, check = hf_common.dynamic_length_inputs(max_seq_len, model.hf.config.vocab_size)
     return hf_common.export_family(
         model,
         path,
@@ -352,7 +324,6 @@ def export_onnx(
         example_inputs=example,
         check_inputs=[example, check],
         output_names=OUTPUT_NAMES,
-        static_seq_len=any(lay.requires_static_seq_len for lay in model.layouts),
         model_config=model_config_for(
             pattern,
             block_size=block_size,
@@ -363,11 +334,7 @@ def export_onnx(
             num_global=num_global,
             causal=causal,
         ),
-        layouts=model.layer_layouts,
-        pattern_spec=pattern_spec,
         causal=causal,
         max_seq_len=max_seq_len,
         dtype=dtype,
-        num_heads=model.num_heads,
-        head_dim=model.head_dim,
     )

@@ -250,15 +250,11 @@ def _module_class():
             b, s = input_ids.shape
             hidden = self.bert.embeddings(input_ids=input_ids, token_type_ids=None)
             kpm = attention_mask != 0
+            sizes = (b, s, self.num_heads, self.head_dim)
             for layer in self.bert.encoder.layer:
-                sa = layer.attention.self
-                q = sa.query(hidden).view(b, s, self.num_heads, self.head_dim).transpose(1, 2)
-                k = sa.key(hidden).view(b, s, self.num_heads, self.head_dim).transpose(1, 2)
-                v = sa.value(hidden).view(b, s, self.num_heads, self.head_dim).transpose(1, 2)
+                q, k, v = hf_common.encoder_qkv(layer, hidden, *sizes)
                 ctx = self.attention(q, k, v, kpm)
-                ctx = ctx.transpose(1, 2).reshape(b, s, self.num_heads * self.head_dim)
-                attn_out = layer.attention.output(ctx, hidden)
-                hidden = layer.output(layer.intermediate(attn_out), attn_out)
+                hidden = hf_common.encoder_layer_output(layer, ctx, hidden, *sizes)
             return {
                 "last_hidden_state": hidden,
                 "sentence_embedding": mean_pool_normalize(hidden, attention_mask),
@@ -333,14 +329,9 @@ def model_config_for(
     pattern, *, block_size: int, max_seq_len: int, dtype: str, causal: bool
 ) -> dict:
     """The JSON ``sparse_attn.model_config`` of a MiniLM export (see :func:`build_torch_model`)."""
-    return {
-        "family": NAME,
-        "pattern": hf_common.pattern_for_config(pattern),
-        "block_size": int(block_size),
-        "max_seq_len": int(max_seq_len),
-        "dtype": dtype,
-        "causal": bool(causal),
-    }
+    return hf_common.family_model_config(
+        NAME, pattern, block_size=block_size, max_seq_len=max_seq_len, dtype=dtype, causal=causal
+    )
 
 
 def build_torch_model(model_config: dict):
@@ -353,18 +344,7 @@ def build_torch_model(model_config: dict):
         InvalidInputError: a config missing keys, or whose pattern no longer compiles to the
             exported layout (hash check).
     """
-    try:
-        model = build_model(
-            model_config["pattern"],
-            block_size=model_config["block_size"],
-            max_seq_len=model_config["max_seq_len"],
-            dtype=model_config.get("dtype", "float32"),
-            causal=bool(model_config.get("causal", False)),
-        )
-    except KeyError as exc:
-        raise InvalidInputError(f"minilm model_config lacks {exc}; re-export the model") from exc
-    hf_common.check_rebuilt_layouts(model_config, [model.layout])
-    return model
+    return hf_common.rebuild_family_model(NAME, build_model, model_config, causal=False)
 
 
 def export_onnx(
@@ -412,7 +392,6 @@ def export_onnx(
     example = {k: torch.from_numpy(v) for k, v in tokenize(EXAMPLE_TEXTS, max_seq_len).items()}
     texts = list(check_texts) if check_texts else [EXAMPLE_TEXTS[1] + " " + EXAMPLE_TEXTS[0]]
     check = {k: torch.from_numpy(v) for k, v in tokenize(texts, max_seq_len).items()}
-    cfg = model.bert.config
     return hf_common.export_family(
         model,
         path,
@@ -420,15 +399,10 @@ def export_onnx(
         example_inputs=example,
         check_inputs=[example, check],
         output_names=OUTPUT_NAMES,
-        static_seq_len=bool(model.layout.requires_static_seq_len),
         model_config=model_config_for(
             pattern, block_size=block_size, max_seq_len=max_seq_len, dtype=dtype, causal=causal
         ),
-        layouts=[model.layout],
-        pattern_spec=model.layout.spec,
         causal=causal,
         max_seq_len=max_seq_len,
         dtype=dtype,
-        num_heads=int(cfg.num_attention_heads),
-        head_dim=int(cfg.hidden_size // cfg.num_attention_heads),
     )

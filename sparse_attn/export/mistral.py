@@ -57,7 +57,7 @@ CLI_OPTIONS = {
         "help": "Mistral sliding window (keys per query, the query included)",
         "default": DEFAULT_CONFIG["sliding_window"],
     },
-    "seed": {"type": "int", "help": "seed of the random weights", "default": DEFAULT_SEED},
+    "seed": hf_common.seed_cli_option(DEFAULT_SEED),
 }
 
 
@@ -84,9 +84,7 @@ def make_config(config: dict | None = None, *, sliding_window: int | None = None
     """
     from transformers import MistralConfig
 
-    d = dict(DEFAULT_CONFIG)
-    if config:
-        d.update({k: v for k, v in config.items() if k not in ("transformers_version",)})
+    d = hf_common.merged_config(DEFAULT_CONFIG, config)
     if sliding_window is not None:
         d["sliding_window"] = sliding_window
     cfg = MistralConfig(**d)
@@ -104,11 +102,9 @@ def load_hf_model(config: dict | None = None, *, seed: int = DEFAULT_SEED, dtype
     """
     from transformers import MistralForCausalLM
 
-    cfg = make_config(config)
-    with hf_common.seeded_init(seed):
-        model = MistralForCausalLM(cfg)
-    model.eval()
-    return model.to(hf_common.torch_dtype(dtype))
+    return hf_common.seeded_hf_model(
+        MistralForCausalLM, make_config(config), seed=seed, dtype=dtype
+    )
 
 
 @functools.cache
@@ -152,14 +148,14 @@ def _module_class():
                 residual = hidden
                 x = layer.input_layernorm(hidden)
                 at = layer.self_attn
-                q = at.q_proj(x).view(b, s, self.num_heads, self.head_dim).transpose(1, 2)
-                k = at.k_proj(x).view(b, s, self.num_kv_heads, self.head_dim).transpose(1, 2)
-                v = at.v_proj(x).view(b, s, self.num_kv_heads, self.head_dim).transpose(1, 2)
+                q = hf_common.split_heads(at.q_proj(x), b, s, self.num_heads, self.head_dim)
+                k = hf_common.split_heads(at.k_proj(x), b, s, self.num_kv_heads, self.head_dim)
+                v = hf_common.split_heads(at.v_proj(x), b, s, self.num_kv_heads, self.head_dim)
                 q, k = apply_rotary_pos_emb(q, k, cos, sin)
                 k = repeat_kv(k, groups)
                 v = repeat_kv(v, groups)
                 ctx = self.attention(q, k, v, kpm)
-                ctx = ctx.transpose(1, 2).reshape(b, s, self.num_heads * self.head_dim)
+                ctx = hf_common.merge_heads(ctx, b, s, self.num_heads, self.head_dim)
                 hidden = residual + at.o_proj(ctx)
                 residual = hidden
                 hidden = residual + layer.mlp(layer.post_attention_layernorm(hidden))
@@ -221,15 +217,15 @@ def build_model(
 
 def model_config_for(pattern, *, block_size, max_seq_len, dtype, config, seed) -> dict:
     """The JSON ``sparse_attn.model_config`` of a Mistral export (see :func:`build_torch_model`)."""
-    return {
-        "family": NAME,
-        "pattern": hf_common.pattern_for_config(pattern),
-        "block_size": int(block_size),
-        "max_seq_len": int(max_seq_len),
-        "dtype": dtype,
-        "config": dict(config or {}),
-        "seed": int(seed),
-    }
+    return hf_common.family_model_config(
+        NAME,
+        pattern,
+        block_size=block_size,
+        max_seq_len=max_seq_len,
+        dtype=dtype,
+        config=config,
+        seed=seed,
+    )
 
 
 def build_torch_model(model_config: dict):
@@ -238,19 +234,9 @@ def build_torch_model(model_config: dict):
     Raises:
         InvalidInputError: missing keys, or a layout that differs from the exported one.
     """
-    try:
-        model = build_model(
-            model_config["pattern"],
-            block_size=model_config["block_size"],
-            max_seq_len=model_config["max_seq_len"],
-            dtype=model_config.get("dtype", "float32"),
-            config=model_config.get("config"),
-            seed=model_config.get("seed", DEFAULT_SEED),
-        )
-    except KeyError as exc:
-        raise InvalidInputError(f"mistral model_config lacks {exc}; re-export the model") from exc
-    hf_common.check_rebuilt_layouts(model_config, [model.layout])
-    return model
+    return hf_common.rebuild_family_model(
+        NAME, build_model, model_config, config=None, seed=DEFAULT_SEED
+    )
 
 
 def export_onnx(
@@ -301,11 +287,7 @@ def export_onnx(
         config=config,
         seed=seed,
     )
-    cfg = model.hf.config
-    s1 = max(2, min(max_seq_len, 24))
-    s2 = max(1, min(max_seq_len, 2 * s1 + 5))
-    example = hf_common.random_token_inputs(2, s1, cfg.vocab_size, seed=1, pad_last=3)
-    check = hf_common.random_token_inputs(2, s2, cfg.vocab_size, seed=2, pad_last=5)
+    example, check = hf_common.dynamic_length_inputs(max_seq_len, model.hf.config.vocab_size)
     return hf_common.export_family(
         model,
         path,
@@ -313,7 +295,6 @@ def export_onnx(
         example_inputs=example,
         check_inputs=[example, check],
         output_names=OUTPUT_NAMES,
-        static_seq_len=bool(model.layout.requires_static_seq_len),
         model_config=model_config_for(
             pattern,
             block_size=block_size,
@@ -322,11 +303,7 @@ def export_onnx(
             config=config,
             seed=seed,
         ),
-        layouts=[model.layout],
-        pattern_spec=model.layout.spec,
         causal=True,
         max_seq_len=max_seq_len,
         dtype=dtype,
-        num_heads=model.num_heads,
-        head_dim=model.head_dim,
     )
