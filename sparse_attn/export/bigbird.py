@@ -190,9 +190,7 @@ def _module_class():
             self.seq_len = int(seq_len)
             self.dup_tokens = int(dup_tokens)
             self.dup_copies = int(dup_copies)
-            cfg = hf.config
-            self.num_heads = int(cfg.num_attention_heads)
-            self.head_dim = int(cfg.hidden_size // cfg.num_attention_heads)
+            self.num_heads, self.head_dim = hf_common.encoder_head_sizes(hf.config)
 
         def _extend(self, x):
             if not self.dup_copies:
@@ -352,8 +350,7 @@ def export_onnx(
         )
     hf_common.torch_dtype(dtype)
     path = hf_common.as_path(output_path)
-    model = build_model(
-        pattern,
+    build_args = dict(
         block_size=block_size,
         max_seq_len=max_seq_len,
         dtype=dtype,
@@ -361,6 +358,7 @@ def export_onnx(
         seed=seed,
         causal=causal,
     )
+    model = build_model(pattern, **build_args)
     cfg = model.hf.config
     example = hf_common.random_token_inputs(2, max_seq_len, cfg.vocab_size, seed=1, pad_last=40)
     check = hf_common.random_token_inputs(3, max_seq_len, cfg.vocab_size, seed=2, pad_last=90)
@@ -371,15 +369,7 @@ def export_onnx(
         example_inputs=example,
         check_inputs=[example, check],
         output_names=OUTPUT_NAMES,
-        model_config=model_config_for(
-            pattern,
-            block_size=block_size,
-            max_seq_len=max_seq_len,
-            dtype=dtype,
-            config=config,
-            seed=seed,
-            causal=causal,
-        ),
+        model_config=model_config_for(pattern, **build_args),
         causal=causal,
         max_seq_len=max_seq_len,
         dtype=dtype,

@@ -496,6 +496,12 @@ def merge_heads(ctx, b: int, s: int, num_heads: int, head_dim: int):
     return ctx.transpose(1, 2).reshape(b, s, num_heads * head_dim)
 
 
+def encoder_head_sizes(config) -> tuple[int, int]:
+    """``(num_heads, head_dim)`` of a BERT-style encoder config (``hidden_size`` split evenly
+    over ``num_attention_heads``)."""
+    return int(config.num_attention_heads), int(config.hidden_size // config.num_attention_heads)
+
+
 def encoder_qkv(layer, hidden, b: int, s: int, num_heads: int, head_dim: int):
     """Query, key and value ``[B, H, S, D]`` of a BERT-style encoder layer (Hugging Face's
     ``BertLayer``, ``BigBirdLayer``, ``LongformerLayer``: ``layer.attention.self.query``,

@@ -130,9 +130,7 @@ def _module_class():
             self.hf = hf
             self.attentions = nn.ModuleList(attentions)
             self.num_global = int(num_global)
-            cfg = hf.config
-            self.num_heads = int(cfg.num_attention_heads)
-            self.head_dim = int(cfg.hidden_size // cfg.num_attention_heads)
+            self.num_heads, self.head_dim = hf_common.encoder_head_sizes(hf.config)
 
         def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict:
             b, s = input_ids.shape
@@ -306,8 +304,7 @@ def export_onnx(
     max_seq_len = DEFAULT_MAX_SEQ_LEN if max_seq_len is None else max_seq_len
     hf_common.torch_dtype(dtype)
     path = hf_common.as_path(output_path)
-    model = build_model(
-        pattern,
+    build_args = dict(
         block_size=block_size,
         max_seq_len=max_seq_len,
         dtype=dtype,
@@ -316,6 +313,7 @@ def export_onnx(
         num_global=num_global,
         causal=causal,
     )
+    model = build_model(pattern, **build_args)
     example, check = hf_common.dynamic_length_inputs(max_seq_len, model.hf.config.vocab_size)
     return hf_common.export_family(
         model,
@@ -324,16 +322,7 @@ def export_onnx(
         example_inputs=example,
         check_inputs=[example, check],
         output_names=OUTPUT_NAMES,
-        model_config=model_config_for(
-            pattern,
-            block_size=block_size,
-            max_seq_len=max_seq_len,
-            dtype=dtype,
-            config=config,
-            seed=seed,
-            num_global=num_global,
-            causal=causal,
-        ),
+        model_config=model_config_for(pattern, **build_args),
         causal=causal,
         max_seq_len=max_seq_len,
         dtype=dtype,

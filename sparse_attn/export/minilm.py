@@ -242,9 +242,7 @@ def _module_class():
             self.bert = bert
             self.attention = attention
             self.max_seq_len = int(max_seq_len)
-            cfg = bert.config
-            self.num_heads = int(cfg.num_attention_heads)
-            self.head_dim = int(cfg.hidden_size // cfg.num_attention_heads)
+            self.num_heads, self.head_dim = hf_common.encoder_head_sizes(bert.config)
 
         def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict:
             b, s = input_ids.shape
@@ -386,9 +384,13 @@ def export_onnx(
     if pattern is None:
         pattern = DEFAULT_PATTERN
     path = hf_common.as_path(output_path)
-    model = build_model(
-        pattern, block_size=block_size, max_seq_len=max_seq_len, dtype=dtype, causal=causal
+    build_args = dict(
+        block_size=block_size,
+        max_seq_len=max_seq_len,
+        dtype=dtype,
+        causal=causal,
     )
+    model = build_model(pattern, **build_args)
     example = {k: torch.from_numpy(v) for k, v in tokenize(EXAMPLE_TEXTS, max_seq_len).items()}
     texts = list(check_texts) if check_texts else [EXAMPLE_TEXTS[1] + " " + EXAMPLE_TEXTS[0]]
     check = {k: torch.from_numpy(v) for k, v in tokenize(texts, max_seq_len).items()}
@@ -399,9 +401,7 @@ def export_onnx(
         example_inputs=example,
         check_inputs=[example, check],
         output_names=OUTPUT_NAMES,
-        model_config=model_config_for(
-            pattern, block_size=block_size, max_seq_len=max_seq_len, dtype=dtype, causal=causal
-        ),
+        model_config=model_config_for(pattern, **build_args),
         causal=causal,
         max_seq_len=max_seq_len,
         dtype=dtype,

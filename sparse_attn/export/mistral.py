@@ -279,14 +279,14 @@ def export_onnx(
         config["sliding_window"] = hf_common.check_positive_int("sliding_window", sliding_window)
     hf_common.torch_dtype(dtype)
     path = hf_common.as_path(output_path)
-    model = build_model(
-        pattern,
+    build_args = dict(
         block_size=block_size,
         max_seq_len=max_seq_len,
         dtype=dtype,
         config=config,
         seed=seed,
     )
+    model = build_model(pattern, **build_args)
     example, check = hf_common.dynamic_length_inputs(max_seq_len, model.hf.config.vocab_size)
     return hf_common.export_family(
         model,
@@ -295,14 +295,7 @@ def export_onnx(
         example_inputs=example,
         check_inputs=[example, check],
         output_names=OUTPUT_NAMES,
-        model_config=model_config_for(
-            pattern,
-            block_size=block_size,
-            max_seq_len=max_seq_len,
-            dtype=dtype,
-            config=config,
-            seed=seed,
-        ),
+        model_config=model_config_for(pattern, **build_args),
         causal=True,
         max_seq_len=max_seq_len,
         dtype=dtype,
