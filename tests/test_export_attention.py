@@ -220,6 +220,67 @@ def test_build_torch_model_dispatch_errors():
         build_torch_model({"sparse_attn.model": "attention", "sparse_attn.model_config": "{}"})
 
 
+@pytest.mark.parametrize("family", ["minilm", "bigbird", "longformer", "mistral"])
+def test_build_torch_model_hf_family_missing_keys(family):
+    """Each Hugging Face family names itself and the first missing key, before any work."""
+    cases = (({}, "pattern"), ({"pattern": None}, "block_size"))
+    cases += (({"pattern": None, "block_size": 16}, "max_seq_len"),)
+    for cfg, key in cases:
+        meta = {"sparse_attn.model": family, "sparse_attn.model_config": json.dumps(cfg)}
+        with pytest.raises(InvalidInputError, match=f"^{family} model_config lacks '{key}'; re-"):
+            build_torch_model(meta)
+
+
+def test_hf_family_model_configs():
+    """Key order, conversions and per-family keys of ``sparse_attn.model_config``."""
+    from sparse_attn.export import bigbird, longformer, minilm, mistral
+
+    common = {"block_size": 16, "max_seq_len": 64, "dtype": "float16"}
+    got = bigbird.model_config_for("band(w=1)", config=None, seed=3.0, causal=1, **common)
+    assert list(got.items()) == [
+        ("family", "bigbird"),
+        ("pattern", "band(w=1)"),
+        ("block_size", 16),
+        ("max_seq_len", 64),
+        ("dtype", "float16"),
+        ("config", {}),
+        ("seed", 3),
+        ("causal", True),
+    ]
+    assert type(got["seed"]) is int
+    got = longformer.model_config_for(
+        None, config={"a": 1}, seed=2, num_global=2.0, causal=0, **common
+    )
+    assert list(got)[5:] == ["config", "seed", "num_global", "causal"]
+    assert (got["config"], got["num_global"], got["causal"]) == ({"a": 1}, 2, False)
+    assert type(got["num_global"]) is int
+    got = mistral.model_config_for(None, config=None, seed=1, **common)
+    assert list(got)[5:] == ["config", "seed"] and got["family"] == "mistral"
+    got = minilm.model_config_for(["band(w=1)", "band(w=2)"], causal=1, **common)
+    assert list(got)[5:] == ["causal"] and got["causal"] is True
+    assert got["pattern"] == ["band(w=1)", "band(w=2)"]
+
+
+def test_hf_common_pattern_summary_and_dynamic_inputs():
+    from types import SimpleNamespace
+
+    from sparse_attn.export import hf_common
+
+    a = compile_layout("band(w=1)", seq_len=64, block_size=16, num_heads=2)
+    b = compile_layout("band(w=2)", seq_len=64, block_size=16, num_heads=2)
+    assert hf_common.pattern_summary([a, a]) == a.spec
+    assert hf_common.pattern_summary([a, b]) == f"layer 0: {a.spec}; layer 1: {b.spec}"
+    assert hf_common.model_layouts(SimpleNamespace(layout=a)) == [a]
+    assert hf_common.model_layouts(SimpleNamespace(layout=a, layer_layouts=(a, b))) == [a, b]
+    for max_s, (s1, s2) in {100: (24, 53), 30: (24, 30), 5: (5, 5), 2: (2, 2)}.items():
+        example, check = hf_common.dynamic_length_inputs(max_s, 50)
+        assert tuple(example["input_ids"].shape) == (2, s1)
+        assert tuple(check["input_ids"].shape) == (2, s2)
+        assert int(example["attention_mask"][1].sum()) == s1 - min(3, s1 - 1)
+        assert int(check["attention_mask"][1].sum()) == s2 - min(5, s2 - 1)
+        assert int(example["input_ids"].min()) >= 3 and int(check["input_ids"].max()) < 50
+
+
 def test_export_custom_per_head_layout_and_rebuild(tmp_path):
     from test_function_body import custom_layout
 
