@@ -246,7 +246,8 @@ def targets_table(result: dict) -> str:
     out += [
         "",
         "Same cells, CPU time per call / threads (ms): the cost with the cores to itself, a "
-        "lower bound of the idle wall time; use it when the load average was high\n",
+        "lower bound of the idle wall time (an implementation that keeps fewer threads busy "
+        "looks up to threads x too fast here); use it when the load average was high\n",
         "| S | " + " | ".join(names) + " |",
         "|---" * (len(cols) + 1) + "|",
     ]
