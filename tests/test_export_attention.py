@@ -318,3 +318,13 @@ def test_export_custom_per_head_layout_and_rebuild(tmp_path):
             num_heads=3,
             head_dim=4,
         )
+
+
+def test_dynamic_axes_for():
+    """One naming rule for the exported inputs' dynamic axes (attention and HF families)."""
+    got = exporter.dynamic_axes_for(("q", "k"), static_seq_len=False, seq_axis=2)
+    assert got == {"q": {0: "batch", 2: "seq_len"}, "k": {0: "batch", 2: "seq_len"}}
+    assert got["q"] is not got["k"]
+    assert exporter.dynamic_axes_for(["ids"], static_seq_len=True, seq_axis=1) == {
+        "ids": {0: "batch"}
+    }

@@ -256,10 +256,13 @@ def export_onnx(
         for i, s in enumerate(lengths)
     ]
     del args
-    axes = {"batch": 0} if static else {"batch": 0, "seq_len": 2}
-    dynamic_axes = {n: {a: d for d, a in axes.items()} for n in ("query", "key", "value")}
+    dynamic_axes = exporter.dynamic_axes_for(
+        ("query", "key", "value"), static_seq_len=static, seq_axis=2
+    )
     if key_padding_mask:
-        dynamic_axes["key_padding_mask"] = {0: "batch"} if static else {0: "batch", 1: "seq_len"}
+        dynamic_axes.update(
+            exporter.dynamic_axes_for(("key_padding_mask",), static_seq_len=static, seq_axis=1)
+        )
     meta = build_metadata(
         model=FAMILY,
         layout=layout,

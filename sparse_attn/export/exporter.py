@@ -62,6 +62,16 @@ class ExportResult:
     summary: str = ""
 
 
+def dynamic_axes_for(names, *, static_seq_len: bool, seq_axis: int) -> dict[str, dict[int, str]]:
+    """The ``dynamic_axes`` argument of :func:`export_model` for the inputs ``names``.
+
+    Axis 0 of each input is ``"batch"``; axis ``seq_axis`` is ``"seq_len"`` unless the
+    sequence length is static (a layout that ``requires_static_seq_len``).
+    """
+    axes = {0: "batch"} if static_seq_len else {0: "batch", seq_axis: "seq_len"}
+    return {name: dict(axes) for name in names}
+
+
 # ----------------------------------------------------------------------------- checks
 def check_custom_identities(model: onnx.ModelProto) -> None:
     """Refuse ops or functions that would shadow a standard ONNX op.

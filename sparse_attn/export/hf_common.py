@@ -414,8 +414,9 @@ def export_family(
     if tolerance is None and dtype == "float16":
         tolerance = FP16_MODEL_TOLERANCE
     model_config = dict(model_config, layout_hash=layouts_hash(layouts))
-    axes = {"batch": 0} if static_seq_len else {"batch": 0, "seq_len": 1}
-    dynamic_axes = {name: {ax: label for label, ax in axes.items()} for name in example_inputs}
+    dynamic_axes = exporter.dynamic_axes_for(
+        example_inputs, static_seq_len=static_seq_len, seq_axis=1
+    )
     guard_len = max(int(max_seq_len), int(op_max_seq_len or 0))
     metadata = build_metadata(
         model=family,
