@@ -72,26 +72,14 @@ def block_sparse_attention(
     Raises:
         InvalidInputError: on inconsistent shapes or arguments.
     """
+    tensors = (query, key, value, row_ptr, col_idx, mask_idx, masks, key_padding_mask)
     if query.device.type == "cuda":
         impl = _cuda_impl(query, value, block_size)
         if impl is not None:
-            return impl(
-                query,
-                key,
-                value,
-                row_ptr,
-                col_idx,
-                mask_idx,
-                masks,
-                key_padding_mask,
-                block_size,
-                scale,
-            )
+            return impl(*tensors, block_size, scale)
     from sparse_attn.kernels.torch_backend import attention_arrays
 
-    return attention_arrays(
-        query, key, value, row_ptr, col_idx, mask_idx, masks, key_padding_mask, block_size, scale
-    )
+    return attention_arrays(*tensors, block_size, scale)
 
 
 @block_sparse_attention.register_fake

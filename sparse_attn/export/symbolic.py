@@ -55,10 +55,9 @@ def sparse_attention(
     """
     if key_padding_mask is not None and key_padding_mask.dtype != torch.bool:
         key_padding_mask = key_padding_mask != 0
+    tensors = [query, key, value, row_ptr, col_idx, mask_idx, masks]
     if torch.onnx.is_in_onnx_export():
-        inputs = [query, key, value, row_ptr, col_idx, mask_idx, masks]
-        if key_padding_mask is not None:
-            inputs.append(key_padding_mask)
+        inputs = tensors if key_padding_mask is None else [*tensors, key_padding_mask]
         return torch.onnx.ops.symbolic(
             opspec.QUALIFIED_NAME,
             inputs,
@@ -73,14 +72,5 @@ def sparse_attention(
     import sparse_attn.ops  # noqa: F401  (registers torch.ops.sparse_attn.*)
 
     return torch.ops.sparse_attn.block_sparse_attention(
-        query,
-        key,
-        value,
-        row_ptr,
-        col_idx,
-        mask_idx,
-        masks,
-        key_padding_mask,
-        int(block_size),
-        float(scale),
+        *tensors, key_padding_mask, int(block_size), float(scale)
     )
