@@ -344,15 +344,15 @@ def rebuild_family_model(family: str, build_model, model_config: dict, **default
         InvalidInputError: missing keys, or layouts that differ from the exported ones.
     """
     try:
+        pattern, block_size, max_seq_len = (
+            model_config[k] for k in ("pattern", "block_size", "max_seq_len")
+        )
+        dtype = model_config.get("dtype", "float32")
         others = {k: model_config.get(k, d) for k, d in defaults.items()}
         if "causal" in others:
             others["causal"] = bool(others["causal"])
         model = build_model(
-            model_config["pattern"],
-            block_size=model_config["block_size"],
-            max_seq_len=model_config["max_seq_len"],
-            dtype=model_config.get("dtype", "float32"),
-            **others,
+            pattern, block_size=block_size, max_seq_len=max_seq_len, dtype=dtype, **others
         )
     except KeyError as exc:
         raise InvalidInputError(f"{family} model_config lacks {exc}; re-export the model") from exc
