@@ -28,10 +28,19 @@ __all__ = ["block_sparse_attention", "layout_tensors", "OP"]
 
 
 def _cuda_impl(query: torch.Tensor, value: torch.Tensor, block_size: int):
-    """The Triton kernel's array entry when it exists and takes these inputs, else None."""
-    if query.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+    """The Triton kernel's array entry when it exists and takes these inputs, else None.
+
+    Dtypes and head dims are the ones the ``triton`` backend declares
+    (:mod:`sparse_attn.kernels.triton_backend`).
+    """
+    from sparse_attn.kernels import triton_backend
+
+    if query.dtype not in triton_backend.SUPPORTED_DTYPES:
         return None
-    if not (query.shape[-1] <= 128 and value.shape[-1] <= 128):
+    if not (
+        query.shape[-1] <= triton_backend.MAX_HEAD_DIM
+        and value.shape[-1] <= triton_backend.MAX_HEAD_DIM
+    ):
         return None
     if not opspec.MIN_BLOCK_SIZE <= block_size <= opspec.MAX_BLOCK_SIZE:
         return None

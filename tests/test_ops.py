@@ -167,3 +167,20 @@ def test_dispatcher_under_torch_export_keeps_dynamic_seq_len():
     q2, k2, v2, *_ = _args(lay, 19, seed=7)
     got = ep.module()(q2, k2, v2)
     assert_close(got, reference_attention(q2, k2, v2, lay), name="exported dispatcher")
+
+
+def test_cuda_route_takes_what_the_triton_backend_declares():
+    from sparse_attn import ops
+    from sparse_attn.kernels import triton_backend
+
+    bs = opspec.MIN_BLOCK_SIZE
+    d = triton_backend.MAX_HEAD_DIM
+    for dtype in triton_backend.SUPPORTED_DTYPES:
+        q = torch.zeros(1, 1, 1, d, dtype=dtype)
+        assert ops._cuda_impl(q, q, bs) is not None
+    q64 = torch.zeros(1, 1, 1, d, dtype=torch.float64)
+    assert ops._cuda_impl(q64, q64, bs) is None
+    q = torch.zeros(1, 1, 1, d + 1)
+    assert ops._cuda_impl(q, q, bs) is None
+    assert ops._cuda_impl(q[..., :d], q, bs) is None
+    assert ops._cuda_impl(q[..., :d], q[..., :d], opspec.MAX_BLOCK_SIZE + 1) is None
