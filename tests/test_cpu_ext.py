@@ -312,6 +312,15 @@ def test_disable_env_forces_unavailable(monkeypatch):
     assert cpu_ext.is_available() is True
 
 
+@pytest.mark.parametrize("value,active", [("", True), ("0", True), ("1", False), ("yes", False)])
+def test_torch_backend_follows_the_disable_env(monkeypatch, value, active):
+    from sparse_attn.kernels import torch_backend
+
+    assert torch_backend.DISABLE_CPU_EXT_ENV == cpu_ext.DISABLE_ENV
+    monkeypatch.setenv(cpu_ext.DISABLE_ENV, value)
+    assert torch_backend.cpu_ext_active() is active
+
+
 def test_not_supported_reasons():
     q = rand(1, 1, 8, 4)
     assert cpu_ext.not_supported_reasons(q, q, q) == []

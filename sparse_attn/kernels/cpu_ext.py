@@ -59,7 +59,7 @@ _state: dict[str, object] = {}
 
 
 def _disabled() -> bool:
-    # Same rule as the torch backend: any value other than "" or "0" disables.
+    # Any value other than "" or "0" disables (the torch backend relies on this rule).
     return os.environ.get(DISABLE_ENV, "") not in ("", "0")
 
 

@@ -34,7 +34,6 @@ from __future__ import annotations
 import hashlib
 import importlib
 import math
-import os
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -46,7 +45,8 @@ from sparse_attn.kernels._validate import validate_arrays
 NAME = "torch"
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-#: Environment variable that disables the compiled CPU kernel.
+#: Environment variable that disables the compiled CPU kernel (``cpu_ext.DISABLE_ENV``; the
+#: rule, any value but "" or "0", is ``cpu_ext.is_available``'s).
 DISABLE_CPU_EXT_ENV = "SPARSE_ATTN_DISABLE_CPU_EXT"
 #: Score elements ``B * rows * bs * n*bs`` processed at once *per intra-op thread*: bounds the
 #: working memory and keeps each thread's share near L2 size (1<<18 floats = 1 MiB; 2x
@@ -116,9 +116,10 @@ def layout_arrays(layout, device: torch.device | str = "cpu") -> dict[str, torch
 
 # ---------------------------------------------------------------------------- compiled path
 def _cpu_ext():
-    """The compiled CPU kernel module if present and usable, else None (never raises)."""
-    if os.environ.get(DISABLE_CPU_EXT_ENV, "") not in ("", "0"):
-        return None
+    """The compiled CPU kernel module if present and usable, else None (never raises).
+
+    Usable = ``cpu_ext.is_available()``, which also applies the ``DISABLE_CPU_EXT_ENV`` rule.
+    """
     try:
         mod = importlib.import_module("sparse_attn.kernels.cpu_ext")
     except Exception:  # noqa: BLE001 - the module is optional; any import failure = absent
