@@ -171,3 +171,16 @@ def test_lazy_top_level_names():
 def test_parameter_too_large():
     with pytest.raises(PatternSyntaxError, match="too large"):
         parse_pattern("band(w=99999999999999999999)")
+
+
+def test_unknown_parameter_names_the_atom_or_preset_and_the_known_ones():
+    with pytest.raises(
+        PatternSyntaxError, match=r"unknown parameter 'x' for band\(\); known parameters: w$"
+    ):
+        Band(w=3, x=1)
+    with pytest.raises(
+        PatternSyntaxError,
+        match=r"unknown parameter 'x' for preset longformer; known parameters: window, n$",
+    ) as ei:
+        PRESETS["longformer"](x=1)
+    assert ei.value.param == "x"

@@ -94,14 +94,7 @@ class Atom:
     # ------------------------------------------------------------------ construction
     @classmethod
     def _validate(cls, values: dict) -> dict:
-        known = {p.name: p for p in cls.params}
-        for k in values:
-            if k not in known:
-                raise param_error(
-                    f"unknown parameter {k!r} for {cls.name}(); "
-                    f"known parameters: {', '.join(known) or 'none'}",
-                    k,
-                )
+        _known_params(cls.params, values, f"{cls.name}()")
         out = {}
         for p in cls.params:
             if p.name not in values or values[p.name] is None:
@@ -174,6 +167,21 @@ class Atom:
     def tile_keys(self, r: np.ndarray, c: np.ndarray, ctx: Context) -> np.ndarray:
         """``int64 [P, m]`` keys of tiles ``(r[p], c[p])``: equal keys => equal tile masks."""
         raise NotImplementedError
+
+
+def _known_params(params: tuple[Param, ...], values, owner: str) -> dict[str, Param]:
+    """``{name: Param}`` of ``params``; raises :func:`param_error` for a key of ``values``
+    that is not among them (``owner``, e.g. ``"band()"`` or ``"preset bigbird"``, names the
+    atom or preset in the message)."""
+    known = {p.name: p for p in params}
+    for k in values:
+        if k not in known:
+            raise param_error(
+                f"unknown parameter {k!r} for {owner}; "
+                f"known parameters: {', '.join(known) or 'none'}",
+                k,
+            )
+    return known
 
 
 def _check_value(atom: str, p: Param, v):

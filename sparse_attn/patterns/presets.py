@@ -24,6 +24,7 @@ from sparse_attn.patterns.atoms import (
     Summary,
     VerticalStride,
     _check_value,
+    _known_params,
     param_error,
 )
 from sparse_attn.patterns.pattern import Pattern
@@ -135,14 +136,7 @@ class Preset:
 
     def __call__(self, **values) -> Pattern:
         """Validate the overrides and expand. Raises PatternSyntaxError on a bad parameter."""
-        known = {p.name: p for p in self.params}
-        for k in values:
-            if k not in known:
-                raise param_error(
-                    f"unknown parameter {k!r} for preset {self.name}; "
-                    f"known parameters: {', '.join(known)}",
-                    k,
-                )
+        known = _known_params(self.params, values, f"preset {self.name}")
         checked = {k: _check_value(self.name, known[k], v) for k, v in values.items()}
         pat = self.build(**checked)
         label = self.name + (
