@@ -269,13 +269,20 @@ class BlockLayout:
         return dict(st)
 
     def layout_hash(self) -> str:
-        """SHA-256 (hex) over the layout arrays and sizes: identifies a layout in metadata."""
+        """SHA-256 (hex) over the layout arrays and sizes: identifies a layout in metadata.
+
+        Computed once per layout (cached, like :meth:`stats`): exports, their metadata and
+        :meth:`equals` ask for it repeatedly.
+        """
+        if "layout_hash" in self._cache:
+            return self._cache["layout_hash"]
         hsh = hashlib.sha256()
         hsh.update(json.dumps([self.seq_len, self.block_size]).encode())
         for a in (self.row_ptr, self.col_idx, self.mask_idx, self.masks):
             hsh.update(str(a.dtype).encode() + str(a.shape).encode())
             hsh.update(np.ascontiguousarray(a).tobytes())
-        return hsh.hexdigest()
+        self._cache["layout_hash"] = hsh.hexdigest()
+        return self._cache["layout_hash"]
 
     def equals(self, other: BlockLayout) -> bool:
         """Exact equality of sizes and arrays (not of ``spec``)."""

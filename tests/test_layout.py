@@ -406,3 +406,16 @@ def test_random_compositions_match_dense_evaluation():
         if not p.requires_static_seq_len:
             s2 = rng.randint(1, s)
             assert lay.crop(s2).equals(compile_layout(spec, s2, bs, num_heads=heads)), (spec, s2)
+
+
+def test_layout_hash_is_stable_and_tells_layouts_apart():
+    a = compile_layout("band(w=5) | global(n=2)", 100, 16, num_heads=2)
+    b = compile_layout("band(w=5) | global(n=2)", 100, 16, num_heads=2)
+    c = compile_layout("band(w=6) | global(n=2)", 100, 16, num_heads=2)
+    first = a.layout_hash()
+    assert len(first) == 64 and a.layout_hash() == first == b.layout_hash()
+    assert c.layout_hash() != first
+    assert a.equals(b) and not a.equals(c)
+    # the top-left crop is another layout, with its own hash
+    assert a.crop(90).layout_hash() != first
+    assert a.crop(90).layout_hash() == b.crop(90).layout_hash()
