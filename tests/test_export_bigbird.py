@@ -134,6 +134,19 @@ def test_metadata_static_and_rebuild(exported):
     meta = read_metadata(exported["float32"])
     assert meta["sparse_attn.static_seq_len"] == "true"
     assert meta["sparse_attn.max_seq_len"] == str(S)
+    # the ops see S plus the appended key copies: that is each node's own length guard
+    import onnx
+
+    from sparse_attn import opspec
+    from sparse_attn.export.symbolic import NODE_MAX_SEQ_LEN_KEY
+
+    nodes = [
+        n for n in onnx.load(str(exported["float32"])).graph.node if n.op_type == opspec.OP_TYPE
+    ]
+    assert nodes
+    for n in nodes:
+        guard = {p.key: p.value for p in n.metadata_props}[NODE_MAX_SEQ_LEN_KEY]
+        assert guard == str(S + R * HB)
     rebuilt = build_torch_model(meta)
     inp = _inputs(77, seed=12)
     sess = ort.InferenceSession(str(exported["float32"]), providers=["CPUExecutionProvider"])

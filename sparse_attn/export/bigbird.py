@@ -374,5 +374,4 @@ def export_onnx(
         max_seq_len=max_seq_len,
         dtype=dtype,
         static_seq_len=True,
-        op_max_seq_len=model.layout.seq_len,
     )

@@ -374,7 +374,6 @@ def export_family(
     dtype: str,
     static_seq_len: bool | None = None,
     tolerance=None,
-    op_max_seq_len: int | None = None,
 ) -> Path:
     """Run the export pipeline (:func:`sparse_attn.export.exporter.export_model`) for a family.
 
@@ -394,13 +393,11 @@ def export_family(
             default: when a layout of the model ``requires_static_seq_len``.
         tolerance: ``(atol, rtol)`` of the ORT check; default the exporter's per-dtype
             tolerance for fp32 and :data:`FP16_MODEL_TOLERANCE` for fp16.
-        op_max_seq_len: longest sequence the op itself sees when it exceeds the model's
-            ``max_seq_len`` (BigBird appends key copies). The exporter bakes the model-level
-            ``sparse_attn.max_seq_len`` into the function body as the op's length guard, so the
-            export runs with the op's length and the metadata is set back to the model's
-            input length afterwards.
         causal, max_seq_len, dtype: metadata
-            (:func:`sparse_attn.export.metadata.build_metadata`).
+            (:func:`sparse_attn.export.metadata.build_metadata`). ``max_seq_len`` is the
+            model's input length; each op's length guard in the function body is its own
+            layout length (node metadata, :func:`sparse_attn.export.exporter.attach_functions`),
+            which may be longer (BigBird appends key copies).
 
     Returns:
         The written path.
@@ -417,13 +414,12 @@ def export_family(
     dynamic_axes = exporter.dynamic_axes_for(
         example_inputs, static_seq_len=static_seq_len, seq_axis=1
     )
-    guard_len = max(int(max_seq_len), int(op_max_seq_len or 0))
     metadata = build_metadata(
         model=family,
         layout=layouts,
         dtype=dtype,
         model_config=model_config,
-        max_seq_len=guard_len,
+        max_seq_len=max_seq_len,
         num_heads=int(model.num_heads),
         head_dim=int(model.head_dim),
         pattern=pattern_summary(layouts),
@@ -440,16 +436,7 @@ def export_family(
         check_inputs=check_inputs,
         tolerance=tolerance,
     )
-    written = Path(getattr(result, "path", output_path))
-    if guard_len != int(max_seq_len):
-        import onnx
-
-        from sparse_attn.export.metadata import set_metadata
-
-        proto = onnx.load(str(written))
-        set_metadata(proto, {"sparse_attn.max_seq_len": str(int(max_seq_len))})
-        onnx.save(proto, str(written))
-    return written
+    return Path(getattr(result, "path", output_path))
 
 
 def random_token_inputs(
