@@ -236,3 +236,27 @@ def test_gpu_check_self_test_on_cpu(tmp_path):
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     assert len(report["correctness"]) == 3 and all(r["passed"] for r in report["correctness"])
     assert report["timings"][0]["triton_ms"] > 0
+
+
+def test_onnxruntime_engine_restores_metadata_the_optimiser_lost(tmp_path, monkeypatch):
+    src = _model(tmp_path / "m.onnx")
+    src_props = [(p.key, p.value) for p in onnx.load_model(str(src)).metadata_props]
+    real = ort.InferenceSession
+
+    def lossy(path, sess_options=None, **kwargs):
+        sess = real(path, sess_options=sess_options, **kwargs)
+        opt = sess_options.optimized_model_filepath
+        m = onnx.load_model(opt)
+        props = {p.key: p for p in m.metadata_props}
+        props[src_props[0][0]].value = "stale"
+        m.metadata_props.remove(props[src_props[-1][0]])
+        onnx.save_model(m, opt)
+        return sess
+
+    monkeypatch.setattr(ort, "InferenceSession", lossy)
+    out = tmp_path / "m.opt.onnx"
+    info = build_engine(src, out, backend="onnxruntime")
+    assert info["metadata_readded"] == sorted([src_props[0][0], src_props[-1][0]])
+    got = [(p.key, p.value) for p in onnx.load_model(str(out)).metadata_props]
+    assert dict(got) == dict(src_props) and len(got) == len(src_props)
+    assert got[-1][0] == src_props[-1][0]  # the lost key is appended

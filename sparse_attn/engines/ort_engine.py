@@ -56,8 +56,9 @@ def build(
         ) from exc
     import onnx
 
-    src_model = onnx.load_model(str(onnx_path), load_external_data=False)
-    src_meta = {p.key: p.value for p in src_model.metadata_props}
+    from sparse_attn.export.metadata import read_metadata, set_metadata
+
+    src_meta = read_metadata(onnx_path)
 
     so = ort.SessionOptions()
     so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPT_LEVELS[opt_level])
@@ -68,16 +69,12 @@ def build(
     del sess
 
     written = onnx.load_model(str(output), load_external_data=False)
-    have = {p.key: p.value for p in written.metadata_props}
+    have = read_metadata(written)
     readded = sorted(k for k, v in src_meta.items() if have.get(k) != v)
     if readded:
-        merged = {**have, **src_meta}
-        del written.metadata_props[:]
-        for k, v in merged.items():
-            entry = written.metadata_props.add()
-            entry.key, entry.value = k, v
+        set_metadata(written, src_meta)
         onnx.save_model(written, str(output))
-    check = {p.key: p.value for p in onnx.load_model(str(output)).metadata_props}
+    check = read_metadata(onnx.load_model(str(output)))
     missing = [k for k, v in src_meta.items() if check.get(k) != v]
     if missing:  # pragma: no cover - would be an onnx bug
         raise RuntimeError(f"metadata keys {missing} did not survive in {output}")
