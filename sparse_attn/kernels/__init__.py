@@ -135,18 +135,8 @@ def block_sparse_attention(
 
 
 def _via_custom_op(query, key, value, layout, key_padding_mask, scale: float) -> torch.Tensor:
-    from sparse_attn.kernels.torch_backend import layout_arrays
+    from sparse_attn.kernels.torch_backend import call_with_layout
 
-    t = layout_arrays(layout, query.device)
-    return ops.block_sparse_attention(
-        query,
-        key,
-        value,
-        t["row_ptr"],
-        t["col_idx"],
-        t["mask_idx"],
-        t["masks"],
-        key_padding_mask,
-        layout.block_size,
-        scale,
+    return call_with_layout(
+        ops.block_sparse_attention, query, key, value, layout, key_padding_mask, scale
     )

@@ -67,15 +67,25 @@ def not_supported_reasons(query, key, value, layout, key_padding_mask) -> list[s
 
 def attention(query, key, value, layout, key_padding_mask, scale: float) -> torch.Tensor:
     """Backend entry (inputs validated by the dispatcher). See :func:`attention_arrays`."""
-    arrays = layout_arrays(layout, query.device)
-    return attention_arrays(
+    return call_with_layout(attention_arrays, query, key, value, layout, key_padding_mask, scale)
+
+
+def call_with_layout(entry, query, key, value, layout, key_padding_mask, scale: float):
+    """``entry(query, key, value, row_ptr, col_idx, mask_idx, masks, key_padding_mask,
+    block_size, scale)`` with ``layout``'s tensors on the query's device (:func:`layout_arrays`).
+
+    ``entry`` is an array-level entry with the op's signature: this backend's or the Triton
+    kernel's ``attention_arrays``, or the custom op itself. Returns what ``entry`` returns.
+    """
+    t = layout_arrays(layout, query.device)
+    return entry(
         query,
         key,
         value,
-        arrays["row_ptr"],
-        arrays["col_idx"],
-        arrays["mask_idx"],
-        arrays["masks"],
+        t["row_ptr"],
+        t["col_idx"],
+        t["mask_idx"],
+        t["masks"],
         key_padding_mask,
         layout.block_size,
         scale,

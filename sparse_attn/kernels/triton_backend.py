@@ -96,19 +96,9 @@ def attention(query, key, value, layout, key_padding_mask, scale: float) -> torc
     Returns:
         ``[B, H, S, Dv]`` in ``query``'s dtype (softmax and accumulation in fp32).
     """
-    from sparse_attn.kernels.torch_backend import layout_arrays
+    from sparse_attn.kernels.torch_backend import call_with_layout
     from sparse_attn.kernels.triton_kernel import attention_arrays
 
-    arrays = layout_arrays(layout, query.device)
-    return attention_arrays(
-        query,
-        key,
-        value,
-        arrays["row_ptr"],
-        arrays["col_idx"],
-        arrays["mask_idx"],
-        arrays["masks"],
-        key_padding_mask,
-        layout.block_size,
-        float(scale),
+    return call_with_layout(
+        attention_arrays, query, key, value, layout, key_padding_mask, float(scale)
     )
