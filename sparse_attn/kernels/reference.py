@@ -40,9 +40,16 @@ def not_supported_reasons(query, key, value, layout, key_padding_mask) -> list[s
 
 def attention(query, key, value, layout, key_padding_mask, scale: float) -> torch.Tensor:
     """Backend entry (inputs validated by the dispatcher): float64 dense masked attention."""
+    return _layout_attention(query, key, value, layout, key_padding_mask, scale, torch.float64)
+
+
+def _layout_attention(query, key, value, layout, key_padding_mask, scale, compute_dtype):
+    """:func:`masked_attention` over ``layout.token_mask(S)`` (inputs already validated)."""
     s = query.shape[2]
     token_mask = torch.from_numpy(np.ascontiguousarray(layout.token_mask(s))).to(query.device)
-    return masked_attention(query, key, value, token_mask, key_padding_mask, scale)
+    return masked_attention(
+        query, key, value, token_mask, key_padding_mask, scale, compute_dtype=compute_dtype
+    )
 
 
 def reference_attention(
@@ -71,11 +78,7 @@ def reference_attention(
         InvalidInputError: on inconsistent shapes, dtypes, devices or a bad scale.
     """
     scale = validate_inputs(query, key, value, layout, key_padding_mask, scale)
-    s = query.shape[2]
-    token_mask = torch.from_numpy(np.ascontiguousarray(layout.token_mask(s))).to(query.device)
-    return masked_attention(
-        query, key, value, token_mask, key_padding_mask, scale, compute_dtype=compute_dtype
-    )
+    return _layout_attention(query, key, value, layout, key_padding_mask, scale, compute_dtype)
 
 
 def masked_attention(
