@@ -85,6 +85,10 @@ def block_sparse_attention(
     if query.device.type == "cuda":
         impl = _cuda_impl(query, value, block_size)
         if impl is not None:
+            # The torch path validates inside attention_arrays; the Triton launcher does not.
+            from sparse_attn.kernels._validate import validate_arrays
+
+            validate_arrays(*tensors, block_size, scale)
             return impl(*tensors, block_size, scale)
     from sparse_attn.kernels.torch_backend import attention_arrays
 
