@@ -529,3 +529,36 @@ def test_tensorrt_engine_detected_by_sidecar(tmp_path, text_model):
     ref = Runtime(engine, backend="torch").run(_ids(1, 4))
     exp = Runtime(text_model).run(_ids(1, 4))
     _assert_close(ref["sentence_embedding"], exp["sentence_embedding"], atol=1e-5)
+
+
+def test_onnxruntime_session_options_are_applied(tmp_path):
+    """intra_op_threads / allow_spinning reach the ONNX Runtime session options."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from sparse_attn.runtime.onnxruntime_backend import OnnxRuntimeBackend
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
+    path = tmp_path / "id.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    seen = {}
+    import onnxruntime as ort
+
+    real = ort.InferenceSession
+
+    def spy(p, opts, providers=None):
+        seen["threads"] = opts.intra_op_num_threads
+        seen["spin"] = opts.get_session_config_entry("session.intra_op.allow_spinning")
+        return real(p, opts, providers=providers)
+
+    ort.InferenceSession = spy
+    try:
+        OnnxRuntimeBackend(path, intra_op_threads=1, allow_spinning=False)
+    finally:
+        ort.InferenceSession = real
+    assert seen == {"threads": 1, "spin": "0"}

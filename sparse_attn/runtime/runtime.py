@@ -173,6 +173,9 @@ class Runtime:
             ``"onnxruntime"``, ``"tensorrt"`` or ``"torch"`` (eager PyTorch rebuilt from the
             file's metadata).
         providers: ONNX Runtime execution providers (default CUDA if installed, then CPU).
+        intra_op_threads: ONNX Runtime intra-op threads (default ``OMP_NUM_THREADS`` or ORT's).
+        allow_spinning: ONNX Runtime thread spinning; ``None`` = ORT's default (on). Turn it
+            off on a machine shared with other work.
 
     Attributes:
         path, backend (the resolved name), info (:class:`ModelInfo`), metadata (dict),
@@ -194,6 +197,8 @@ class Runtime:
         backend: str = "auto",
         *,
         providers: list[str] | None = None,
+        intra_op_threads: int | None = None,
+        allow_spinning: bool | None = None,
     ) -> None:
         if backend not in BACKENDS:
             raise InvalidInputError(f"unknown backend {backend!r}; choose one of {list(BACKENDS)}")
@@ -209,7 +214,12 @@ class Runtime:
                 )
             from sparse_attn.runtime.onnxruntime_backend import OnnxRuntimeBackend
 
-            impl = OnnxRuntimeBackend(self.path, providers=providers)
+            impl = OnnxRuntimeBackend(
+                self.path,
+                providers=providers,
+                intra_op_threads=intra_op_threads,
+                allow_spinning=allow_spinning,
+            )
             metadata = impl.metadata
         elif backend == "tensorrt":
             if kind != "tensorrt":
