@@ -20,6 +20,7 @@ traces as one node (``fullgraph=True`` works).
 
 from __future__ import annotations
 
+import functools
 import importlib
 
 import torch
@@ -40,8 +41,13 @@ BACKENDS = {
 AUTO_ORDER = ("triton", "torch")
 
 
+@functools.cache
 def _load(name: str):
-    """Import a backend module; returns ``(module, None)`` or ``(None, reason)``."""
+    """Import a backend module once; returns ``(module, None)`` or ``(None, reason)``.
+
+    The outcome is cached: a backend whose import failed (e.g. triton not installed) is not
+    re-imported, and re-searched on ``sys.path``, on every call.
+    """
     try:
         return importlib.import_module(BACKENDS[name]), None
     except Exception as exc:  # noqa: BLE001 - an optional backend may fail to import
