@@ -112,3 +112,16 @@ def test_export_help_lists_families_via_console_entry():
     assert proc.returncode == 0, proc.stderr
     assert "--max-seq-len" in proc.stdout and "attention: --num-heads INT" in proc.stdout
     assert np.all([f in proc.stdout for f in ("minilm", "bigbird", "longformer", "mistral")])
+
+
+def test_static_seq_len_export_says_so(tmp_path, capsys):
+    """A pattern that needs the end of the sequence exports with a static S and a notice."""
+    out = tmp_path / "bb.onnx"
+    args = ["export", "--model", "attention", "--pattern", "global(n=1, last=16) | band(w=4)"]
+    args += ["--num-heads", "1", "--head-dim", "8", "--max-seq-len", "32", "--block-size", "16"]
+    code = main([*args, "-o", str(out)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "static sequence length of 32 tokens" in captured.err
+    dims = [d.dim_value for d in onnx.load(str(out)).graph.input[0].type.tensor_type.shape.dim]
+    assert dims[2] == 32
