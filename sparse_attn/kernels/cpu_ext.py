@@ -52,7 +52,11 @@ _SOURCES = (_CSRC / "block_sparse_attn_cpu.cpp",)
 _EXT_NAME = "sparse_attn_cpu_ext"
 # Portable flags: no -march=native. The elementwise code carries its own AVX-512/AVX2
 # clones (GCC target_clones, chosen at load time); the GEMMs are MKL's runtime dispatch.
-_CFLAGS = ("-O3", "-fno-math-errno", "-Wno-unused-parameter")
+# -fopenmp: at::parallel_for is a header template that expands to an OpenMP region (torch's
+# parallel backend here); without the flag the pragma is ignored and the kernel runs on one
+# thread whatever torch.get_num_threads() says.
+_CFLAGS = ("-O3", "-fno-math-errno", "-Wno-unused-parameter", "-fopenmp")
+_LDFLAGS = ("-fopenmp",)
 
 _lock = threading.Lock()
 _state: dict[str, object] = {}
@@ -154,6 +158,7 @@ def build(verbose: bool = False) -> Path:
                 name=_EXT_NAME,
                 sources=[str(s) for s in _SOURCES],
                 extra_cflags=list(_CFLAGS),
+                extra_ldflags=list(_LDFLAGS),
                 build_directory=str(bdir),
                 is_python_module=False,
                 verbose=verbose,
