@@ -187,6 +187,11 @@ def compare_outputs(
     return out
 
 
+def checks_with_texts(rt) -> bool:
+    """True when ``check`` feeds ``rt`` real texts: a text model whose tokenizer is known."""
+    return rt.is_text_model and find_tokenizer_file(rt.info) is not None
+
+
 def check_inputs(rt, *, seed: int = 0, texts: Sequence[str] | None = None) -> dict:
     """Inputs ``check`` runs: tokenized texts for text models, seeded random tensors otherwise.
 
@@ -200,7 +205,7 @@ def check_inputs(rt, *, seed: int = 0, texts: Sequence[str] | None = None) -> di
     Args:
         rt: a :class:`~sparse_attn.runtime.Runtime`.
     """
-    if rt.is_text_model and find_tokenizer_file(rt.info) is not None:
+    if checks_with_texts(rt):
         return rt.encode(list(texts or CHECK_TEXTS))
     vocab = getattr(rt.info, "vocab_size", None) or 2
     rng = np.random.default_rng(seed)
@@ -263,7 +268,7 @@ def check_model(
     rt = runtime if runtime is not None else Runtime(path, backend=backend)
     ref = reference if reference is not None else Runtime(path, backend="torch")
     feeds = check_inputs(rt, seed=seed, texts=texts)
-    from_texts = rt.is_text_model and find_tokenizer_file(rt.info) is not None
+    from_texts = checks_with_texts(rt)
     got = rt.run(feeds)
     exp = ref.run(feeds)
     tol = tolerance_for(rt.info.dtype)
