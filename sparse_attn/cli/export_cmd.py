@@ -162,14 +162,4 @@ def command(ctx, model_name, pattern, block_size, max_seq_len, causal, dtype, ou
         causal=causal,
         **extra,
     )
-    from sparse_attn.export.metadata import read_metadata
-
-    meta = read_metadata(path)
-    if meta.get("sparse_attn.static_seq_len") == "true":
-        s = meta.get("sparse_attn.max_seq_len")
-        click.echo(
-            f"note: the pattern needs the end of the sequence, so {path} has a static "
-            f"sequence length of {s} tokens; pad every request to {s}",
-            err=True,
-        )
     click.echo(f"wrote {path}")

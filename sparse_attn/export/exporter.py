@@ -21,6 +21,7 @@ import hashlib
 import io
 import logging
 import os
+import sys
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -446,6 +447,13 @@ def export_model(
         result.metadata = meta
         if verbose:
             print(result.summary)
+            if meta.get("sparse_attn.static_seq_len") == "true":
+                s = meta.get("sparse_attn.max_seq_len")
+                print(
+                    f"note: the pattern needs the end of the sequence, so {out} has a static "
+                    f"sequence length of {s} tokens; pad every request to {s}",
+                    file=sys.stderr,
+                )
         if not all(c["passed"] for c in result.checks):
             details = "; ".join(
                 f"{c['name']}: {c.get('detail', '')}" for c in result.checks if not c["passed"]
