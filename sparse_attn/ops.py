@@ -13,7 +13,8 @@ The real implementation is the array-level entry of the ``torch`` backend
 (:func:`sparse_attn.kernels.torch_backend.attention_arrays`), which uses the compiled CPU
 kernel when available; on CUDA the Triton kernel's ``attention_arrays``
 (``sparse_attn.kernels.triton_kernel``) is used when it imports and supports the inputs
-(float32/float16/bfloat16, head dims <= 128, block size 16..128), else the PyTorch path.
+(as that backend declares), else the PyTorch path. Key/value may have fewer heads than
+the query (grouped-query attention, ``H % Hkv == 0``); no path repeats them per query head.
 """
 
 from __future__ import annotations
@@ -27,22 +28,27 @@ from sparse_attn import opspec
 __all__ = ["block_sparse_attention", "layout_tensors", "OP"]
 
 
-def _cuda_impl(query: torch.Tensor, value: torch.Tensor, block_size: int):
+def _cuda_impl(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, block_size: int):
     """The Triton kernel's array entry when it exists and takes these inputs, else None.
 
-    Dtypes and head dims are the ones the ``triton`` backend declares
-    (:mod:`sparse_attn.kernels.triton_backend`).
+    The ``triton`` backend (:mod:`sparse_attn.kernels.triton_backend`) declares its limits:
+    through ``not_supported_reason(query, key, value, block_size)`` (``None`` = accepted) when
+    it has that function, else through its ``SUPPORTED_DTYPES`` and ``MAX_HEAD_DIM`` (and then
+    only for as many K/V heads as query heads).
     """
     from sparse_attn.kernels import triton_backend
 
-    if query.dtype not in triton_backend.SUPPORTED_DTYPES:
-        return None
-    if not (
-        query.shape[-1] <= triton_backend.MAX_HEAD_DIM
+    reason_fn = getattr(triton_backend, "not_supported_reason", None)
+    if reason_fn is not None:
+        if reason_fn(query, key, value, int(block_size)) is not None:
+            return None
+    elif not (
+        query.dtype in triton_backend.SUPPORTED_DTYPES
+        and key.shape[1] == query.shape[1]
+        and query.shape[-1] <= triton_backend.MAX_HEAD_DIM
         and value.shape[-1] <= triton_backend.MAX_HEAD_DIM
+        and opspec.MIN_BLOCK_SIZE <= block_size <= opspec.MAX_BLOCK_SIZE
     ):
-        return None
-    if not opspec.MIN_BLOCK_SIZE <= block_size <= opspec.MAX_BLOCK_SIZE:
         return None
     try:
         mod = importlib.import_module("sparse_attn.kernels.triton_kernel")
@@ -68,7 +74,8 @@ def block_sparse_attention(
 
     Args:
         query: ``[B, H, S, D]`` float32/float16 (bfloat16, float64 also accepted on the
-            torch path); key ``[B, H, S, D]``; value ``[B, H, S, Dv]``.
+            torch path); key ``[B, Hkv, S, D]`` with ``H % Hkv == 0`` (query head ``h`` reads
+            K/V head ``h // (H // Hkv)``); value ``[B, Hkv, S, Dv]``; ``D, Dv <= 256``.
         row_ptr: int32 ``[H, nQB+1]``, col_idx / mask_idx: int32 ``[H, nnz]``, masks: uint8
             ``[M >= 1, bs, bs]``: the full layout for max seq_len (see :func:`layout_tensors`).
         key_padding_mask: optional ``[B, S]`` bool, True = real token.
@@ -83,7 +90,7 @@ def block_sparse_attention(
     """
     tensors = (query, key, value, row_ptr, col_idx, mask_idx, masks, key_padding_mask)
     if query.device.type == "cuda":
-        impl = _cuda_impl(query, value, block_size)
+        impl = _cuda_impl(query, key, value, block_size)
         if impl is not None:
             # The torch path validates inside attention_arrays; the Triton launcher does not.
             from sparse_attn.kernels._validate import validate_arrays

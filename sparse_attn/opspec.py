@@ -28,8 +28,8 @@ TORCH_OP_NAME = f"{DOMAIN}::block_sparse_attention"
 #: Layout tensors are int32 (``masks`` is uint8) and are constant initializers in an export.
 INPUT_NAMES = (
     "query",  # [B, H, S, D]      float32 | float16
-    "key",  # [B, H, S, D]        same dtype as query
-    "value",  # [B, H, S, Dv]     same dtype as query
+    "key",  # [B, Hkv, S, D]      same dtype as query; H % Hkv == 0 (grouped-query K/V)
+    "value",  # [B, Hkv, S, Dv]   same dtype as query
     "row_ptr",  # [H, nQB + 1]    int32, CSR row pointers over key blocks
     "col_idx",  # [H, nnz]        int32, key-block column of each stored block
     "mask_idx",  # [H, nnz]       int32, -1 = full block, k >= 0 = partial block using masks[k]
@@ -52,6 +52,8 @@ PLUGIN_FIELDS = ("block_size", "scale")
 #: Supported block sizes (tokens) and head dims for every backend that must match the op.
 MIN_BLOCK_SIZE = 16
 MAX_BLOCK_SIZE = 128
+#: Largest ``D`` and ``Dv`` (head dims of query/key and of value) the op takes.
+MAX_HEAD_DIM = 256
 SUPPORTED_DTYPES = ("float32", "float16")
 
 #: ONNX ``metadata_props`` keys written by export and read by engines and the runtime.

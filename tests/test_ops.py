@@ -177,10 +177,15 @@ def test_cuda_route_takes_what_the_triton_backend_declares():
     d = triton_backend.MAX_HEAD_DIM
     for dtype in triton_backend.SUPPORTED_DTYPES:
         q = torch.zeros(1, 1, 1, d, dtype=dtype)
-        assert ops._cuda_impl(q, q, bs) is not None
+        assert ops._cuda_impl(q, q, q, bs) is not None
     q64 = torch.zeros(1, 1, 1, d, dtype=torch.float64)
-    assert ops._cuda_impl(q64, q64, bs) is None
+    assert ops._cuda_impl(q64, q64, q64, bs) is None
     q = torch.zeros(1, 1, 1, d + 1)
-    assert ops._cuda_impl(q, q, bs) is None
-    assert ops._cuda_impl(q[..., :d], q, bs) is None
-    assert ops._cuda_impl(q[..., :d], q[..., :d], opspec.MAX_BLOCK_SIZE + 1) is None
+    assert ops._cuda_impl(q, q, q, bs) is None
+    assert ops._cuda_impl(q[..., :d], q[..., :d], q, bs) is None
+    qd = q[..., :d]
+    assert ops._cuda_impl(qd, qd, qd, opspec.MAX_BLOCK_SIZE + 1) is None
+    if not hasattr(triton_backend, "not_supported_reason"):
+        # a backend that does not declare grouped K/V gets only equal head counts
+        q2 = torch.zeros(1, 2, 1, d)
+        assert ops._cuda_impl(q2, qd, qd, bs) is None

@@ -122,8 +122,13 @@ def test_masked_attention_broadcasts_a_2d_mask():
 def test_reference_validates_inputs():
     lay = layout_from_masks(band_mask(16, 2)[None], 8)
     q, k, v = random_qkv(1, 1, 16, 4)
-    with pytest.raises(InvalidInputError, match="num_heads"):
-        reference_attention(*(x.expand(1, 2, 16, 4) for x in (q, k, v)), lay)
+    lay2 = layout_from_masks(np.stack([band_mask(16, 2)] * 2), 8)
+    with pytest.raises(InvalidInputError, match="num_heads=2"):
+        reference_attention(*(x.expand(1, 3, 16, 4) for x in (q, k, v)), lay2)
+    with pytest.raises(InvalidInputError, match="multiple of key/value heads"):
+        reference_attention(
+            q.expand(1, 3, 16, 4), k.expand(1, 2, 16, 4), v.expand(1, 2, 16, 4), lay
+        )
     with pytest.raises(InvalidInputError, match="S=17"):
         q2, k2, v2 = random_qkv(1, 1, 17, 4)
         reference_attention(q2, k2, v2, lay)

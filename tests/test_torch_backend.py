@@ -317,7 +317,10 @@ def test_float64_refused_by_triton_lists_reason(monkeypatch):
     "case,match",
     [
         ("rank", "rank 4"),
-        ("heads", "num_heads=1"),
+        ("heads", "num_heads=3"),
+        ("gqa_ratio", r"H=3 must be a multiple of key/value heads Hkv=2"),
+        ("head_dim", r"D of query/key must be in 1\.\.256, got 257"),
+        ("value_head_dim", r"Dv of value must be in 1\.\.256, got 300"),
         ("seq_too_long", r"S=40 must be in 1\.\.32"),
         ("dtype_mix", "share one dtype"),
         ("int_dtype", "not supported"),
@@ -325,7 +328,7 @@ def test_float64_refused_by_triton_lists_reason(monkeypatch):
         ("kpm_float", "additive float mask"),
         ("scale_neg", "finite number > 0"),
         ("scale_nan", "finite number > 0"),
-        ("value_shape", "value shape"),
+        ("value_shape", r"value must be \[B=1, Hkv=1, S=32, Dv\]"),
         ("not_layout", "BlockLayout"),
     ],
 )
@@ -338,6 +341,13 @@ def test_dispatcher_validation(case, match):
         args[0] = q[0]
     elif case == "heads":
         args[:3] = [x.expand(1, 2, 32, 8) for x in (q, k, v)]
+        args[3] = layout_from_masks(np.stack([band_mask(32, 3)] * 3), 16)
+    elif case == "gqa_ratio":
+        args[:3] = [q.expand(1, 3, 32, 8), k.expand(1, 2, 32, 8), v.expand(1, 2, 32, 8)]
+    elif case == "head_dim":
+        args[:3] = random_qkv(1, 1, 32, 257, 8)
+    elif case == "value_head_dim":
+        args[2] = torch.zeros(1, 1, 32, 300)
     elif case == "seq_too_long":
         args[:3] = random_qkv(1, 1, 40, 8)
     elif case == "dtype_mix":

@@ -91,9 +91,11 @@ def block_sparse_attention(
     Args:
         query: ``[B, H, S, D]`` float32 or float16 (bfloat16 / float64 where the backend
             supports it).
-        key: ``[B, H, S, D]``, same dtype and device.
-        value: ``[B, H, S, Dv]``, same dtype and device.
-        layout: a BlockLayout with ``num_heads == H`` and ``1 <= S <= seq_len``; a request
+        key: ``[B, Hkv, S, D]``, same dtype and device; ``H % Hkv == 0`` (grouped-query
+            attention: query head ``h`` reads K/V head ``h // (H // Hkv)``; no backend
+            repeats K/V per query head). ``1 <= D <= 256``.
+        value: ``[B, Hkv, S, Dv]``, same dtype and device; ``1 <= Dv <= 256``.
+        layout: a BlockLayout with ``num_heads`` H (or 1) and ``1 <= S <= seq_len``; a request
             shorter than ``seq_len`` uses the layout's top-left crop (keys ``>= S`` are never
             read). A layout with ``requires_static_seq_len`` needs ``S == seq_len``.
         key_padding_mask: optional ``[B, S]`` bool (True = real token) or integer

@@ -33,10 +33,10 @@ def validate_inputs(
     """Check the inputs of :func:`sparse_attn.kernels.block_sparse_attention`.
 
     Args:
-        query: ``[B, H, S, D]`` float tensor.
-        key: ``[B, H, S, D]``, same dtype and device as ``query``.
-        value: ``[B, H, S, Dv]``, same dtype and device as ``query``.
-        layout: a :class:`sparse_attn.layout.BlockLayout` with ``num_heads == H`` and
+        query: ``[B, H, S, D]`` float tensor, ``1 <= D <= 256``.
+        key: ``[B, Hkv, S, D]`` with ``H % Hkv == 0``, same dtype and device as ``query``.
+        value: ``[B, Hkv, S, Dv]``, ``1 <= Dv <= 256``, same dtype and device as ``query``.
+        layout: a :class:`sparse_attn.layout.BlockLayout` with ``num_heads`` H (or 1) and
             ``seq_len >= S`` (``== S`` when ``layout.requires_static_seq_len``).
         key_padding_mask: ``None`` or ``[B, S]`` bool (or integer, nonzero = real token),
             on the same device as ``query``.
@@ -63,24 +63,11 @@ def validate_inputs(
             f"layout must be a sparse_attn.BlockLayout (see sparse_attn.compile_layout), "
             f"got {type(layout).__name__}"
         )
-    b, h, s, d = query.shape
-    if tuple(key.shape) != (b, h, s, d):
-        raise InvalidInputError(
-            f"key shape must equal query shape {list(query.shape)}, got {list(key.shape)}"
-        )
-    if tuple(value.shape[:3]) != (b, h, s):
-        raise InvalidInputError(
-            f"value shape must be [B={b}, H={h}, S={s}, Dv], got {list(value.shape)}"
-        )
-    if b < 1 or d < 1 or value.shape[3] < 1:
-        raise InvalidInputError(
-            f"batch, head_dim and value head_dim must be >= 1, got query {list(query.shape)}, "
-            f"value {list(value.shape)}"
-        )
-    if h != layout.num_heads:
+    b, h, _hkv, s, d, _dv = check_qkv_shapes(query, key, value)
+    if layout.num_heads not in (1, h):
         raise InvalidInputError(
             f"query has H={h} heads but the layout has num_heads={layout.num_heads}; compile the "
-            f"layout with num_heads={h} (or give one pattern per head)"
+            f"layout with num_heads={h} (or 1, shared by every head)"
         )
     if not 1 <= s <= layout.seq_len:
         raise InvalidInputError(
@@ -110,6 +97,53 @@ def validate_inputs(
     if key_padding_mask is not None:
         _check_key_padding_mask(key_padding_mask, b, s, query.device)
     return resolve_scale(scale, d)
+
+
+def check_qkv_shapes(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
+) -> tuple[int, int, int, int, int, int]:
+    """Check the shapes of rank-4 ``query``, ``key`` and ``value`` against each other.
+
+    ``query [B, H, S, D]``, ``key [B, Hkv, S, D]``, ``value [B, Hkv, S, Dv]`` with
+    ``H % Hkv == 0`` (grouped-query K/V: query head ``h`` reads K/V head ``h // (H // Hkv)``)
+    and ``1 <= D, Dv <= opspec.MAX_HEAD_DIM``.
+
+    Returns:
+        ``(B, H, Hkv, S, D, Dv)``.
+
+    Raises:
+        InvalidInputError: naming the expected and the received shapes.
+    """
+    # no int() on the sizes: under torch.export they are symbols, and int() would fix them
+    b, h, s, d = query.shape
+    hkv = key.shape[1]
+    dv = value.shape[3]
+    if key.shape[0] != b or key.shape[2] != s or key.shape[3] != d:
+        raise InvalidInputError(
+            f"key must be [B={b}, Hkv, S={s}, D={d}] (query is {list(query.shape)}), "
+            f"got {list(key.shape)}"
+        )
+    if tuple(value.shape[:3]) != (b, hkv, s):
+        raise InvalidInputError(
+            f"value must be [B={b}, Hkv={hkv}, S={s}, Dv] like key {list(key.shape)}, "
+            f"got {list(value.shape)}"
+        )
+    if b < 1 or h < 1 or hkv < 1:
+        raise InvalidInputError(
+            f"batch and head counts must be >= 1, got query {list(query.shape)}, "
+            f"key {list(key.shape)}"
+        )
+    if h % hkv:
+        raise InvalidInputError(
+            f"query heads H={h} must be a multiple of key/value heads Hkv={hkv} (grouped-query "
+            f"attention: query head h reads K/V head h // (H // Hkv)); got H % Hkv = {h % hkv}"
+        )
+    for name, n in (("head_dim D of query/key", d), ("head_dim Dv of value", dv)):
+        if not 1 <= n <= opspec.MAX_HEAD_DIM:
+            raise InvalidInputError(
+                f"{name} must be in 1..{opspec.MAX_HEAD_DIM}, got {n}; split wider heads"
+            )
+    return b, h, hkv, s, d, dv
 
 
 def _check_key_padding_mask(
@@ -171,24 +205,19 @@ def validate_arrays(
 ) -> None:
     """Check the inputs of the array-level entry ``attention_arrays`` (and the torch op).
 
-    Shapes: query/key ``[B, H, S, D]``, value ``[B, H, S, Dv]``, ``row_ptr [H, nQB+1]``,
-    ``col_idx``/``mask_idx [H, nnz]`` (integer), ``masks [M, bs, bs]``,
+    Shapes: query ``[B, H, S, D]``, key ``[B, Hkv, S, D]``, value ``[B, Hkv, S, Dv]`` with
+    ``H % Hkv == 0``, ``row_ptr [H or 1, nQB+1]``, ``col_idx``/``mask_idx [H or 1, nnz]``
+    (integer), ``masks [M, bs, bs]``,
     ``key_padding_mask`` ``None`` or ``[B, S]``; ``S <= nQB * block_size``.
 
     Raises:
         InvalidInputError: on any inconsistency.
     """
     for name, t in (("query", query), ("key", key), ("value", value)):
-        if t.dim() != 4:
-            raise InvalidInputError(
-                f"{name} must have rank 4 [B, H, S, D], got shape {list(t.shape)}"
-            )
-    b, h, s, d = query.shape
-    if tuple(key.shape) != (b, h, s, d) or tuple(value.shape[:3]) != (b, h, s):
-        raise InvalidInputError(
-            f"key must be {list(query.shape)} and value [B={b}, H={h}, S={s}, Dv], got key "
-            f"{list(key.shape)}, value {list(value.shape)}"
-        )
+        if not isinstance(t, torch.Tensor) or t.dim() != 4:
+            got = list(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise InvalidInputError(f"{name} must be a rank-4 tensor [B, H, S, D], got {got}")
+    b, h, _hkv, s, d, _dv = check_qkv_shapes(query, key, value)
     if not (key.dtype == query.dtype == value.dtype):
         raise InvalidInputError(
             f"query, key and value must share one dtype, got {_dtype_name(query.dtype)}, "
@@ -196,16 +225,17 @@ def validate_arrays(
         )
     if not isinstance(block_size, int) or block_size < 1:
         raise InvalidInputError(f"block_size must be an int >= 1, got {block_size!r}")
-    if row_ptr.dim() != 2 or row_ptr.shape[0] != h:
+    if row_ptr.dim() != 2 or row_ptr.shape[0] not in (1, h):
         raise InvalidInputError(
-            f"row_ptr must be [H={h}, nQB+1], got {list(row_ptr.shape)}; the layout's num_heads "
-            "must equal the number of heads of query"
+            f"row_ptr must be [H={h} (or 1), nQB+1], got {list(row_ptr.shape)}; the layout is "
+            "per query head: its num_heads must equal the number of heads of query (or be 1)"
         )
     nqb = row_ptr.shape[1] - 1
-    if col_idx.dim() != 2 or col_idx.shape != mask_idx.shape or col_idx.shape[0] != h:
+    lh = row_ptr.shape[0]
+    if col_idx.dim() != 2 or col_idx.shape != mask_idx.shape or col_idx.shape[0] != lh:
         raise InvalidInputError(
-            f"col_idx and mask_idx must both be [H={h}, nnz], got {list(col_idx.shape)} and "
-            f"{list(mask_idx.shape)}"
+            f"col_idx and mask_idx must both be [{lh}, nnz] (as many rows as row_ptr), got "
+            f"{list(col_idx.shape)} and {list(mask_idx.shape)}"
         )
     for name, t in (("row_ptr", row_ptr), ("col_idx", col_idx), ("mask_idx", mask_idx)):
         if t.dtype.is_floating_point or t.dtype == torch.bool:

@@ -64,8 +64,9 @@ def reference_attention(
     """Dense masked attention over ``layout`` (validated), the oracle of the tests.
 
     Args:
-        query: ``[B, H, S, D]`` any float dtype; key ``[B, H, S, D]``; value ``[B, H, S, Dv]``.
-        layout: :class:`~sparse_attn.layout.BlockLayout` with ``num_heads == H`` and
+        query: ``[B, H, S, D]`` any float dtype; key ``[B, Hkv, S, D]`` with ``H % Hkv == 0``
+            (query head ``h`` reads K/V head ``h // (H // Hkv)``); value ``[B, Hkv, S, Dv]``.
+        layout: :class:`~sparse_attn.layout.BlockLayout` with ``num_heads`` H (or 1) and
             ``seq_len >= S`` (top-left crop used).
         key_padding_mask: optional ``[B, S]`` bool, True = real token.
         scale: softmax scale, default ``1/sqrt(D)``.
@@ -93,7 +94,8 @@ def masked_attention(
     """Dense attention with an explicit boolean token mask (NaN/Inf safe, empty rows = 0).
 
     Args:
-        query: ``[B, H, S, D]``; key ``[B, H, S, D]``; value ``[B, H, S, Dv]``; any float dtype.
+        query: ``[B, H, S, D]``; key ``[B, Hkv, S, D]``; value ``[B, Hkv, S, Dv]`` with
+            ``H % Hkv == 0`` (repeated per query head here); any float dtype.
         token_mask: bool ``[H, S, S]`` or ``[S, S]`` (or ``[B, H, S, S]``);
             ``token_mask[h, i, j]`` = key ``j`` visible from query ``i``.
         key_padding_mask: optional ``[B, S]`` bool/int, True/nonzero = real token.
@@ -114,8 +116,10 @@ def masked_attention(
         vis_all = vis_all & kpm
     vis_all = vis_all.expand(b, h, s, s)
     q = query.to(compute_dtype)
-    k = key.to(compute_dtype)
-    v = value.to(compute_dtype)
+    group = h // key.shape[1]
+    # grouped-query K/V: the dense oracle simply repeats each K/V head for its query heads
+    k = key.to(compute_dtype).repeat_interleave(group, dim=1)
+    v = value.to(compute_dtype).repeat_interleave(group, dim=1)
     finite_v = bool(torch.isfinite(v).all())
     out = torch.zeros((b, h, s, dv), dtype=compute_dtype, device=query.device)
     per_row = b * h * s * (1 if finite_v else dv)

@@ -140,6 +140,26 @@ def _cpu_ext():
         return None
 
 
+#: Head dims the compiled kernel takes when it does not say itself (no ``not_supported_reason``).
+_CPU_EXT_DEFAULT_MAX_HEAD_DIM = 128
+
+
+def _cpu_ext_takes(ext, query, key, value, key_padding_mask, block_size) -> bool:
+    """Whether the compiled kernel accepts these inputs.
+
+    The kernel declares its own limits through ``not_supported_reason(query, key, value,
+    block_size)`` (``None`` = accepted) when it has that function; otherwise only inputs
+    with as many K/V heads as query heads and ``D, Dv <= 128`` are routed to it.
+    """
+    if ext.not_supported_reasons(query, key, value, key_padding_mask):
+        return False
+    reason_fn = getattr(ext, "not_supported_reason", None)
+    if reason_fn is not None:
+        return reason_fn(query, key, value, int(block_size)) is None
+    lim = _CPU_EXT_DEFAULT_MAX_HEAD_DIM
+    return key.shape[1] == query.shape[1] and query.shape[-1] <= lim and value.shape[-1] <= lim
+
+
 def cpu_ext_active() -> bool:
     """True when CPU tensors go through the compiled kernel ``cpu_ext``."""
     return _cpu_ext() is not None
@@ -149,7 +169,7 @@ def cpu_ext_active() -> bool:
 @dataclass
 class _Bucket:
     rows: torch.Tensor  # int64 [G]      flat (head * nb + qblock)
-    kidx: torch.Tensor  # int64 [G, n]   flat (head * nb + kblock)
+    kidx: torch.Tensor  # int64 [G, n]   flat (kv_head * nb + kblock), kv_head = head // group
     midx: torch.Tensor  # int64 [G, npart] index into bias_ext of the partial tiles
     n: int  # tiles per row
     npart: int  # partial tiles per row; they come first in kidx
@@ -204,27 +224,30 @@ def _make_plan(
     block_size: int,
     seq_len: int,
     device: torch.device,
+    num_heads: int,
+    group: int,
 ) -> _Plan:
     rp = row_ptr.detach().cpu().numpy().astype(np.int64)
     ci = col_idx.detach().cpu().numpy().astype(np.int64)
     mi = mask_idx.detach().cpu().numpy().astype(np.int64)
     mk = masks.detach().cpu().numpy()
-    key = (_array_digest(rp, ci, mi, mk), block_size, seq_len, str(device))
+    key = (_array_digest(rp, ci, mi, mk), block_size, seq_len, str(device), num_heads, group)
     plan = _PLANS.get(key)
     if plan is not None:
         _PLANS.move_to_end(key)
         return plan
-    h, nqb_full = rp.shape[0], rp.shape[1] - 1
+    h, nqb_full = num_heads, rp.shape[1] - 1
     nb = -(-seq_len // block_size)
     m = mk.shape[0]
     _check_csr(rp, ci, mi, m)
     heads, rows, cols, mids = [], [], [], []
     for hh in range(h):
-        counts = np.diff(rp[hh])
-        n_h = int(rp[hh, -1])
+        lh = hh if rp.shape[0] > 1 else 0  # a one-head layout is shared by every head
+        counts = np.diff(rp[lh])
+        n_h = int(rp[lh, -1])
         r = np.repeat(np.arange(nqb_full), counts)
-        c = ci[hh, :n_h]
-        mm = mi[hh, :n_h]
+        c = ci[lh, :n_h]
+        mm = mi[lh, :n_h]
         keep = (r < nb) & (c < nb)
         heads.append(np.full(int(keep.sum()), hh, dtype=np.int64))
         rows.append(r[keep])
@@ -248,7 +271,7 @@ def _make_plan(
         ent = starts[rsel][:, None] + np.arange(n)[None, :]
         order = np.argsort(mid[ent] == m, axis=1, kind="stable")  # partial tiles first
         ent = np.take_along_axis(ent, order, axis=1)
-        kflat = head[ent] * nb + col[ent]
+        kflat = (head[ent] // group) * nb + col[ent]  # K/V block of the head's K/V head
         buckets.append(
             _Bucket(
                 rows=torch.from_numpy(rsel.astype(np.int64)).to(device),
@@ -305,12 +328,16 @@ def attention_arrays(
     )
     if query.device.type == "cpu":
         ext = _cpu_ext()
-        if ext is not None and not ext.not_supported_reasons(query, key, value, key_padding_mask):
+        if ext is not None and _cpu_ext_takes(ext, query, key, value, key_padding_mask, block_size):
+            h = query.shape[1]
             return ext.attention_arrays(
                 query,
                 key,
                 value,
-                *(t.to(torch.int32) for t in (row_ptr, col_idx, mask_idx)),
+                *(
+                    t.to(torch.int32).expand(h, -1).contiguous()
+                    for t in (row_ptr, col_idx, mask_idx)
+                ),
                 masks,
                 key_padding_mask,
                 int(block_size),
@@ -329,16 +356,18 @@ def _attention_torch(
     bs = int(block_size)
     device = query.device
     cdt = torch.float64 if query.dtype == torch.float64 else torch.float32
-    plan = _make_plan(row_ptr, col_idx, mask_idx, masks, bs, s, device)
+    # grouped-query K/V are never repeated: the plan's key indices address K/V head h // group
+    group = h // key.shape[1]
+    plan = _make_plan(row_ptr, col_idx, mask_idx, masks, bs, s, device, h, group)
     nb = plan.nb
     sp = nb * bs
     pad = sp - s
 
-    def blocks(x: torch.Tensor) -> torch.Tensor:  # [B, H, S, E] -> [B, H*nb, bs, E] (cdt)
+    def blocks(x: torch.Tensor) -> torch.Tensor:  # [B, Hx, S, E] -> [B, Hx*nb, bs, E] (cdt)
         x = x.to(cdt)
         if pad:
             x = torch.nn.functional.pad(x, (0, 0, 0, pad))
-        return x.reshape(b, h * nb, bs, x.shape[-1])
+        return x.reshape(b, x.shape[1] * nb, bs, x.shape[-1])
 
     qb = blocks(query) * scale  # scale before the product: no overflow for large q.k
     kb = blocks(key)
