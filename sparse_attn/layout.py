@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from sparse_attn import limits
 from sparse_attn.errors import InvalidInputError
 
 
@@ -201,21 +202,27 @@ class BlockLayout:
         s = self.seq_len if seq_len is None else seq_len
         lay = self.crop(s) if s != self.seq_len else self
         nb, bs = lay.num_blocks, lay.block_size
-        out = np.zeros((lay.num_heads, nb * bs, nb * bs), dtype=bool)
+        out = np.zeros((lay.num_heads, nb, bs, nb, bs), dtype=bool)
         for h in range(lay.num_heads):
-            for r in range(nb):
-                cols, midx = lay.row(h, r)
-                for c, m in zip(cols, midx, strict=True):
-                    out[h, r * bs : (r + 1) * bs, c * bs : (c + 1) * bs] = (
-                        True if m < 0 else lay.masks[m].astype(bool)
-                    )
-        return out[:, :s, :s]
+            n = int(lay.row_ptr[h, -1])
+            rows = np.repeat(np.arange(nb), np.diff(lay.row_ptr[h]))
+            cols, midx = lay.col_idx[h, :n], lay.mask_idx[h, :n]
+            full = midx < 0
+            out[h, rows[full], :, cols[full], :] = True
+            if (~full).any():
+                out[h, rows[~full], :, cols[~full], :] = lay.masks[midx[~full]].astype(bool)
+        return out.reshape(lay.num_heads, nb * bs, nb * bs)[:, :s, :s]
 
-    def block_mask(self) -> np.ndarray:
-        """``int8 [H, nQB, nQB]``: 0 = empty, 1 = full, 2 = partial tile."""
+    def block_mask(self, heads: int | None = None) -> np.ndarray:
+        """``int8 [H, nQB, nQB]``: 0 = empty, 1 = full, 2 = partial tile.
+
+        Args:
+            heads: only the first ``heads`` heads (default all).
+        """
         nb = self.num_blocks
-        out = np.zeros((self.num_heads, nb, nb), dtype=np.int8)
-        for h in range(self.num_heads):
+        nh = self.num_heads if heads is None else min(heads, self.num_heads)
+        out = np.zeros((nh, nb, nb), dtype=np.int8)
+        for h in range(nh):
             n = int(self.row_ptr[h, -1])
             rows = np.repeat(np.arange(nb), np.diff(self.row_ptr[h]))
             out[h, rows, self.col_idx[h, :n]] = np.where(self.mask_idx[h, :n] < 0, 1, 2)
@@ -303,6 +310,7 @@ class _LayoutBuilder:
         ]
         self.mask_ids: dict[bytes, int] = {}
         self.masks: list[np.ndarray] = []
+        self.tiles = 0  # stored tiles so far, over heads (checked against limits.MAX_TILES)
 
     def mask_id(self, tile: np.ndarray) -> int:
         t = np.ascontiguousarray(tile, dtype=np.uint8)
@@ -357,8 +365,8 @@ class _LayoutBuilder:
 
 
 # ---------------------------------------------------------------------------- compiler
-#: Most blocks per side compile_layout accepts (its tile grid is nQB^2 bits, 256 MiB here).
-MAX_COMPILE_BLOCKS = 16384
+#: Most blocks per side compile_layout accepts (see :mod:`sparse_attn.limits`).
+MAX_COMPILE_BLOCKS = limits.MAX_BLOCKS
 #: Tiles evaluated per numpy batch when filling representative tiles (bounds peak memory).
 _TILE_BATCH_ELEMS = 1 << 21
 
@@ -397,17 +405,22 @@ def compile_layout(
     and classified empty / full / partial (positions >= S are "don't care", partial masks
     are 0 there), so memory is O(nQB^2 + distinct tiles * bs^2), never O(S^2).
 
+    Limits (:mod:`sparse_attn.limits`, listed in docs/spec.md) are checked before any work:
+    ``seq_len <= MAX_SEQ_LEN``, ``block_size <= MAX_BLOCK_SIZE``, ``num_heads <= MAX_HEADS``,
+    ``nQB <= MAX_BLOCKS``, the candidate-grid work (``nQB^2`` per distinct head) and the random
+    draws; the stored tiles and the distinct tile masks are checked as soon as they are known,
+    before arrays of that size are built. So an accepted call runs in bounded time and memory.
+
     Raises:
-        InvalidInputError: seq_len/block_size/num_heads < 1, a per-head list of the wrong
-            length, or an unsupported ``spec`` type.
+        InvalidInputError: seq_len/block_size/num_heads out of range, a limit exceeded, a
+            per-head list of the wrong length, or an unsupported ``spec`` type.
         PatternSyntaxError: a spec string that does not parse.
     """
-    from sparse_attn.patterns import Pattern, parse_pattern
+    from sparse_attn.patterns import Pattern, Random, parse_pattern
 
-    for name, v in (("seq_len", seq_len), ("block_size", block_size), ("num_heads", num_heads)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise InvalidInputError(f"{name} must be an integer >= 1, got {v!r}")
-    seq_len, block_size, num_heads = int(seq_len), int(block_size), int(num_heads)
+    seq_len = limits.check_int(seq_len, "seq_len", 1, limits.MAX_SEQ_LEN)
+    block_size = limits.check_int(block_size, "block_size", 1, limits.MAX_BLOCK_SIZE)
+    num_heads = limits.check_int(num_heads, "num_heads", 1, limits.MAX_HEADS)
     nb = -(-seq_len // block_size)
     if nb > MAX_COMPILE_BLOCKS:
         raise InvalidInputError(
@@ -416,13 +429,20 @@ def compile_layout(
             "larger block_size"
         )
     if isinstance(spec, str) and spec.lstrip().startswith("["):
+        if len(spec) > limits.MAX_SPEC_CHARS * num_heads:
+            raise InvalidInputError(
+                f"per-head spec list is {len(spec)} characters long; the limit is "
+                f"{limits.MAX_SPEC_CHARS} per head"
+            )
         try:  # a per-head JSON list, as stored in BlockLayout.spec / export metadata
             spec = json.loads(spec)
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, RecursionError) as exc:
+            why = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
             raise InvalidInputError(
-                f"spec starts with '[' but is not a JSON list of spec strings: {exc}"
+                f"spec starts with '[' but is not a JSON list of spec strings ({why}): "
+                f"{limits.shorten(spec)}"
             ) from None
-        if not all(isinstance(x, str) for x in spec):
+        if not isinstance(spec, list) or not all(isinstance(x, str) for x in spec):
             raise InvalidInputError("a JSON per-head spec list must hold spec strings only")
     if isinstance(spec, (list, tuple)):
         if len(spec) != num_heads:
@@ -435,16 +455,25 @@ def compile_layout(
         patterns = [parse_pattern(spec)] * num_heads
     patterns = [p.with_causal(causal) for p in patterns]
     assert all(isinstance(p, Pattern) for p in patterns)
+    _check_work(patterns, seq_len, block_size, nb, Random)
 
     builder = _LayoutBuilder(num_heads, -(-seq_len // block_size), block_size)
-    done: dict[str, int] = {}  # spec -> head already compiled (head-independent patterns)
+    done: dict[str, tuple[int, int]] = {}  # spec -> (head compiled, its tiles)
     for h, pat in enumerate(patterns):
         key = pat.spec()
         if not pat.head_dependent and key in done:
-            builder.rows[h] = list(builder.rows[done[key]])
+            h0, tiles = done[key]
+            builder.tiles += tiles
+            if builder.tiles > limits.MAX_TILES:
+                raise InvalidInputError(
+                    f"the layout would store more than {limits.MAX_TILES} tiles over its "
+                    f"{num_heads} heads: use a larger block_size, a shorter seq_len or fewer heads"
+                )
+            builder.rows[h] = list(builder.rows[h0])
             continue
+        before = builder.tiles
         _compile_head(pat, h, num_heads, seq_len, block_size, builder)
-        done[key] = h
+        done[key] = (h, builder.tiles - before)
     specs = [p.spec() for p in patterns]
     spec_str = specs[0] if len(set(specs)) == 1 else json.dumps(specs)
     return builder.build(
@@ -453,6 +482,32 @@ def compile_layout(
         all(p.causal for p in patterns),
         any(p.requires_static_seq_len for p in patterns),
     )
+
+
+def _check_work(patterns, seq_len: int, block_size: int, nb: int, random_cls) -> None:
+    """Refuse, before any work, a layout whose compile would exceed the work limits."""
+    compiled, seen = 0, set()
+    draws = 0
+    for pat in patterns:
+        key = pat.spec()
+        if pat.head_dependent or key not in seen:
+            compiled += 1
+            seen.add(key)
+            draws += sum(
+                a.draws(seq_len, block_size) for a in pat.atoms if isinstance(a, random_cls)
+            )
+    if compiled * nb * nb > limits.MAX_GRID_WORK:
+        raise InvalidInputError(
+            f"{compiled} distinct head pattern(s) x {nb}^2 candidate tiles exceed the compile "
+            f"limit of {limits.MAX_GRID_WORK} tiles: use a larger block_size, a shorter "
+            "seq_len or fewer heads"
+        )
+    if draws > limits.MAX_RANDOM_DRAWS:
+        raise InvalidInputError(
+            f"the random atoms would make {draws} block draws over all heads; the limit is "
+            f"{limits.MAX_RANDOM_DRAWS}: use a larger random block b, a smaller r, fewer heads "
+            "or a shorter seq_len"
+        )
 
 
 def _compile_head(pattern, head: int, num_heads: int, seq_len: int, bs: int, builder) -> None:
@@ -469,6 +524,12 @@ def _compile_head(pattern, head: int, num_heads: int, seq_len: int, bs: int, bui
             cand[r0 : r0 + rows.size] |= a.block_candidates(ctx, rows)
         if pattern.causal:
             cand[r0 : r0 + rows.size] &= np.arange(nb)[None, :] <= rows[:, None]
+    builder.tiles += int(np.count_nonzero(cand))
+    if builder.tiles > limits.MAX_TILES:
+        raise InvalidInputError(
+            f"the layout would store more than {limits.MAX_TILES} tiles over its heads (too "
+            "dense for its size): use a larger block_size, a shorter seq_len or fewer heads"
+        )
     r, c = np.nonzero(cand)  # row-major: ascending rows, ascending cols within a row
     if r.size == 0:
         return
@@ -484,6 +545,11 @@ def _compile_head(pattern, head: int, num_heads: int, seq_len: int, bs: int, bui
     inv = inv.reshape(-1)
     # evaluate one representative tile per distinct key, in batches
     nu = first.size
+    if nu * bs * bs > limits.MAX_MASK_TABLE_BYTES:
+        raise InvalidInputError(
+            f"the pattern has {nu} distinct tiles of {bs}x{bs} tokens per head, more than the "
+            f"limit of {limits.MAX_MASK_TABLE_BYTES} mask bytes: use a smaller block_size"
+        )
     kind = np.zeros(nu, dtype=np.int8)  # 0 empty, 1 full, 2 partial
     tiles: list[np.ndarray | None] = [None] * nu
     off = np.arange(bs, dtype=np.int64)
@@ -517,7 +583,7 @@ def _compile_head(pattern, head: int, num_heads: int, seq_len: int, bs: int, bui
 
 # ---------------------------------------------------------------------------- plotting
 #: Most heads drawn by :func:`plot_layout` (one subplot each).
-MAX_PLOT_HEADS = 16
+MAX_PLOT_HEADS = limits.MAX_PLOT_HEADS
 
 
 def plot_layout(
@@ -525,17 +591,22 @@ def plot_layout(
 ):
     """Write a PNG heatmap of the block layout, one subplot per head (up to ``max_heads``).
 
-    Tiles are coloured empty (white), full (dark blue) or partial (orange), with a legend;
-    axes are query block (rows) and key block (columns). Uses matplotlib's Agg backend.
+    Tiles are coloured empty (white), full (dark blue) or partial (orange), with a legend
+    whose counts are those of the heads drawn; axes are query block (rows) and key block
+    (columns). Uses matplotlib's Agg backend; the file is written atomically
+    (:func:`sparse_attn.fileio.atomic_output`).
 
     Args:
         layout: the layout to draw.
-        path: output PNG path (overwritten).
+        path: output PNG path (replaced when complete).
         max_heads: draw heads ``0 .. max_heads-1`` only (the title says so when it cuts).
         title: figure title; default the spec and sizes.
 
     Returns:
         ``pathlib.Path`` of the written file.
+
+    Raises:
+        InvalidInputError: more than :data:`sparse_attn.limits.MAX_PLOT_BLOCKS` blocks per side.
     """
     import pathlib
     import textwrap
@@ -547,12 +618,20 @@ def plot_layout(
     from matplotlib.colors import ListedColormap
     from matplotlib.patches import Patch
 
-    bm = layout.block_mask()
+    from sparse_attn.fileio import atomic_output
+
+    if layout.num_blocks > limits.MAX_PLOT_BLOCKS:
+        raise InvalidInputError(
+            f"a plot draws at most {limits.MAX_PLOT_BLOCKS} blocks per side, the layout has "
+            f"{layout.num_blocks}: use a larger block_size or a shorter seq_len"
+        )
     nh = min(layout.num_heads, max(1, max_heads))
+    bm = layout.block_mask(heads=nh)
     ncol = min(nh, 4)
     nrow = -(-nh // ncol)
+    width = max(6.0, 3.2 * ncol)
     fig, axes = plt.subplots(
-        nrow, ncol, figsize=(max(6.0, 3.6 * ncol), 3.6 * nrow + 1.5), squeeze=False
+        nrow, ncol, figsize=(width, 3.2 * nrow + 1.8), squeeze=False, layout="constrained"
     )
     cmap = ListedColormap(["#ffffff", "#1f3b73", "#f39c12"])
     for h in range(nrow * ncol):
@@ -566,28 +645,34 @@ def plot_layout(
         ax.set_ylabel("query block", fontsize=8)
         ax.tick_params(labelsize=7)
     st = layout.stats()
-    spec = st["spec"] if len(st["spec"]) <= 300 else st["spec"][:297] + "..."
-    spec = "\n".join(textwrap.wrap(spec, width=int(14 * max(6.0, 3.6 * ncol))))
-    head_note = f" (first {nh} of {layout.num_heads} heads)" if nh < layout.num_heads else ""
+    spec = st["spec"] if len(st["spec"]) <= 240 else st["spec"][:237] + "..."
+    spec = "\n".join(textwrap.wrap(spec, width=int(11 * width)))
+    heads = (
+        f"heads 0-{nh - 1} of {layout.num_heads}"
+        if nh < layout.num_heads
+        else f"{layout.num_heads} head(s)"
+    )
     fig.suptitle(
         title
-        or f"{spec}\nS={st['seq_len']} block={st['block_size']} "
-        f"density tokens={st['density_tokens']:.4f} blocks={st['density_blocks']:.4f}{head_note}",
+        or f"{spec}\nS={st['seq_len']}, block={st['block_size']}, {heads}; density: "
+        f"tokens {st['density_tokens']:.4f}, blocks {st['density_blocks']:.4f}",
         fontsize=9,
     )
+    drawn = bm[:nh]
     fig.legend(
         handles=[
-            Patch(facecolor="#1f3b73", label=f"full ({st['full_blocks']})"),
-            Patch(facecolor="#f39c12", label=f"partial ({st['partial_blocks']})"),
+            Patch(facecolor="#1f3b73", label=f"full ({int((drawn == 1).sum())})"),
+            Patch(facecolor="#f39c12", label=f"partial ({int((drawn == 2).sum())})"),
             Patch(facecolor="#ffffff", edgecolor="#888888", label="empty"),
         ],
-        loc="lower center",
-        bbox_to_anchor=(0.5, 0.0),
+        loc="outside lower center",
         ncol=3,
         fontsize=8,
+        title=f"tiles in the {nh} head(s) drawn",
+        title_fontsize=8,
     )
-    fig.tight_layout(rect=(0, 0.1, 1, 0.92))
     out = pathlib.Path(path)
-    fig.savefig(out, format="png", dpi=110)
+    with atomic_output(out, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
     return out

@@ -282,7 +282,7 @@ def test_invalid_per_head_list_and_spec():
     with pytest.raises(InvalidInputError, match="num_heads=3"):
         compile_layout(["band(w=4)", "band(w=2)"], 64, 16, num_heads=3)
     with pytest.raises(PatternSyntaxError):
-        compile_layout("band(w=0)", 64, 16)
+        compile_layout("band(w=x)", 64, 16)
     with pytest.raises(PatternSyntaxError):
         compile_layout(42, 64, 16)
 

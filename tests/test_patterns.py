@@ -103,8 +103,10 @@ def test_static_seq_len_flag():
     [
         ("bnd(w=2)", "'bnd'", 1),
         ("band(w=4) | bnd(w=2)", "'bnd'", 13),
-        ("band(w=0)", "'w'", 6),
-        ("band(w=-4)", "'w'", 6),
+        ("band(w=-4)", "'-'", 8),
+        ("band(w=+4)", "'+'", 8),
+        ("band(w=\uff13)", "'\uff13'", 8),
+        ("band(w=004)", "'004'", 8),
         ("dilated(w=2, d=0)", "'d'", 14),
         ("block_local(b=0)", "'b'", 13),
         ("random(r=0, seed=1)", "'r'", 8),
@@ -144,8 +146,8 @@ def test_pattern_objects_and_algebra():
     assert parse_pattern(Band(w=3)) == Pattern([Band(w=3)])
     with pytest.raises(PatternSyntaxError, match="no atom"):
         Pattern([])
-    with pytest.raises(PatternSyntaxError, match="w=0 is zero"):
-        Band(w=0)
+    with pytest.raises(PatternSyntaxError, match="w=-1 is negative"):
+        Band(w=-1)
     with pytest.raises(PatternSyntaxError, match="must be an integer"):
         Band(w=2.5)
     with pytest.raises(PatternSyntaxError, match="missing parameter 'seed'"):

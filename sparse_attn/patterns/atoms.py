@@ -27,9 +27,10 @@ from typing import ClassVar
 import numpy as np
 
 from sparse_attn.errors import PatternSyntaxError
+from sparse_attn.limits import MAX_INT, shorten
 
 #: Largest value of any integer parameter (positions and sizes are int32 in the layout).
-MAX_PARAM = 2**31 - 1
+MAX_PARAM = MAX_INT
 
 #: Key value used by atoms for "this atom sees nothing in the tile" (shared by many tiles).
 EMPTY_KEY = np.int64(-(2**62))
@@ -188,7 +189,7 @@ def _check_value(atom: str, p: Param, v):
     if p.kind == "choice":
         if v not in p.choices:
             raise param_error(
-                f"{atom}(): {p.name}={v} is not one of {', '.join(p.choices)}", p.name
+                f"{atom}(): {p.name}={shorten(v, 40)} is not one of {', '.join(p.choices)}", p.name
             )
         return v
     if p.kind == "int_or_auto" and v == "auto":
@@ -198,7 +199,8 @@ def _check_value(atom: str, p: Param, v):
             v = (int(v),)
         if not isinstance(v, (list, tuple)) or not v:
             raise param_error(
-                f"{atom}(): {p.name} must be a non-empty list of ints like [0,5], got {v!r}", p.name
+                f"{atom}(): {p.name} must be a non-empty list of ints like [0,5], got {shorten(v, 40)}",
+                p.name,
             )
         vals = tuple(sorted({_as_int(atom, p, x) for x in v}))
         return vals
@@ -207,7 +209,7 @@ def _check_value(atom: str, p: Param, v):
 
 def _as_int(atom: str, p: Param, v) -> int:
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-        raise param_error(f"{atom}(): {p.name} must be an integer, got {v!r}", p.name)
+        raise param_error(f"{atom}(): {p.name} must be an integer, got {shorten(v, 40)}", p.name)
     v = int(v)
     if v > MAX_PARAM:
         raise param_error(f"{atom}(): {p.name}={v} is too large; it must be <= {MAX_PARAM}", p.name)
@@ -343,7 +345,7 @@ class Band(Atom):
     """
 
     name = "band"
-    params = (Param("w", help="neighbours on each side"),)
+    params = (Param("w", minimum=0, help="neighbours on each side"),)
     formula = "|i - j| <= w"
     summary = "sliding window of w tokens on each side"
 
@@ -371,7 +373,10 @@ class Dilated(Band):
     """
 
     name = "dilated"
-    params = (Param("w", help="keys on each side"), Param("d", help="dilation (gap)"))
+    params = (
+        Param("w", minimum=0, help="keys on each side"),
+        Param("d", help="dilation (gap)"),
+    )
     formula = "|i - j| <= w*d and (i - j) % d == 0"
     summary = "w keys on each side, every d-th position"
 
@@ -544,7 +549,7 @@ class BlockBand(BlockLocal):
     name = "block_band"
     params = (
         Param("b", help="block length in tokens"),
-        Param("w", help="neighbour blocks each side"),
+        Param("w", minimum=0, help="neighbour blocks each side"),
     )
     formula = "|i // b - j // b| <= w"
     summary = "band of w blocks of b tokens on each side"
@@ -595,10 +600,16 @@ class Random(Atom):
     def block_length(self, ctx: Context) -> int:
         return self.values["b"] or ctx.block_size
 
+    def draws(self, seq_len: int, block_size: int) -> int:
+        """Number of block draws (and rows) :meth:`draw` makes for one head: its cost."""
+        nbl = -(-seq_len // (self.values["b"] or block_size))
+        per_row = min(self.values["r"], nbl)
+        return nbl * (1 + per_row)
+
     def draw(self, seq_len: int, block_len: int, head: int) -> np.ndarray:
         """``int64 [nB, r]`` chosen key blocks per query block (``-1`` = none), ``nB = ceil(S/b)``."""
         nbl = -(-seq_len // block_len)
-        r, seed = self.values["r"], self.values["seed"]
+        r, seed = min(self.values["r"], nbl), self.values["seed"]  # no row has more than nbl
         out = np.full((nbl, r), -1, dtype=np.int64)
         for q in range(nbl):
             universe = q + 1 if self.values["scope"] == "prefix" else nbl

@@ -7,7 +7,9 @@ Grammar (whitespace between tokens is ignored)::
     param  := NAME "=" value
     value  := INT | "[" [ INT ("," INT)* ] "]" | NAME
 
-``NAME`` is an atom (``band``, ``global``, ...), a preset (``bigbird``, ...; parameters are
+``INT`` is a non-negative ASCII decimal integer without sign or leading zeros, at most
+:data:`sparse_attn.limits.MAX_INT`; a spec string is at most
+:data:`sparse_attn.limits.MAX_SPEC_CHARS` characters. ``NAME`` is an atom (``band``, ``global``, ...), a preset (``bigbird``, ...; parameters are
 overrides of its defaults) or the modifier ``causal`` (no parentheses). The union is
 commutative; ``causal`` applies to the whole union. Errors raise
 :class:`~sparse_attn.errors.PatternSyntaxError` on one line, quoting the bad token and its
@@ -19,14 +21,15 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from sparse_attn.errors import PatternSyntaxError
+from sparse_attn.errors import InvalidInputError, PatternSyntaxError
+from sparse_attn.limits import MAX_INT, MAX_SPEC_CHARS, parse_int, shorten
 from sparse_attn.patterns.atoms import ATOMS, Atom
 from sparse_attn.patterns.pattern import Pattern
 from sparse_attn.patterns.presets import PRESETS
 
-_TOKEN = re.compile(
-    r"\s*(?:(?P<name>[A-Za-z_][A-Za-z0-9_]*)|(?P<int>[+-]?\d+)|(?P<op>[()\[\],=|]))"
-)
+_TOKEN = re.compile(r"(?:(?P<name>[A-Za-z_][A-Za-z0-9_]*)|(?P<int>[0-9]+)|(?P<op>[()\[\],=|]))")
+#: Whitespace allowed between tokens (ASCII only).
+_SPACE = " \t\r\n"
 
 
 @dataclass
@@ -43,9 +46,9 @@ class _Parser:
         self.k = 0
 
     def error(self, msg: str, tok: _Tok, hint: str = "") -> PatternSyntaxError:
-        shown = "end of spec" if tok.kind == "end" else repr(tok.text)
+        shown = "end of spec" if tok.kind == "end" else shorten(tok.text, 40)
         err = PatternSyntaxError(
-            f"{msg} {shown} at column {tok.pos + 1} of {self.text!r}"
+            f"{msg} {shown} at column {tok.pos + 1} of {shorten(self.text)}"
             + (f"; {hint}" if hint else "")
         )
         err.position = tok.pos
@@ -54,7 +57,9 @@ class _Parser:
 
     def located(self, msg: str, tok: _Tok) -> PatternSyntaxError:
         """An error whose message is complete, with the token's location appended."""
-        err = PatternSyntaxError(f"{msg} (at {tok.text!r}, column {tok.pos + 1} of {self.text!r})")
+        err = PatternSyntaxError(
+            f"{msg} (at {shorten(tok.text, 40)}, column {tok.pos + 1} of {shorten(self.text)})"
+        )
         err.position = tok.pos
         err.caret = self.text + "\n" + " " * tok.pos + "^"
         return err
@@ -62,16 +67,17 @@ class _Parser:
     def _lex(self, text: str) -> list[_Tok]:
         toks, pos = [], 0
         while True:
-            while pos < len(text) and text[pos].isspace():
+            while pos < len(text) and text[pos] in _SPACE:
                 pos += 1
             if pos >= len(text):
                 break
             m = _TOKEN.match(text, pos)
             if not m:
                 bad = _Tok("op", text[pos], pos)
-                raise self.error(
-                    "unexpected character", bad, "allowed: names, integers, ( ) [ ] , = |"
-                )
+                hint = "allowed: ASCII names, integers 0-9, ( ) [ ] , = | and spaces"
+                if text[pos] in "+-":
+                    hint = "integers are written without a sign, e.g. w=3"
+                raise self.error("unexpected character", bad, hint)
             kind = m.lastgroup or "op"
             toks.append(_Tok(kind, m.group(kind), m.start(kind)))
             pos = m.end()
@@ -189,10 +195,17 @@ class _Parser:
             if t.text != ",":
                 raise self.error("expected ',' or ')', found", t)
 
+    def integer(self, t: _Tok) -> int:
+        """The value of an integer token (ASCII decimal, no leading zeros, <= MAX_INT)."""
+        try:
+            return parse_int(t.text, "an integer", 0, MAX_INT)
+        except InvalidInputError as exc:
+            raise self.located(str(exc), t) from None
+
     def value(self):
         t = self.take()
         if t.kind == "int":
-            return int(t.text)
+            return self.integer(t)
         if t.kind == "name":
             return t.text
         if t.text == "[":
@@ -210,7 +223,7 @@ class _Parser:
                             v,
                         )
                     raise self.error("expected an integer in the list, found", v)
-                items.append(int(v.text))
+                items.append(self.integer(v))
                 sep = self.take()
                 if sep.text == "]":
                     return items
@@ -243,5 +256,10 @@ def parse_pattern(spec) -> Pattern:
     if not isinstance(spec, str):
         raise PatternSyntaxError(
             f"pattern spec must be a string, Pattern or Atom, got {type(spec).__name__}"
+        )
+    if len(spec) > MAX_SPEC_CHARS:
+        raise PatternSyntaxError(
+            f"pattern spec is {len(spec)} characters long; the limit is {MAX_SPEC_CHARS}: "
+            f"{shorten(spec)}"
         )
     return _Parser(spec).parse()

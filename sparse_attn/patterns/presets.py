@@ -100,9 +100,9 @@ def sliding_window(w: int = 4096) -> Pattern:
     ``kv_idx > q_idx - sliding_window``) lets query i see keys ``i-w+1 .. i``: ``w`` keys,
     self included. Hence ``band(w=w-1) | causal``.
     """
-    if w < 2:
+    if w < 1:
         raise param_error(
-            f"sliding_window(): w={w} must be >= 2 (w keys including the query itself)", "w"
+            f"sliding_window(): w={w} must be >= 1 (w keys including the query itself)", "w"
         )
     return Pattern([Band(w=w - 1)], causal=True)
 
@@ -164,7 +164,7 @@ PRESETS: dict[str, Preset] = {
             (
                 Param("block", default=64),
                 Param("r", default=3),
-                Param("w", default=1),
+                Param("w", default=1, minimum=0),
                 Param("seed", minimum=0, default=0),
             ),
             bigbird,
@@ -190,7 +190,7 @@ PRESETS: dict[str, Preset] = {
         ),
         Preset(
             "sliding_window",
-            (Param("w", default=4096, minimum=2),),
+            (Param("w", default=4096, minimum=1),),
             sliding_window,
             "Mistral: causal window of w keys (self included)",
         ),
