@@ -26,11 +26,24 @@ $(BIN)/sparse-attn: pyproject.toml
 
 install: $(BIN)/sparse-attn
 
-export: install
-	$(BIN)/sparse-attn export --model minilm --pattern '$(PATTERN)' --block-size $(BLOCK_SIZE) -o $(ART)/minilm.onnx
+MODEL_ONNX := $(ART)/minilm.onnx
+# `make engine` builds a TensorRT engine where TensorRT and a GPU are usable, else an ONNX
+# Runtime optimised model; the file is named after what it is. Decided only when needed.
+ENGINE_BACKEND ?= $(shell $(PYTHON) -c "from sparse_attn.engines import default_backend; print(default_backend())" 2>/dev/null || echo onnxruntime)
+ENGINE_FILE = $(ART)/minilm.$(if $(filter tensorrt,$(ENGINE_BACKEND)),engine,ort.onnx)
 
-engine: export
-	$(BIN)/sparse-attn engine $(ART)/minilm.onnx -o $(ART)/minilm.engine
+# `make export` always re-exports (e.g. after changing PATTERN); other targets reuse the file.
+export: install
+	$(BIN)/sparse-attn export --model minilm --pattern '$(PATTERN)' --block-size $(BLOCK_SIZE) -o $(MODEL_ONNX)
+
+$(MODEL_ONNX): | $(BIN)/sparse-attn
+	$(BIN)/sparse-attn export --model minilm --pattern '$(PATTERN)' --block-size $(BLOCK_SIZE) -o $@
+
+$(ART)/minilm.engine $(ART)/minilm.ort.onnx: $(MODEL_ONNX)
+	$(BIN)/sparse-attn engine $(MODEL_ONNX) --backend $(ENGINE_BACKEND) -o $@
+
+engine: install
+	$(MAKE) --no-print-directory $(ENGINE_FILE) ENGINE_BACKEND=$(ENGINE_BACKEND)
 
 demo: install
 	$(PYTHON) -m sparse_attn.demo --out $(ART)/demo
@@ -47,8 +60,10 @@ bench: install
 bench-quick: install
 	$(BIN)/sparse-attn bench --quick --out $(ART)/bench-quick
 
+# The project's environment when it exists (after `make install`), else the system python3
+# (a bare GPU machine with torch and triton preinstalled).
 gpu-check:
-	$(PY) benchmarks/gpu_check.py --out $(ART)/gpu-check
+	$(if $(wildcard $(PYTHON)),$(PYTHON),$(PY)) benchmarks/gpu_check.py --out $(ART)/gpu-check
 
 lint: install
 	$(BIN)/ruff check sparse_attn tests benchmarks

@@ -1,4 +1,9 @@
-"""Exception types shared by the library and mapped to CLI exit codes (SPEC section 3)."""
+"""Exception and warning types shared by the library; the CLI maps them to exit codes.
+
+Exit codes (docs/spec.md): 2 for bad input (:class:`InvalidInputError` and subclasses), 1 for
+the environment or a failed check (:class:`UnsupportedEnvironmentError`,
+:class:`CheckFailedError`), 130 on Ctrl-C.
+"""
 
 from __future__ import annotations
 
@@ -39,3 +44,14 @@ class BackendNotSupportedError(InvalidInputError):
         self.reasons = dict(reasons or {})
         detail = "; ".join(f"{k}: {', '.join(v)}" for k, v in self.reasons.items() if v)
         super().__init__(f"{message}" + (f" ({detail})" if detail else ""))
+
+
+class CheckFailedError(SparseAttnError, RuntimeError):
+    """A check of the tool's own output failed (e.g. an exported model differs from PyTorch,
+    an engine lacks its plugin layer): CLI exit code 1. A ``RuntimeError`` for old callers."""
+
+    exit_code = 1
+
+
+class SparseAttnWarning(UserWarning):
+    """Base class of the project's warnings (the CLI shows these, and hides third-party ones)."""

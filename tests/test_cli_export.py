@@ -1,17 +1,15 @@
-"""``sparse-attn export`` command line: success, family options, exit codes (SPEC section 3)."""
+"""``sparse-attn export`` command line: success, family options, exit codes."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 
-import click
 import numpy as np
 import onnx
 import pytest
 
 from sparse_attn.cli import main
-from sparse_attn.cli.export_cmd import parse_family_options
 from sparse_attn.export import attention
 
 pytest.importorskip("onnxruntime")
@@ -50,8 +48,13 @@ def test_export_attention_cli_writes_checked_model(tmp_path, capsys):
 @pytest.mark.parametrize(
     "extra,message",
     [
-        (["--num-hads", "2"], "not known for --model attention"),
-        (["--head-dim", "eight"], "expects a int value"),
+        (["--num-hads", "2"], "No such option '--num-hads'"),
+        (["--seed", "2"], "not known for --model attention"),
+        (["--head-dim", "eight"], "'eight'"),
+        (["--head-dim", "+8"], "sign"),
+        (["--head-dim", "1000000000"], "--head-dim"),
+        (["--num-heads", "1000000000"], "--num-heads"),
+        (["--scale", "nan"], "finite"),
         (["--dtype", "float64"], "float64"),
         (["--pattern", "band(w=8"], "never closed"),
         (["--block-size", "4"], "block_size must be in"),
@@ -87,19 +90,21 @@ def test_export_cli_requires_heads_for_attention(tmp_path, capsys):
     assert "--num-heads" in capsys.readouterr().err
 
 
-def test_family_option_parser():
-    opts = attention.CLI_OPTIONS
-    parsed = parse_family_options(
-        ["--num-heads=3", "--head-dim", "16", "--no-key-padding-mask", "--scale", "0.25"],
-        opts,
-        "attention",
-    )
-    assert parsed == {"num_heads": 3, "head_dim": 16, "key_padding_mask": False, "scale": 0.25}
-    assert parse_family_options(["--key-padding-mask"], opts, "attention") == {
-        "key_padding_mask": True
-    }
-    with pytest.raises(click.UsageError, match="needs a value"):
-        parse_family_options(["--num-heads"], opts, "attention")
+def test_family_options_are_click_options(tmp_path, capsys, monkeypatch):
+    seen = {}
+
+    def fake_export(output, **kwargs):
+        seen.update(kwargs)
+        return output
+
+    monkeypatch.setattr(attention, "export_onnx", fake_export)
+    out = tmp_path / "f.onnx"
+    argv = [*BASE, "--num-heads=3", "--no-key-padding-mask", "--scale", "0.25", "-o", str(out)]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert seen["num_heads"] == 3 and seen["head_dim"] == 8 and seen["scale"] == 0.25
+    assert seen["key_padding_mask"] is False and "value_dim" not in seen  # family default
+    assert main([*BASE, "-o", str(out), "--num-heads"]) == 2
+    assert "requires an argument" in capsys.readouterr().err
 
 
 def test_export_help_lists_families_via_console_entry():
@@ -110,7 +115,7 @@ def test_export_help_lists_families_via_console_entry():
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "--max-seq-len" in proc.stdout and "attention: --num-heads INT" in proc.stdout
+    assert "--max-seq-len" in proc.stdout and "--num-heads INT" in proc.stdout
     assert np.all([f in proc.stdout for f in ("minilm", "bigbird", "longformer", "mistral")])
 
 

@@ -90,8 +90,7 @@ def test_help_lists_atoms_and_presets():
     "args,needle",
     [
         (["bnd(w=3)", "--seq-len", "64", "--block-size", "16"], "unknown atom 'bnd'"),
-        (["band(w=0)", "--seq-len", "64", "--block-size", "16"], "w=0"),
-        (["band(w=-2)", "--seq-len", "64", "--block-size", "16"], "negative"),
+        (["band(w=-2)", "--seq-len", "64", "--block-size", "16"], "sign"),
         (["band(w=3", "--seq-len", "64", "--block-size", "16"], "unbalanced"),
         (["band(w=3))", "--seq-len", "64", "--block-size", "16"], "unbalanced"),
         (["band(w=3) x", "--seq-len", "64", "--block-size", "16"], "'x'"),

@@ -4,7 +4,8 @@ Each subcommand lives in its own module ``sparse_attn.cli.<name>_cmd`` exposing 
 command named ``command``; modules are imported only when their command runs, so
 ``sparse-attn layout`` does not pay for torch or onnx imports it does not need.
 
-Errors: one line on stderr; exit code 2 for bad input, 1 for the environment.
+Errors: one line on stderr; exit code 2 for bad input, 1 for the environment, 130 on
+Ctrl-C (:func:`main` is the one error boundary). The contract is in docs/spec.md.
 """
 
 from __future__ import annotations
@@ -58,30 +59,123 @@ def cli() -> None:
 
 
 def _fail(message: str, code: int) -> int:
-    click.echo(f"sparse-attn: error: {' '.join(str(message).split())}", err=True)
+    text = " ".join(str(message).split())
+    if len(text) > 2000:
+        text = text[:2000] + "..."
+    click.echo(f"sparse-attn: error: {text}", err=True)
     return code
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the console script; returns the process exit code."""
-    try:
-        # With standalone_mode=False click returns (not raises) the code of ctx.exit(n).
-        rc = cli.main(args=argv, prog_name="sparse-attn", standalone_mode=False)
-    except click.exceptions.Exit as exc:
-        return int(exc.exit_code)
-    except click.exceptions.Abort:
-        return _fail("aborted", 1)
-    except click.UsageError as exc:
+class _Interrupted:
+    """Records a SIGINT so that an error it caused (e.g. a half-finished import) reads as one."""
+
+    seen = False
+
+    @classmethod
+    def handler(cls, signum, frame):  # noqa: ARG003 - signal handler signature
+        cls.seen = True
+        raise KeyboardInterrupt
+
+
+def _setup_output() -> None:
+    """Library code logs; the CLI shows its warnings on stderr, one line each, and hides
+    third-party warnings (they are not the user's to act on)."""
+    import logging
+    import warnings
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("sparse-attn: %(levelname)s: %(message)s"))
+    root = logging.getLogger("sparse_attn")
+    if not root.handlers:
+        root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    root.propagate = False
+    warnings.filterwarnings("ignore")
+    from sparse_attn.errors import SparseAttnWarning
+
+    warnings.filterwarnings("default", category=SparseAttnWarning)
+    warnings.showwarning = _show_warning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ARG001
+    click.echo(f"sparse-attn: warning: {' '.join(str(message).split())}", err=True)
+
+
+def exit_code_for(exc: BaseException) -> tuple[int, str]:
+    """The CLI's exit code and one-line message for an exception (the error boundary).
+
+    2: bad input (:class:`~sparse_attn.errors.InvalidInputError`, usage errors, a missing or
+    unreadable input file); 1: the environment or an internal failure; 130: Ctrl-C;
+    128 + N: terminated by signal N.
+    """
+    from sparse_attn.fileio import Terminated
+
+    if isinstance(exc, KeyboardInterrupt) or (
+        _Interrupted.seen and not isinstance(exc, Terminated)
+    ):
+        return 130, "interrupted"
+    if isinstance(exc, Terminated):
+        return exc.code, f"terminated by signal {exc.signum}"
+    if isinstance(exc, click.exceptions.Exit):
+        return int(exc.exit_code), ""
+    if isinstance(exc, click.exceptions.Abort):
+        return 130, "aborted"
+    if isinstance(exc, click.UsageError):
         hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
-        return _fail(exc.format_message() + hint, 2)
-    except click.ClickException as exc:
-        return _fail(exc.format_message(), exc.exit_code or 1)
-    except SparseAttnError as exc:
-        return _fail(str(exc), exc.exit_code)
-    except FileNotFoundError as exc:
-        return _fail(f"{exc}; check the path", 2)
-    except KeyboardInterrupt:
-        return _fail("interrupted", 130)
+        return 2, exc.format_message() + hint
+    if isinstance(exc, click.ClickException):
+        return exc.exit_code or 1, exc.format_message()
+    if isinstance(exc, SparseAttnError):
+        return exc.exit_code, str(exc)
+    if isinstance(exc, (FileNotFoundError, IsADirectoryError, NotADirectoryError)):
+        return 2, f"{exc.strerror or exc}: {exc.filename or ''}; check the path"
+    if isinstance(exc, PermissionError):
+        return 2, f"permission denied: {exc.filename or exc}; check the path"
+    if isinstance(exc, MemoryError):
+        return 1, "out of memory; use smaller sizes (see the limits in docs/spec.md)"
+    if isinstance(exc, OSError):
+        return 1, f"{type(exc).__name__}: {exc}"
+    return 1, (
+        f"internal error {type(exc).__name__}: {exc} (please report it; set "
+        "SPARSE_ATTN_TRACEBACK=1 to see the traceback)"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script; returns the process exit code.
+
+    The error boundary: no traceback reaches the user (unless ``SPARSE_ATTN_TRACEBACK=1``);
+    see :func:`exit_code_for` for the codes.
+    """
+    import os
+    import signal
+    import threading
+
+    from sparse_attn.fileio import terminate_as_exception
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    main_thread = threading.current_thread() is threading.main_thread()
+    old_int = signal.getsignal(signal.SIGINT) if main_thread else None
+    _Interrupted.seen = False
+    try:
+        if main_thread:
+            signal.signal(signal.SIGINT, _Interrupted.handler)
+        with terminate_as_exception():
+            _setup_output()
+            with cli.make_context("sparse-attn", args) as ctx:
+                rc = cli.invoke(ctx)
+    except BaseException as exc:  # noqa: BLE001 - this is the boundary
+        if isinstance(exc, SystemExit) and not hasattr(exc, "signum"):
+            raise
+        if os.environ.get("SPARSE_ATTN_TRACEBACK") and not isinstance(exc, click.ClickException):
+            raise
+        code, message = exit_code_for(exc)
+        if message:
+            _fail(message, code)
+        return code
+    finally:
+        if main_thread and old_int is not None:
+            signal.signal(signal.SIGINT, old_int)
     return rc if isinstance(rc, int) else 0
 
 

@@ -1,4 +1,4 @@
-"""``sparse-attn check MODEL [--backend B] [--json] [--save-outputs F]`` (SPEC section 3).
+"""``sparse-attn check MODEL [--backend B] [--json] [--save-outputs F]`` (docs/spec.md).
 
 Runs the backend and the PyTorch reference (the eager model rebuilt from the file's
 metadata) on the same inputs and reports, per output, max abs/rel error, mismatch fraction,
@@ -18,11 +18,12 @@ from pathlib import Path
 
 import click
 
-from sparse_attn.errors import SparseAttnError
+from sparse_attn.cli._common import SEED
+from sparse_attn.errors import CheckFailedError
 from sparse_attn.runtime.runtime import BACKENDS
 
 
-@click.command("check")
+@click.command("check", epilog="Contract and tolerances: docs/spec.md.")
 @click.argument("model", type=click.Path(path_type=Path, dir_okay=False))
 @click.option(
     "--backend",
@@ -37,9 +38,10 @@ from sparse_attn.runtime.runtime import BACKENDS
     type=click.Path(path_type=Path, dir_okay=False),
     help="Write the reference outputs in Polygraphy's JSON format (inputs to F.inputs.json).",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of random inputs.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of random inputs.")
 def command(model, backend, as_json, save_outputs, seed):
     """Check MODEL's accuracy on BACKEND against the PyTorch reference."""
+    from sparse_attn.fileio import atomic_output, check_output_path
     from sparse_attn.runtime.compare import (
         check_model,
         dumps,
@@ -49,10 +51,18 @@ def command(model, backend, as_json, save_outputs, seed):
         save_polygraphy_outputs,
     )
 
+    if save_outputs is not None:
+        check_output_path(save_outputs, what="--save-outputs", suffixes=(".json",), inputs=[model])
+        check_output_path(
+            polygraphy_inputs_path(save_outputs), what="--save-outputs inputs", inputs=[model]
+        )
     report, feeds, _, reference = check_model(model, backend, seed=seed)
     if save_outputs is not None:
-        out_path = save_polygraphy_outputs(reference, save_outputs)
-        in_path = save_polygraphy_inputs(feeds, polygraphy_inputs_path(save_outputs))
+        out_path, in_path = Path(save_outputs), polygraphy_inputs_path(save_outputs)
+        with atomic_output(out_path, suffix=".json") as tmp_out:
+            save_polygraphy_outputs(reference, tmp_out)
+            with atomic_output(in_path, suffix=".json") as tmp_in:
+                save_polygraphy_inputs(feeds, tmp_in)
         tol = next(iter(report["outputs"].values()), {}).get("tolerance", {})
         report["saved_outputs"] = str(out_path)
         report["saved_inputs"] = str(in_path)
@@ -69,7 +79,7 @@ def command(model, backend, as_json, save_outputs, seed):
             click.echo(f"compare with: {report['polygraphy_command']}")
     if not report["passed"]:
         failed = [k for k, v in report["outputs"].items() if not v.get("passed")]
-        raise SparseAttnError(
+        raise CheckFailedError(
             f"accuracy check failed: output(s) {failed} of {model} on {report['backend']} are "
             f"outside the {report['dtype']} tolerance of the PyTorch reference"
         )

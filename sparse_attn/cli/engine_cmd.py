@@ -1,30 +1,35 @@
-"""``sparse-attn engine MODEL.onnx [--backend tensorrt|onnxruntime] -o OUT``."""
+"""``sparse-attn engine MODEL.onnx [--backend tensorrt|onnxruntime] -o OUT`` (docs/spec.md)."""
 
 from __future__ import annotations
 
 import click
 
+from sparse_attn import limits
+from sparse_attn.cli._common import SEQ_LEN
 from sparse_attn.errors import InvalidInputError
 
 
 def _parse_batch(text: str) -> tuple[int, int, int]:
-    try:
-        parts = tuple(int(x) for x in text.split(","))
-    except ValueError:
-        parts = ()
+    parts = text.split(",")
     if len(parts) != 3:
-        raise InvalidInputError(f"--batch must be MIN,OPT,MAX (e.g. 1,1,8), got {text!r}")
-    return parts
+        raise InvalidInputError(
+            f"--batch must be MIN,OPT,MAX (e.g. 1,1,8), got {limits.shorten(text, 40)}"
+        )
+    lo, opt, hi = (limits.parse_int(p.strip(), "--batch", 1, 1 << 16) for p in parts)
+    if not lo <= opt <= hi:
+        raise InvalidInputError(f"--batch needs MIN <= OPT <= MAX, got {text!r}")
+    return lo, opt, hi
 
 
-@click.command(name="engine")
+@click.command(name="engine", epilog="Contract: docs/spec.md.")
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option(
     "-o",
     "--output",
     required=True,
     type=click.Path(dir_okay=False),
-    help="Engine file to write (a JSON description goes to OUTPUT.json).",
+    help="Engine file to write: .engine/.plan/.trt (TensorRT) or .onnx (ONNX Runtime); a "
+    "JSON description goes to OUTPUT.json.",
 )
 @click.option(
     "--backend",
@@ -42,7 +47,7 @@ def _parse_batch(text: str) -> tuple[int, int, int]:
 )
 @click.option(
     "--seq-opt",
-    type=int,
+    type=SEQ_LEN,
     default=None,
     help="TensorRT profile 'opt' sequence length (default max_seq_len/2; min is 1, max from "
     "the model's metadata).",

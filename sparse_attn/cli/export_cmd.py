@@ -1,116 +1,104 @@
-"""``sparse-attn export``: export a model family with sparse attention to ONNX (SPEC section 3).
+"""``sparse-attn export``: export a model family with sparse attention to ONNX (docs/spec.md).
 
 Common options are declared here; family-specific ones (``--num-heads``/``--head-dim`` for
-``attention``, ...) come from the family module's ``CLI_OPTIONS`` and are passed through
-to its ``export_onnx`` (see ``sparse_attn/export/__init__.py``).
+``attention``, ...) come from each family module's ``CLI_OPTIONS`` and become ordinary click
+options of this command (:func:`family_options`). An option of another family than the chosen
+``--model`` is refused; only options given on the command line reach the family's
+``export_onnx``, so its own defaults apply to the others.
 """
 
 from __future__ import annotations
 
 import importlib
+import math
 
 import click
 
+from sparse_attn import limits
+from sparse_attn.cli._common import BLOCK_SIZE, HEAD_DIM, NUM_HEADS, SEQ_LEN, BoundedInt
 from sparse_attn.errors import InvalidInputError
 from sparse_attn.export import FAMILIES
 
-_TYPES = {"int": int, "float": float, "str": str}
+#: Bounded click types of family options by name (others: an integer in 0..MAX_INT).
+_INT_TYPES = {
+    "num_heads": NUM_HEADS,
+    "num_kv_heads": NUM_HEADS,
+    "head_dim": HEAD_DIM,
+    "value_dim": HEAD_DIM,
+}
+
+
+class FiniteFloat(click.ParamType):
+    """A float that is finite (no nan/inf), written in plain decimal or exponent notation."""
+
+    name = "float"
+
+    def convert(self, value, param, ctx):
+        try:
+            x = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{limits.shorten(value, 40)} is not a number", param, ctx)
+        if not math.isfinite(x):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return x
 
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def parse_family_options(args: list[str], options: dict, family: str) -> dict:
-    """Parse ``--opt value`` / ``--opt=value`` / ``--flag`` / ``--no-flag`` for one family.
-
-    Args:
-        args: the command-line tokens click did not consume.
-        options: the family's ``CLI_OPTIONS``.
-        family: family name (for messages).
-
-    Returns:
-        ``{python_name: value}`` for the options given (defaults are the family's).
-
-    Raises:
-        click.UsageError: unknown option, missing or badly typed value (exit code 2).
-    """
-    flags = {_flag(k): k for k in options}
-    negs = {"--no-" + _flag(k)[2:]: k for k, spec in options.items() if spec.get("type") == "bool"}
-    out: dict = {}
-    i = 0
-    while i < len(args):
-        tok = args[i]
-        name, eq, inline = tok.partition("=")
-        if name in negs and not eq:
-            out[negs[name]] = False
-            i += 1
-            continue
-        if name not in flags:
-            known = ", ".join(sorted(flags)) or "none"
-            raise click.UsageError(
-                f"option {tok!r} is not known for --model {family} (its options: {known})"
-            )
-        key = flags[name]
-        kind = options[key].get("type", "str")
-        if kind == "bool" and not eq:
-            out[key] = True
-            i += 1
-            continue
-        if eq:
-            raw = inline
-            i += 1
-        else:
-            if i + 1 >= len(args):
-                raise click.UsageError(f"option {name} needs a value")
-            raw = args[i + 1]
-            i += 2
+def _families_options() -> dict[str, dict]:
+    """``{family: CLI_OPTIONS}`` of every family module that imports."""
+    out = {}
+    for name, module in FAMILIES.items():
         try:
-            if kind == "bool":
-                if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
-                    raise ValueError(raw)
-                out[key] = raw.lower() in ("1", "true", "yes")
-            else:
-                out[key] = _TYPES[kind](raw)
-        except ValueError:
-            raise click.UsageError(f"option {name} expects a {kind} value, got {raw!r}") from None
+            out[name] = dict(getattr(importlib.import_module(module), "CLI_OPTIONS", {}))
+        except Exception:  # noqa: BLE001 - help must not fail because one family is broken
+            out[name] = {}
     return out
 
 
-def _family_help() -> str:
-    lines = []
-    for name, module in FAMILIES.items():
-        try:
-            opts = getattr(importlib.import_module(module), "CLI_OPTIONS", {})
-        except Exception:  # noqa: BLE001 - help must not fail because one family is broken
-            lines.append(f"  {name}: (not available)")
-            continue
-        parts = []
+def family_options() -> tuple[list[click.Option], dict[str, set[str]]]:
+    """Click options for the union of the families' ``CLI_OPTIONS``.
+
+    Returns:
+        ``(options, owners)``: the options (default ``None`` = not given) and, per option's
+        Python name, the families that take it.
+    """
+    owners: dict[str, set[str]] = {}
+    specs: dict[str, dict] = {}
+    for family, opts in _families_options().items():
         for key, spec in opts.items():
-            flag = _flag(key)
-            if spec.get("type") == "bool":
-                flag = f"{flag}/--no-{flag[2:]}"
-            else:
-                flag = f"{flag} {spec.get('type', 'str').upper()}"
-            parts.append(f"{flag}: {spec.get('help', '')}")
-        lines.append(f"  {name}: " + ("; ".join(parts) if parts else "no extra options"))
-    return "\n".join(lines)
+            owners.setdefault(key, set()).add(family)
+            specs.setdefault(key, spec)
+    options = []
+    for key, spec in specs.items():
+        kind = spec.get("type", "str")
+        who = ", ".join(sorted(owners[key]))
+        helptext = f"[{who}] {spec.get('help', '')}"
+        if kind == "bool":
+            decl = f"{_flag(key)}/--no-{_flag(key)[2:]}"
+            options.append(click.Option([decl, key], default=None, help=helptext))
+            continue
+        ptype = {
+            "int": _INT_TYPES.get(key, BoundedInt(0, limits.MAX_INT)),
+            "float": FiniteFloat(),
+        }.get(kind, click.STRING)
+        options.append(click.Option([_flag(key), key], type=ptype, default=None, help=helptext))
+    return options, owners
 
 
-class _ExportCommand(click.Command):
-    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        formatter.write_paragraph()
-        formatter.write_text("Family options (after the common ones):")
-        with formatter.indentation():
-            for line in _family_help().splitlines():
-                formatter.write_text(line.strip())
+OPTIONS, OWNERS = family_options()
 
 
-@click.command(
-    "export",
-    cls=_ExportCommand,
-    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
-)
+def _export_command(cmd: click.Command) -> click.Command:
+    """Add the families' options after the common ones."""
+    cmd.params.extend(OPTIONS)
+    return cmd
+
+
+@_export_command
+@click.command("export", epilog="Family options are marked [family]. Contract: docs/spec.md.")
 @click.option(
     "--model",
     "model_name",
@@ -119,11 +107,11 @@ class _ExportCommand(click.Command):
     show_default=True,
     help="Model family to export.",
 )
-@click.option("--pattern", default=None, help="Pattern spec or preset name (SPEC section 1).")
-@click.option("--block-size", type=int, default=None, help="Kernel block size (tokens).")
+@click.option("--pattern", default=None, help="Pattern spec or preset name (docs/patterns.md).")
+@click.option("--block-size", type=BLOCK_SIZE, default=None, help="Kernel block size (tokens).")
 @click.option(
     "--max-seq-len",
-    type=int,
+    type=SEQ_LEN,
     default=None,
     help="Maximum sequence length; S is dynamic in 1..max (family default if omitted).",
 )
@@ -139,7 +127,7 @@ class _ExportCommand(click.Command):
     "-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output .onnx file."
 )
 @click.pass_context
-def command(ctx, model_name, pattern, block_size, max_seq_len, causal, dtype, output):
+def command(ctx, model_name, pattern, block_size, max_seq_len, causal, dtype, output, **family):
     """Export a model with sparse attention to one ONNX file.
 
     The file carries sparse_attn::BlockSparseAttention nodes (mapped by TensorRT onto the
@@ -148,18 +136,28 @@ def command(ctx, model_name, pattern, block_size, max_seq_len, causal, dtype, ou
     batch/seq_len dims, and an ONNX Runtime run compared with PyTorch (one line).
     """
     from sparse_attn.export import get_family
+    from sparse_attn.fileio import check_output_path
 
-    family = get_family(model_name)
-    extra = parse_family_options(list(ctx.args), getattr(family, "CLI_OPTIONS", {}), model_name)
+    given = {k: v for k, v in family.items() if v is not None}
+    foreign = sorted(k for k in given if model_name not in OWNERS.get(k, ()))
+    if foreign:
+        known = sorted(_flag(k) for k, fams in OWNERS.items() if model_name in fams)
+        raise click.UsageError(
+            f"option(s) {', '.join(_flag(k) for k in foreign)} are not known for --model "
+            f"{model_name} (its options: {', '.join(known) or 'none'})",
+            ctx,
+        )
     if block_size is None:
         raise InvalidInputError("--block-size is required (e.g. --block-size 64)")
-    path = family.export_onnx(
+    check_output_path(output, what="-o", suffixes=(".onnx",))
+    fam = get_family(model_name)
+    path = fam.export_onnx(
         output,
         pattern=pattern,
         block_size=block_size,
         max_seq_len=max_seq_len,
         dtype=dtype,
         causal=causal,
-        **extra,
+        **given,
     )
     click.echo(f"wrote {path}")

@@ -1,4 +1,4 @@
-"""``sparse-attn layout SPEC --seq-len S --block-size B ...`` (SPEC section 3). Thin wrapper."""
+"""``sparse-attn layout SPEC --seq-len S --block-size B ...`` (docs/spec.md). Thin wrapper."""
 
 from __future__ import annotations
 
@@ -6,10 +6,12 @@ import json
 
 import click
 
+from sparse_attn import limits
+from sparse_attn.cli._common import BLOCK_SIZE, NUM_HEADS, SEQ_LEN
 from sparse_attn.errors import InvalidInputError
 
-#: Largest ``H * S * S`` (bytes of the boolean mask) ``--save-mask`` writes: 2 GiB.
-MAX_MASK_BYTES = 2 * 2**30
+#: Largest ``H * S * S`` (bytes of the boolean mask) ``--save-mask`` writes.
+MAX_MASK_BYTES = limits.MAX_TOKEN_MASK_BYTES
 
 
 def _help_epilog() -> str:
@@ -31,6 +33,11 @@ def _help_epilog() -> str:
         "  sparse-attn layout 'band(w=256) | global(n=64)' --seq-len 8192 --block-size 64",
         "  sparse-attn layout bigbird --seq-len 4096 --block-size 64 --json",
         "  sparse-attn layout 'sliding_window(w=512)' --seq-len 2048 --block-size 64 --plot sw.png",
+        "",
+        "\b",
+        f"Limits: seq_len <= {limits.MAX_SEQ_LEN}, block_size <= {limits.MAX_BLOCK_SIZE}, "
+        f"num_heads <= {limits.MAX_HEADS}, nQB <= {limits.MAX_BLOCKS}; the full contract and",
+        "limits table: docs/spec.md",
     ]
     return "\n".join(lines)
 
@@ -47,24 +54,30 @@ class _LazyEpilogCommand(click.Command):
     context_settings={"max_content_width": 120},
 )
 @click.argument("spec")
-@click.option("--seq-len", "seq_len", type=int, required=True, help="Sequence length S (tokens).")
 @click.option(
-    "--block-size", "block_size", type=int, required=True, help="Kernel block size B (tokens)."
+    "--seq-len", "seq_len", type=SEQ_LEN, required=True, help="Sequence length S (tokens)."
 )
-@click.option("--num-heads", "num_heads", type=int, default=1, show_default=True)
+@click.option(
+    "--block-size",
+    "block_size",
+    type=BLOCK_SIZE,
+    required=True,
+    help="Kernel block size B (tokens).",
+)
+@click.option("--num-heads", "num_heads", type=NUM_HEADS, default=1, show_default=True)
 @click.option("--causal", is_flag=True, help="Intersect with j <= i (same as '| causal').")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the statistics.")
 @click.option(
     "--save-mask",
     "save_mask",
     type=click.Path(dir_okay=False),
-    help="Write the boolean token mask [H, S, S] with numpy.save.",
+    help="Write the boolean token mask [H, S, S] with numpy.save (a .npy file).",
 )
 @click.option(
     "--plot",
     "plot",
     type=click.Path(dir_okay=False),
-    help="Write a PNG heatmap of the block layout per head (full / partial / empty).",
+    help="Write a PNG heatmap of the block layout per head (full / partial / empty; .png).",
 )
 def command(spec, seq_len, block_size, num_heads, causal, as_json, save_mask, plot):
     """Compile pattern SPEC to a block layout; print statistics, save the mask, plot it.
@@ -72,17 +85,21 @@ def command(spec, seq_len, block_size, num_heads, causal, as_json, save_mask, pl
     SPEC is a spec string such as 'band(w=256) | global(n=64) | causal' or a preset name with
     optional overrides such as 'bigbird(r=2)'. The expanded spec is printed.
     """
+    from sparse_attn.fileio import atomic_output, check_output_path
     from sparse_attn.layout import compile_layout, plot_layout
     from sparse_attn.patterns import parse_pattern
 
-    for name, v in (
-        ("--seq-len", seq_len),
-        ("--block-size", block_size),
-        ("--num-heads", num_heads),
-    ):
-        if v < 1:
-            raise InvalidInputError(f"{name} must be >= 1, got {v}")
     pattern = parse_pattern(spec)
+    if save_mask is not None:
+        check_output_path(save_mask, what="--save-mask", suffixes=(".npy",))
+    if plot is not None:
+        check_output_path(plot, what="--plot", suffixes=(".png",))
+        nb = -(-seq_len // block_size)
+        if nb > limits.MAX_PLOT_BLOCKS:
+            raise InvalidInputError(
+                f"--plot draws at most {limits.MAX_PLOT_BLOCKS} blocks per side, the layout has "
+                f"{nb}: use a larger --block-size or a shorter --seq-len"
+            )
     if save_mask is not None:
         need = num_heads * seq_len * seq_len
         if need > MAX_MASK_BYTES:
@@ -98,7 +115,7 @@ def command(spec, seq_len, block_size, num_heads, causal, as_json, save_mask, pl
         if save_mask is not None:
             import numpy as np
 
-            with open(save_mask, "wb") as f:
+            with atomic_output(save_mask) as tmp, open(tmp, "wb") as f:
                 np.save(f, layout.token_mask())
             st["mask_file"] = str(save_mask)
         if plot is not None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sparse_attn import opspec
+from sparse_attn import limits, opspec
 from sparse_attn.errors import InvalidInputError
 from sparse_attn.layout import BlockLayout
 
@@ -216,6 +216,7 @@ def export_onnx(
     layout = resolve_layout(
         pattern, block_size=block_size, max_seq_len=max_seq_len, num_heads=num_heads, causal=causal
     )
+    limits.check_export_size(layout, head_dim, value_dim)
     max_seq_len = layout.seq_len
     static = layout.requires_static_seq_len
     if max_seq_len < 2:

@@ -32,7 +32,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from sparse_attn import opspec
-from sparse_attn.errors import InvalidInputError, UnsupportedEnvironmentError
+from sparse_attn.errors import CheckFailedError, InvalidInputError, UnsupportedEnvironmentError
 from sparse_attn.export import function_body
 from sparse_attn.export import metadata as meta_mod
 from sparse_attn.export.symbolic import NODE_MAX_SEQ_LEN_KEY
@@ -122,7 +122,7 @@ def check_dynamic_dims(
                     "graph instead of symbolic"
                 )
     if problems:
-        raise RuntimeError(
+        raise CheckFailedError(
             "dynamic shape check failed: "
             + "; ".join(problems)
             + ". A shape computed in Python from a traced input (e.g. a layout built from "
@@ -145,12 +145,12 @@ def _constant_arrays(model: onnx.ModelProto) -> dict[str, np.ndarray]:
 def _node_layout(node: onnx.NodeProto, consts: Mapping[str, object]) -> BlockLayout:
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     if "block_size" not in attrs:
-        raise RuntimeError(f"node {node.name!r} has no block_size attribute")
+        raise CheckFailedError(f"node {node.name!r} has no block_size attribute")
     arrays = []
     for i, name in enumerate(opspec.INPUT_NAMES[3:7], start=3):
         src = node.input[i] if i < len(node.input) else ""
         if src not in consts:
-            raise RuntimeError(
+            raise CheckFailedError(
                 f"layout input {name!r} of node {node.name!r} is not a constant "
                 f"({src!r}); register the layout tensors as buffers"
             )
@@ -187,7 +187,7 @@ def attach_functions(model: onnx.ModelProto, max_seq_len: int | None = None) -> 
     """
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     if opset is None:
-        raise RuntimeError("model imports no default-domain opset")
+        raise CheckFailedError("model imports no default-domain opset")
     consts = _constant_arrays(model)
     variants: dict[tuple, list[onnx.NodeProto]] = {}
     layouts: dict[tuple, tuple[BlockLayout, float, bool, int]] = {}
@@ -409,14 +409,14 @@ def export_model(
                 verbose=False,
             )
     except Exception as exc:
-        raise RuntimeError(
+        raise CheckFailedError(
             f"torch.onnx.export failed: {' '.join(str(exc).split())[:2000]}"
         ) from exc
     proto = program.model_proto
     check_custom_identities(proto)
     n_fn = attach_functions(proto)
     if n_fn == 0:
-        raise RuntimeError(
+        raise CheckFailedError(
             f"the exported graph holds no {opspec.QUALIFIED_NAME} node; call "
             "sparse_attn.export.symbolic.sparse_attention in the model's forward"
         )
@@ -438,11 +438,11 @@ def export_model(
         try:
             onnx.checker.check_model(str(tmp), full_check=True)
         except onnx.checker.ValidationError as exc:
-            raise RuntimeError(f"onnx.checker failed: {exc}") from exc
+            raise CheckFailedError(f"onnx.checker failed: {exc}") from exc
         try:
             onnx.shape_inference.infer_shapes(saved, check_type=True, strict_mode=True)
         except Exception as exc:
-            raise RuntimeError(f"strict ONNX shape inference failed: {exc}") from exc
+            raise CheckFailedError(f"strict ONNX shape inference failed: {exc}") from exc
         result = _check_ort(model, tmp, check_inputs or [example_inputs], output_names, tolerance)
         result.metadata = meta
         if verbose:
@@ -458,7 +458,7 @@ def export_model(
             details = "; ".join(
                 f"{c['name']}: {c.get('detail', '')}" for c in result.checks if not c["passed"]
             )
-            raise RuntimeError(f"ONNX Runtime output differs from PyTorch: {details}")
+            raise CheckFailedError(f"ONNX Runtime output differs from PyTorch: {details}")
         os.replace(tmp, out)
         result.path = out
         return result

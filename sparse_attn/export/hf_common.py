@@ -360,6 +360,15 @@ def rebuild_family_model(family: str, build_model, model_config: dict, **default
     return model
 
 
+def _vocab_size(model) -> int | None:
+    """``config.vocab_size`` of the (first) Hugging Face model inside ``model``, or None."""
+    for m in model.modules():
+        v = getattr(getattr(m, "config", None), "vocab_size", None)
+        if isinstance(v, int) and v > 0:
+            return v
+    return None
+
+
 def export_family(
     model,
     output_path,
@@ -426,6 +435,9 @@ def export_family(
         causal=causal,
         static_seq_len=bool(static_seq_len),
     )
+    vocab = _vocab_size(model) if "input_ids" in example_inputs else None
+    if vocab:  # every text model records it: runtimes refuse out-of-range token ids
+        metadata["sparse_attn.vocab_size"] = str(vocab)
     result = exporter.export_model(
         model,
         example_inputs,
