@@ -94,27 +94,30 @@ def test_onnxruntime_engine_keeps_metadata_and_outputs(tmp_path):
 
 def test_cli_engine_onnxruntime_and_auto(tmp_path, capsys):
     src = _model(tmp_path / "m.onnx")
-    assert main(["engine", str(src), "--backend", "onnxruntime", "-o", str(tmp_path / "o1")]) == 0
+    assert (
+        main(["engine", str(src), "--backend", "onnxruntime", "-o", str(tmp_path / "o1.onnx")]) == 0
+    )
     assert "wrote" in capsys.readouterr().out
     if NO_TRT:
-        assert main(["engine", str(src), "-o", str(tmp_path / "o2")]) == 0
-        assert read_sidecar(tmp_path / "o2")["backend"] == "onnxruntime"
+        assert main(["engine", str(src), "-o", str(tmp_path / "o2.onnx")]) == 0
+        assert read_sidecar(tmp_path / "o2.onnx")["backend"] == "onnxruntime"
 
 
 @pytest.mark.skipif(NO_TRT is None, reason="TensorRT and a GPU are present")
 def test_cli_engine_tensorrt_without_tensorrt_exits_1(tmp_path, capsys):
     src = _model(tmp_path / "m.onnx")
-    code = main(["engine", str(src), "--backend", "tensorrt", "-o", str(tmp_path / "e")])
+    code = main(["engine", str(src), "--backend", "tensorrt", "-o", str(tmp_path / "e.engine")])
     err = capsys.readouterr().err
     assert code == 1
     assert len(err.strip().splitlines()) == 1 and "TensorRT" in err, err
-    assert not (tmp_path / "e").exists()
+    assert not (tmp_path / "e.engine").exists()
 
 
 def test_cli_engine_bad_input_exits_2(tmp_path, capsys):
     src = _model(tmp_path / "m.onnx")
     assert main(["engine", str(src), "--backend", "onnxruntime", "-o", str(src)]) == 2
-    assert main(["engine", str(tmp_path / "nope.onnx"), "-o", str(tmp_path / "x")]) == 2
+    assert main(["engine", str(tmp_path / "nope.onnx"), "-o", str(tmp_path / "x.onnx")]) == 2
+    assert main(["engine", str(src), "--backend", "onnxruntime", "-o", str(tmp_path / "x")]) == 2
     capsys.readouterr()
 
 

@@ -1,4 +1,4 @@
-"""Engines: turn an exported ``.onnx`` model into a deployable artifact (SPEC section 3).
+"""Engines: turn an exported ``.onnx`` model into a deployable artifact (docs/spec.md).
 
 ``build_engine(onnx_path, output, backend="auto", **options) -> dict`` writes
 
@@ -20,9 +20,17 @@ import json
 import os
 from pathlib import Path
 
-from sparse_attn.errors import InvalidInputError
+from sparse_attn.errors import InvalidInputError, UnsupportedEnvironmentError
 
-__all__ = ["BACKENDS", "build_engine", "default_backend", "read_sidecar", "sidecar_path"]
+__all__ = [
+    "BACKENDS",
+    "build_engine",
+    "default_backend",
+    "import_tensorrt",
+    "read_sidecar",
+    "sidecar_path",
+    "tensorrt_unavailable_reason",
+]
 
 BACKENDS = ("auto", "tensorrt", "onnxruntime")
 #: ``format`` field of the sidecar JSON.
@@ -34,41 +42,95 @@ def sidecar_path(output: str | os.PathLike) -> Path:
     return Path(str(output) + ".json")
 
 
-def read_sidecar(output: str | os.PathLike) -> dict:
-    """The sidecar JSON of an engine, or ``{}`` when there is none.
+def read_sidecar(output: str | os.PathLike, *, strict: bool = True) -> dict:
+    """The sidecar JSON object of an engine, or ``{}`` when there is none.
+
+    Args:
+        output: the engine (not the sidecar) path.
+        strict: raise on a sidecar that is not a JSON object; ``False`` returns ``{}`` (used
+            when the sidecar is only a hint, e.g. to tell what a file is).
 
     Raises:
-        InvalidInputError: the sidecar exists but is not valid JSON.
+        InvalidInputError: ``strict`` and the sidecar is unreadable or not a JSON object.
     """
     p = sidecar_path(output)
     if not p.is_file():
         return {}
     try:
-        return json.loads(p.read_text())
-    except json.JSONDecodeError as exc:
-        raise InvalidInputError(f"{p} is not valid JSON ({exc}); rebuild the engine") from exc
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:
+        if not strict:
+            return {}
+        raise InvalidInputError(
+            f"{p} is not valid JSON ({' '.join(str(exc).split())[:200]}); rebuild the engine"
+        ) from None
+    if not isinstance(data, dict):
+        if not strict:
+            return {}
+        raise InvalidInputError(f"{p} does not hold a JSON object; rebuild the engine")
+    return data
 
 
-def tensorrt_unavailable_reason() -> str | None:
-    """Why TensorRT cannot build here (no package, no GPU), or None when it can."""
+def _tensorrt_import_error() -> str | None:
     try:
         import tensorrt  # noqa: F401
         import tensorrt.plugin  # noqa: F401
     except Exception as exc:  # noqa: BLE001 - ImportError or a missing shared library
-        return f"TensorRT is not installed or cannot load ({exc})"
+        return f"TensorRT (>= 10.9 with tensorrt.plugin) is not installed or cannot load ({exc})"
+    return None
+
+
+def tensorrt_unavailable_reason(need_gpu: bool = True) -> str | None:
+    """Why TensorRT cannot be used here, or None when it can. The one place that decides.
+
+    Args:
+        need_gpu: also require a visible CUDA GPU (building and running engines do; the
+            plugin's registration alone does not).
+    """
+    reason = _tensorrt_import_error()
+    if reason or not need_gpu:
+        return reason
     try:
         import torch
-
-        if not torch.cuda.is_available():
-            return "no CUDA GPU is visible (torch.cuda.is_available() is False)"
     except ImportError:  # pragma: no cover - torch is a dependency
         return "PyTorch is missing"
+    if not torch.cuda.is_available():
+        return "no CUDA GPU is visible (torch.cuda.is_available() is False)"
     return None
+
+
+def import_tensorrt(action: str, *, need_gpu: bool = True, hint: str = ""):
+    """``(tensorrt, tensorrt.plugin)`` modules, or an error saying why they cannot be used.
+
+    Args:
+        action: what needs TensorRT, for the message (e.g. ``"build a TensorRT engine"``).
+        need_gpu: see :func:`tensorrt_unavailable_reason`.
+        hint: how to do without, appended to the message.
+
+    Raises:
+        UnsupportedEnvironmentError: TensorRT (or a GPU, when needed) is missing.
+    """
+    reason = tensorrt_unavailable_reason(need_gpu)
+    if reason:
+        raise UnsupportedEnvironmentError(
+            f"cannot {action}: {reason}" + (f"; {hint}" if hint else "")
+        )
+    import tensorrt
+    import tensorrt.plugin
+
+    return tensorrt, tensorrt.plugin
 
 
 def default_backend() -> str:
     """``"tensorrt"`` when TensorRT and a GPU are usable, else ``"onnxruntime"``."""
     return "tensorrt" if tensorrt_unavailable_reason() is None else "onnxruntime"
+
+
+#: Extensions of what each backend writes (checked before any work).
+OUTPUT_SUFFIXES = {
+    "tensorrt": (".engine", ".plan", ".trt"),
+    "onnxruntime": (".onnx",),
+}
 
 
 def build_engine(
@@ -81,35 +143,45 @@ def build_engine(
 
     Args:
         onnx_path: model written by ``sparse-attn export``.
-        output: path of the engine (TensorRT) or optimised ONNX model (ONNX Runtime); must
-            differ from ``onnx_path``. Parent directories are created.
+        output: path of the engine (TensorRT: ``.engine``, ``.plan`` or ``.trt``) or optimised
+            ONNX model (ONNX Runtime: ``.onnx``); never ``onnx_path``. Parent directories are
+            created; the file and its ``.json`` description are written atomically.
         backend: ``"auto"``, ``"tensorrt"`` or ``"onnxruntime"``.
         options: backend options (see ``trt_engine.build`` / ``ort_engine.build``).
 
     Raises:
-        InvalidInputError: missing input, output == input, unknown backend or option.
+        InvalidInputError: missing input or not an ONNX model, output == input, wrong output
+            extension, unknown backend or option.
         UnsupportedEnvironmentError: TensorRT requested without TensorRT or a GPU.
         RuntimeError: a build check failed (e.g. no plugin layer in the network).
     """
+    from sparse_attn.fileio import atomic_output, check_output_path, write_text
+    from sparse_attn.runtime.runtime import detect_kind
+
     src = Path(onnx_path)
-    out = Path(output)
     if backend not in BACKENDS:
         raise InvalidInputError(f"unknown engine backend {backend!r}; choose one of {BACKENDS}")
     if not src.is_file():
         raise InvalidInputError(f"model file {src} does not exist; export one first")
-    if out.resolve() == src.resolve():
-        raise InvalidInputError(f"output {out} would overwrite the input model; choose -o")
+    if detect_kind(src) != "onnx":
+        raise InvalidInputError(
+            f"{src} is a TensorRT engine; build engines from the .onnx model it came from"
+        )
     if backend == "auto":
         backend = default_backend()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if backend == "tensorrt":
-        from sparse_attn.engines import trt_engine
+    out = check_output_path(
+        output, what="engine output", suffixes=OUTPUT_SUFFIXES[backend], inputs=[src]
+    )
+    check_output_path(sidecar_path(out), what="engine description", inputs=[src])
+    with atomic_output(out) as tmp:
+        if backend == "tensorrt":
+            from sparse_attn.engines import trt_engine
 
-        info = trt_engine.build(src, out, **options)
-    else:
-        from sparse_attn.engines import ort_engine
+            info = trt_engine.build(src, tmp, **options)
+        else:
+            from sparse_attn.engines import ort_engine
 
-        info = ort_engine.build(src, out, **options)
-    info = {"format": SIDECAR_FORMAT, **info}
-    sidecar_path(out).write_text(json.dumps(info, indent=2, sort_keys=False) + "\n")
+            info = ort_engine.build(src, tmp, **options)
+        info = {"format": SIDECAR_FORMAT, **info, "engine": str(out)}
+        write_text(sidecar_path(out), json.dumps(info, indent=2, sort_keys=False) + "\n")
     return info

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from sparse_attn import opspec
-from sparse_attn.errors import InvalidInputError, UnsupportedEnvironmentError
+from sparse_attn.errors import CheckFailedError, InvalidInputError
 
 #: Attribute TensorRT's ONNX parser reads to pick the AOT implementation of a Python plugin.
 AOT_ATTRIBUTE = "aot"
@@ -53,8 +53,9 @@ def prepare_onnx_for_tensorrt(model, *, aot: bool = True):
         ``(prepared_model, n_nodes)``.
 
     Raises:
-        InvalidInputError: the model holds no BlockSparseAttention node, or a node has fewer
-            than the 7 required inputs.
+        InvalidInputError: the model holds no BlockSparseAttention node, a node has fewer
+            than the 7 required inputs, or a node's ``plugin_namespace`` / ``plugin_version``
+            names another plugin than ours (the message gives both values).
     """
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -114,6 +115,20 @@ def prepare_onnx_for_tensorrt(model, *, aot: bool = True):
                 widened[masks_name] = wide
             node.input[opspec.INPUT_NAMES.index("masks")] = widened[masks_name]
         attrs = {a.name for a in node.attribute}
+        for key, want in (
+            ("plugin_namespace", opspec.DOMAIN),
+            ("plugin_version", opspec.PLUGIN_VERSION),
+        ):
+            got = next(
+                (helper.get_attribute_value(a) for a in node.attribute if a.name == key), None
+            )
+            if isinstance(got, bytes):
+                got = got.decode("utf-8", "replace")
+            if got is not None and got != want:
+                raise InvalidInputError(
+                    f"node {node.name!r} has {key}={got!r} but the sparse-attn plugin is "
+                    f"{key}={want!r}; re-export the model with this version of sparse-attn"
+                )
         if "plugin_namespace" not in attrs:
             node.attribute.append(helper.make_attribute("plugin_namespace", opspec.DOMAIN))
         if "plugin_version" not in attrs:
@@ -187,16 +202,9 @@ def optimization_profile(
 
 
 def _import_trt():
-    from sparse_attn.engines import tensorrt_unavailable_reason
+    from sparse_attn.engines import import_tensorrt
 
-    reason = tensorrt_unavailable_reason()
-    if reason:
-        raise UnsupportedEnvironmentError(
-            f"cannot build a TensorRT engine: {reason}; use --backend onnxruntime"
-        )
-    import tensorrt as trt
-
-    return trt
+    return import_tensorrt("build a TensorRT engine", hint="use --backend onnxruntime")[0]
 
 
 def _plugin_layer_count(trt, network) -> int:
@@ -223,7 +231,8 @@ def build(
     Raises:
         UnsupportedEnvironmentError: TensorRT or a GPU is missing (before any work).
         InvalidInputError: bad options or model.
-        RuntimeError: parsing or building failed, or the plugin layer is missing.
+        CheckFailedError (a RuntimeError): parsing or building failed, or the plugin layer is
+            missing.
     """
     if unused:
         raise InvalidInputError(
@@ -259,10 +268,10 @@ def build(
         ok = parser.parse_from_file(str(path))
     if not ok:
         errs = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise RuntimeError(f"TensorRT could not parse {onnx_path}: {errs}")
+        raise CheckFailedError(f"TensorRT could not parse {onnx_path}: {errs}")
     n_plugins = _plugin_layer_count(trt, network)
     if n_plugins < n_nodes:
-        raise RuntimeError(
+        raise CheckFailedError(
             f"the network has {n_plugins} plugin layer(s) for {n_nodes} {opspec.OP_TYPE} "
             "node(s): TensorRT inlined the ONNX function instead of using the plugin"
         )
@@ -275,7 +284,7 @@ def build(
     config.add_optimization_profile(prof)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise RuntimeError(f"TensorRT failed to build an engine for {onnx_path} (see its log)")
+        raise CheckFailedError(f"TensorRT failed to build an engine for {onnx_path} (see its log)")
     build_s = time.perf_counter() - t0
     Path(output).write_bytes(bytes(serialized))
     major, minor = torch.cuda.get_device_capability()

@@ -64,15 +64,13 @@ def describe() -> dict:
 
 
 def _import_tensorrt():
-    try:
-        import tensorrt as trt
-        import tensorrt.plugin as trtp
-    except Exception as exc:  # noqa: BLE001 - ImportError, or OSError of a missing .so
-        raise UnsupportedEnvironmentError(
-            f"TensorRT (>= 10.9 with the tensorrt.plugin module) is not available ({exc}); "
-            "install it on a machine with an NVIDIA GPU"
-        ) from exc
-    return trt, trtp
+    from sparse_attn.engines import import_tensorrt
+
+    return import_tensorrt(
+        "register the TensorRT plugin",
+        need_gpu=False,
+        hint="install TensorRT on a machine with an NVIDIA GPU",
+    )
 
 
 def trt_dtype_name(trt, dtype) -> str:

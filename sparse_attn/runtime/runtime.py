@@ -1,4 +1,4 @@
-"""``sparse_attn.Runtime``: serve an exported model or engine, validated, thread-safe (SPEC section 4).
+"""``sparse_attn.Runtime``: serve an exported model or engine, validated, thread-safe (docs/spec.md).
 
 ::
 
@@ -15,7 +15,6 @@ ONNX file and TensorRT for an engine.
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 from collections.abc import Mapping, Sequence
@@ -52,47 +51,91 @@ def _load_onnx_proto(path: Path):
     return model
 
 
+def check_external_data(model, path: Path) -> None:
+    """Refuse a model whose external-data files are missing or lie outside its directory.
+
+    Args:
+        model: the ``onnx.ModelProto`` loaded without external data.
+        path: the model file (external data is relative to its directory).
+
+    Raises:
+        InvalidInputError: an absolute location, one that escapes the directory (``..``, a
+            symbolic link out of it), or a missing file.
+    """
+    from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors
+
+    base = path.resolve().parent
+    for tensor in _get_all_tensors(model):
+        if tensor.data_location != 1:  # onnx.TensorProto.EXTERNAL
+            continue
+        loc = ExternalDataInfo(tensor).location
+        target = (base / loc).resolve()
+        if os.path.isabs(loc) or not target.is_relative_to(base):
+            raise InvalidInputError(
+                f"{path}: tensor {tensor.name!r} points at external data {loc!r} outside the "
+                "model's directory; refusing to read it (keep external data next to the model)"
+            )
+        if not target.is_file():
+            raise InvalidInputError(
+                f"{path}: external data file {loc!r} of tensor {tensor.name!r} is missing; "
+                "copy it next to the model"
+            )
+
+
+def graph_vocab_size(model) -> int | None:
+    """Rows of the embedding table that ``input_ids`` indexes (a ``Gather`` on an initializer),
+    or ``None`` when the graph has none: the vocabulary size of a foreign text model."""
+    if model is None:
+        return None
+    inits = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Gather" and len(node.input) == 2 and node.input[1] == "input_ids":
+            table = inits.get(node.input[0])
+            if table is not None and len(table.dims) == 2 and table.dims[0] > 0:
+                return int(table.dims[0])
+    return None
+
+
 def detect_kind(path: str | os.PathLike, verify: bool = True) -> str:
-    """Tell what a model file is: ``"onnx"`` or ``"tensorrt"``.
+    """Tell what a model file is, from its content: ``"onnx"`` or ``"tensorrt"``.
+
+    A TensorRT engine is recognised by its magic bytes; anything else must parse as an ONNX
+    model. The ``<file>.json`` description written by ``sparse-attn engine`` is consulted only
+    for a file that is neither (an engine from a TensorRT whose header differs), so a stray or
+    broken sidecar next to a valid ``.onnx`` changes nothing.
 
     Args:
         path: the file.
-        verify: parse an ONNX candidate to prove it is a model (``False``: leave that to
-            ONNX Runtime, which parses it anyway; saves one parse of a large file).
+        verify: kept for compatibility; the content is always checked.
 
     Raises:
         InvalidInputError: if the path does not exist, is not a file, or is neither an ONNX
             model nor a TensorRT engine.
     """
-    p = Path(path)
+    return _inspect(Path(path))[0]
+
+
+def _inspect(p: Path):
+    """``(kind, onnx.ModelProto or None)`` of a model file (see :func:`detect_kind`)."""
+    from sparse_attn.engines import read_sidecar
+
     if not p.exists():
         raise InvalidInputError(f"model file {p} does not exist; check the path")
     if not p.is_file():
         raise InvalidInputError(f"{p} is not a file; pass an .onnx model or a TensorRT engine")
-    if _engine_sidecar(p).get("backend") == "tensorrt":
-        return "tensorrt"
     with open(p, "rb") as fh:
         head = fh.read(64)
     if _TRT_MAGIC in head[:32]:
-        return "tensorrt"
-    if not verify or _load_onnx_proto(p) is not None:
-        return "onnx"
+        return "tensorrt", None
+    model = _load_onnx_proto(p)
+    if model is not None:
+        return "onnx", model
+    if read_sidecar(p, strict=False).get("backend") == "tensorrt":
+        return "tensorrt", None
     raise InvalidInputError(
         f"{p} is neither an ONNX model nor a TensorRT engine ({p.stat().st_size} bytes); "
         "pass a file written by `sparse-attn export` or `sparse-attn engine`"
     )
-
-
-def _engine_sidecar(path: Path) -> dict:
-    """The JSON sidecar ``<engine>.json`` written by ``sparse_attn.engines.build_engine``, or {}."""
-    side = Path(str(path) + ".json")
-    if not side.is_file():
-        return {}
-    try:
-        data = json.loads(side.read_text())
-    except (OSError, ValueError) as exc:
-        raise InvalidInputError(f"{side} is not valid JSON ({exc}); rebuild the engine") from exc
-    return data if isinstance(data, dict) else {}
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
@@ -106,12 +149,14 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
         InvalidInputError: if the file is not a model.
         UnsupportedEnvironmentError: for an engine whose metadata needs TensorRT to read.
     """
+    from sparse_attn.engines import read_sidecar
+
     p = Path(path)
     kind = detect_kind(p)
     if kind == "onnx":
         model = _load_onnx_proto(p)
         return {m.key: m.value for m in model.metadata_props}
-    side = _engine_sidecar(p).get("metadata")
+    side = read_sidecar(p).get("metadata")
     if isinstance(side, dict) and side:
         return {str(k): str(v) for k, v in side.items()}
     return _open_tensorrt(p).metadata
@@ -129,14 +174,13 @@ def _open_tensorrt(path: Path):
 
 
 class _TensorRTAdapter:
-    """Serialises calls into a ``TensorRTSession`` (an execution context is single-threaded)."""
+    """Adapts a ``TensorRTSession`` (which serialises its own calls) to the runtime."""
 
     name = "tensorrt"
 
     def __init__(self, path: Path) -> None:
         self.session = _open_tensorrt(path)
         self.metadata = dict(getattr(self.session, "metadata", {}) or {})
-        self._lock = threading.Lock()
         specs = specs_from_json(self.metadata.get("sparse_attn.inputs"))
         if specs is None:
             raise InvalidInputError(
@@ -154,8 +198,7 @@ class _TensorRTAdapter:
         return list(self.session.output_names)
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        with self._lock:
-            return dict(self.session.run(feeds))
+        return dict(self.session.run(feeds))
 
     def close(self) -> None:
         close = getattr(self.session, "close", None)
@@ -203,7 +246,9 @@ class Runtime:
         if backend not in BACKENDS:
             raise InvalidInputError(f"unknown backend {backend!r}; choose one of {list(BACKENDS)}")
         self.path = Path(path)
-        kind = detect_kind(self.path, verify=backend not in ("auto", "onnxruntime"))
+        kind, proto = _inspect(self.path)
+        if kind == "onnx":
+            check_external_data(proto, self.path)
         if backend == "auto":
             backend = "tensorrt" if kind == "tensorrt" else "onnxruntime"
         if backend == "onnxruntime":
@@ -239,6 +284,8 @@ class Runtime:
         self.backend = backend
         self.metadata: dict[str, str] = dict(metadata)
         self.info = ModelInfo.from_metadata(self.metadata)
+        if self.info.vocab_size is None and "input_ids" in [t.name for t in impl.inputs]:
+            self.info.vocab_size = graph_vocab_size(proto)
         self.inputs: list[TensorSpec] = list(impl.inputs)
         self.outputs: list[TensorSpec] = list(impl.outputs)
         self._encoder = None

@@ -18,21 +18,15 @@ from pathlib import Path
 
 import numpy as np
 
-from sparse_attn.errors import InvalidInputError, UnsupportedEnvironmentError
+from sparse_attn.errors import InvalidInputError
 
 
 def _require_tensorrt():
-    from sparse_attn.engines import tensorrt_unavailable_reason
+    from sparse_attn.engines import import_tensorrt
 
-    reason = tensorrt_unavailable_reason()
-    if reason:
-        raise UnsupportedEnvironmentError(
-            f"cannot run a TensorRT engine: {reason}; run the .onnx model with "
-            "--backend onnxruntime instead"
-        )
-    import tensorrt as trt
-
-    return trt
+    return import_tensorrt(
+        "run a TensorRT engine", hint="run the .onnx model with --backend onnxruntime instead"
+    )[0]
 
 
 class TensorRTSession:

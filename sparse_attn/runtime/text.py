@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sparse_attn.errors import InvalidInputError, UnsupportedEnvironmentError
+from sparse_attn.errors import InvalidInputError, SparseAttnWarning, UnsupportedEnvironmentError
 from sparse_attn.runtime.validation import ModelInfo, TensorSpec
 
 #: Keys of ``sparse_attn.model_config`` that may name the tokenizer file or the model directory.
@@ -29,7 +29,7 @@ _PATH_KEYS = (
 )
 
 
-class TextTruncatedWarning(UserWarning):
+class TextTruncatedWarning(SparseAttnWarning):
     """A text had more tokens than the model's ``max_seq_len`` and was cut."""
 
 
@@ -127,7 +127,8 @@ class TextEncoder:
             ``[B, S]`` and the number of real tokens per text.
 
         Raises:
-            InvalidInputError: for an empty batch or a non-string item.
+            InvalidInputError: for an empty batch, a non-string item or a string that is not
+                valid Unicode (lone surrogates).
         Warns:
             TextTruncatedWarning: for each text cut at ``max_seq_len`` tokens.
         """
@@ -154,6 +155,13 @@ class TextEncoder:
         for i, t in enumerate(texts):
             if not isinstance(t, str):
                 raise InvalidInputError(f"text {i} is a {type(t).__name__}, expected a string")
+            try:
+                t.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise InvalidInputError(
+                    f"text {i} is not valid Unicode (character {exc.object[exc.start]!r} at "
+                    f"position {exc.start} is a lone surrogate); pass well-formed text"
+                ) from None
         encs = self.tokenizer.encode_batch(texts)
         truncated = [bool(e.overflowing) for e in encs]
         lengths = [len(e.ids) for e in encs]

@@ -140,7 +140,8 @@ class ModelInfo:
         static_seq_len: True when requests must have exactly ``max_seq_len`` tokens.
         dtype: ``sparse_attn.dtype`` (``float32`` | ``float16``) or ``None``.
         model_config: parsed ``sparse_attn.model_config`` JSON (``{}`` if absent).
-        vocab_size: size of the token vocabulary (from ``model_config``), or ``None``.
+        vocab_size: size of the token vocabulary (``sparse_attn.vocab_size``, else from
+            ``model_config``), or ``None``.
         type_vocab_size: number of token types (from ``model_config``), or ``None``.
     """
 
@@ -179,7 +180,7 @@ class ModelInfo:
             raise InvalidInputError(
                 f"model metadata 'sparse_attn.max_seq_len' must be an integer, got {max_len!r}"
             ) from exc
-        vocab = _find_key(cfg, "vocab_size")
+        vocab = md.get(f"{META_PREFIX}vocab_size") or _find_key(cfg, "vocab_size")
         tvocab = _find_key(cfg, "type_vocab_size")
         return cls(
             metadata=md,
@@ -188,11 +189,24 @@ class ModelInfo:
             static_seq_len=_parse_bool(md.get(f"{META_PREFIX}static_seq_len")),
             dtype=md.get(f"{META_PREFIX}dtype") or None,
             model_config=cfg,
-            vocab_size=int(vocab) if isinstance(vocab, (int, float, str)) and vocab else None,
-            type_vocab_size=int(tvocab)
-            if isinstance(tvocab, (int, float, str)) and tvocab
-            else None,
+            vocab_size=_positive_int("vocab_size", vocab),
+            type_vocab_size=_positive_int("type_vocab_size", tvocab),
         )
+
+
+def _positive_int(key: str, value: Any) -> int | None:
+    """A vocabulary size from metadata: a positive int, or None when absent."""
+    if value in (None, "", 0):
+        return None
+    try:
+        n = int(value)
+    except (TypeError, ValueError, OverflowError):
+        n = 0
+    if n < 1:
+        raise InvalidInputError(
+            f"model metadata {key}={str(value)[:40]!r} is not a positive integer"
+        )
+    return n
 
 
 def _as_array(name: str, value: Any) -> np.ndarray:
