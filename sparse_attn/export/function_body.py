@@ -1,58 +1,65 @@
 """The model-local ONNX function of ``sparse_attn::BlockSparseAttention``: standard ops only.
 
 ONNX Runtime (any provider) and ``onnx.reference`` run an exported model through this
-FunctionProto; TensorRT maps the node to the plugin instead (SPEC section 2). The body is
-generated per layout: the layout is a constant of the model, so its structure is baked
-into the function as small integer constants, while the node's layout inputs stay in the
-signature for the plugin (the body does not read them).
+FunctionProto; TensorRT maps the node to the plugin instead. The body is generated per
+layout: the layout is a constant of the model, so its structure is baked into the function
+as small integer constants, while the node's layout inputs stay in the signature for the
+plugin (the body does not read them).
 
-Algorithm (block-sparse, exact per SPEC section 1):
+Inputs: ``query [B, H, S, D]``, ``key [B, Hkv, S, D]``, ``value [B, Hkv, S, Dv]`` (float32
+or float16, ``H % Hkv == 0``: query head ``h`` reads K/V head ``h // (H // Hkv)``), optional
+``key_padding_mask [B, S]``; output ``[B, H, S, Dv]`` in the query dtype.
 
-1. Request sizes: ``nb = ceil(S / bs)`` query/key blocks (dynamic). Q/K/V are cast to
-   float32 and padded along S to ``(nb + 1) * bs``: block ``nb`` is an extra all-invalid
-   block. Key validity ``ok[b, j] = j < S and key_padding_mask[b, j]``: K at invalid keys
-   is replaced by 0 with ``Where`` (always), V too when there is a key padding mask (NaN/Inf
-   in padded slots never reach a product). Q is augmented with a column of ones, K with a
-   column holding ``0`` (valid) or ``-1e30`` (invalid key), so ``Q_aug @ K_aug^T`` already
-   carries the key mask: no per-score mask pass for padding or crop. The scale multiplies
-   the scores (ORT fuses it into the MatMul). Views: ``[B, H*(nb+1), bs, .]``.
-2. Export-time buckets (:func:`plan_buckets`): (head, query block) rows with the same tile
-   count and full/partial mask sequence form *uniform* buckets (one ``[bs, n*bs]`` tile
-   bias broadcast over the rows, e.g. all interior rows of a band); leftover rows are
-   merged by tile count with bounded padding (per-row biases); rows without tiles form a
-   zero bucket. Global rows (all ``nQB`` tiles) get their own bucket, so they never make
-   the other rows dense (FACTS: a padded ``[rows, max_nnz]`` gather pays for the longest
-   row everywhere).
-3. Per bucket (rows sorted by query block, so rows inside the request are a prefix whose
-   length is computed at run time; at least one row is computed): gather the rows' Q
-   blocks ``[B, R, bs, D+1]`` and their K/V tiles ``[B, R, n*bs, .]`` (a tile whose key
-   block lies beyond the request points at the all-invalid block ``nb``); scores
-   ``= Q_aug @ K_aug^T [B, R, bs, n*bs]``; add the tile bias (``0``/``-inf`` from the
-   partial masks; padding tiles all ``-inf``) only if the bucket has partial tiles;
-   ``Softmax`` in fp32; ``@ V``. A query whose visible keys are all invalid averages the
-   zeroed V and outputs exactly 0; a query with no visible key in the layout (``-inf``
-   row, statically known) is set to 0 with ``Where``.
-4. Bucket outputs are concatenated, put back in row order with one ``Gather`` by the
-   inverse permutation (the dummy row of a bucket without rows in the request goes to a
-   trash slot), reshaped to ``[B, H, nb*bs, Dv]``, cropped to ``S`` and cast
-   back to the query dtype (``CastLike``).
+Construction
+------------
+1. *Views.* ``nb = ceil(S / bs)`` blocks (dynamic). Q (times the scale), K and V are cast
+   to float32 and padded along S to ``(nb + 1) * bs``: block ``nb`` is an all-invalid block
+   that tiles beyond the request point at. Key validity ``ok[b, j] = j < S and
+   key_padding_mask[b, j]``. Q gets a column of ones and K a column holding 0 (valid key)
+   or -1e30 (invalid key), so ``Q_aug @ K_aug^T`` carries the key mask with no pass over
+   the scores; K at invalid keys is replaced by 0 with ``Where`` (V too when there is a key
+   padding mask), so NaN/Inf in padded slots never reach a product. Block views
+   ``[B, H*(nb+1), bs, D+1]`` for Q and ``[B, Hkv*(nb+1), bs, .]`` for K/V. K and V are
+   never copied per query head.
+2. *Units and buckets* (export time, :func:`plan_buckets`). A unit is one query block of
+   one K/V head together with the query heads that read it: when the ``G = H / Hkv``
+   query heads of a K/V head have the same tiles and masks in a block row (the common
+   case), they form one unit of ``G * bs`` query rows against one gathered copy of the
+   K/V tiles; otherwise each query head is a unit of its own. Units with the same tile
+   count and full/partial mask sequence form *uniform* buckets (one ``[bs, n*bs]`` bias
+   broadcast over the units, e.g. all interior rows of a band); leftovers are merged by
+   tile count with bounded padding (per-unit biases); units without tiles read a zero
+   row. Global rows (all ``nQB`` tiles) get their own bucket, so they never make the
+   other rows dense (a padded ``[rows, max_nnz]`` gather pays for the longest row).
+3. *Chunked loop per bucket.* Units are sorted by query block, so the units inside the
+   request are a prefix whose length is computed at run time. They are processed by an
+   ONNX ``Loop`` in chunks of ``C`` units, ``C`` computed at run time from the working-set
+   budget (:data:`WORK_BUDGET_BYTES`), the batch size and D/Dv (see
+   :func:`unit_work_elements`). One iteration gathers the chunk's Q blocks
+   ``[B, C, m*bs, D+1]`` and K/V tiles ``[B, C, n*bs, .]`` (tiles beyond the request
+   point at the all-invalid block), computes ``Q_aug @ K_aug^T``, adds the tile bias
+   (0/-inf from the partial masks) only if the bucket has partial tiles, ``Softmax`` in
+   fp32, ``@ V``, and zeroes rows with no visible key in the layout (statically known).
+   A query whose visible keys are all invalid averages the zeroed V and outputs exactly 0.
+4. *Assembly.* The loops' outputs are concatenated with one zero row, put back in row
+   order by one ``Gather`` through the inverse permutation (rows of units beyond the
+   request go to a trash slot), reshaped to ``[B, H, nb*bs, Dv]``, cropped to ``S`` and
+   cast back to the query dtype.
 
-Work beyond the non-empty tiles: (a) padding tiles of merged buckets (bounded by
-``max_padding``; 5488 computed vs 5392 stored tiles for ``band(w=256) | global(n=64)``
-at S=4096, H=8, block 64); (b) for a request shorter than ``max_seq_len``, stored tiles
-whose key block lies beyond the request are computed against the all-invalid block; (c)
-the ragged last block is padded to ``bs`` tokens, plus the one invalid block; (d) one
-extra column in Q/K (the key mask). Tile biases are expanded from constants only, so
-ONNX Runtime folds them at session creation.
+Memory: everything outside the loops is a small multiple of the op's inputs and output
+(padded Q/K/V views, the loop outputs, the reordered output); inside, one iteration's
+working set stays under ``WORK_BUDGET_BYTES`` (at least one unit per iteration), so the
+peak no longer grows with ``S * window * H``.
 
-NaN safety: masked keys are removed with ``Where`` (padding, crop) or ``-inf`` biases
-on finite scores. Limitation: a key that is a real token but hidden from some queries
-by a *partial tile mask* is still multiplied by probability 0 in ``P @ V``; if its V is
-NaN/Inf the NaN reaches those rows (its own visible rows get NaN anyway).
+NaN safety: masked keys are removed with ``Where`` (padding, crop) or ``-inf`` biases on
+finite scores. If a *real* (not padded) K or V value is NaN/Inf, an ``If`` switches to an
+exact path that masks with ``Where`` and keeps ``0 * NaN`` of keys hidden by a partial
+tile out of ``P @ V``; rows that see the non-finite key get NaN/Inf, as the reference does.
 
 Scaled dot-product attention: Vaswani et al., "Attention Is All You Need"
 (arXiv 1706.03762), Sec. 3.2.1; block-sparse tiling as in Child et al., "Generating Long
-Sequences with Sparse Transformers" (arXiv 1904.10509), Sec. 4.
+Sequences with Sparse Transformers" (arXiv 1904.10509), Sec. 4; grouped-query attention:
+Ainslie et al., "GQA" (arXiv 2305.13245).
 """
 
 from __future__ import annotations
@@ -70,32 +77,48 @@ from sparse_attn.layout import BlockLayout
 FUNCTION_ATTRIBUTES = tuple(opspec.ATTRIBUTES)
 #: Lowest default-domain opset the body is written for (ReduceMax with axes as an input).
 MIN_OPSET = 18
+#: Working-set budget of one loop iteration of the body, in bytes (fp32 intermediates of
+#: one chunk of units, all batch items together; at least one unit per iteration).
+WORK_BUDGET_BYTES = 2 * 2**20
 #: Score added for keys outside the request or padded (finite: their V is 0, so a row
 #: that sees only such keys averages zeros and outputs exactly 0).
 _KEY_BIAS = -1.0e30
+#: Stand-in block index for the padding units of a chunk (clamped onto the invalid block).
+_FAR = np.int64(2**40)
 
 
 @dataclass(frozen=True)
 class Bucket:
-    """Rows of one bucket (export-time constants).
+    """Units of one bucket (export-time constants).
 
     Attributes:
-        heads: ``int64 [R]`` head of each row; rows sorted by ``rows`` ascending.
-        rows: ``int64 [R]`` query block of each row.
+        heads: ``int64 [R, m]`` query heads of each unit (``m`` = 1 or ``H / Hkv``); units
+            sorted by ``rows`` ascending.
+        kv_heads: ``int64 [R]`` K/V head of each unit (``heads // (H / Hkv)``).
+        rows: ``int64 [R]`` query block of each unit.
         cols: ``int64 [R, n]`` key block of each tile (padding repeats a real column).
         mask_ids: ``int64 [R, n]`` index into the mask table: 0 = full, 1 = padding
             (nothing visible), ``2 + k`` = ``layout.masks[k]``.
+        grouped: whether ``kv_heads`` is baked in (False: derived from ``heads`` at run
+            time from the key's head count).
     """
 
     heads: np.ndarray
+    kv_heads: np.ndarray
     rows: np.ndarray
     cols: np.ndarray
     mask_ids: np.ndarray
+    grouped: bool = True
 
     @property
     def width(self) -> int:
-        """Tiles per row ``n`` (0 for the zero bucket)."""
+        """Tiles per unit ``n`` (0 for the zero bucket)."""
         return int(self.cols.shape[1])
+
+    @property
+    def heads_per_unit(self) -> int:
+        """Query heads per unit ``m``."""
+        return int(self.heads.shape[1])
 
     @property
     def has_partial(self) -> bool:
@@ -104,88 +127,137 @@ class Bucket:
 
     @property
     def uniform(self) -> bool:
-        """Whether every row has the same mask sequence (one broadcast mask)."""
+        """Whether every unit has the same mask sequence (one broadcast mask)."""
         return bool((self.mask_ids == self.mask_ids[:1]).all())
 
 
-def plan_buckets(
-    layout: BlockLayout, max_padding: float = 0.25, min_uniform_rows: int = 16
-) -> list[Bucket]:
-    """Group the (head, query block) rows of ``layout`` into buckets.
+def _check_kv_heads(num_heads: int, num_kv_heads: int | None) -> int | None:
+    if num_kv_heads is None:
+        return None
+    if isinstance(num_kv_heads, bool) or int(num_kv_heads) < 1 or num_heads % num_kv_heads:
+        raise ValueError(
+            f"num_kv_heads must divide the layout's {num_heads} heads, got {num_kv_heads!r}"
+        )
+    return int(num_kv_heads)
 
-    Rows with the same tiles-per-row count and the same full/partial mask sequence form a
-    *uniform* group; a group of at least ``min_uniform_rows`` rows is a bucket of its own
-    (its mask is one ``[bs, n * bs]`` constant broadcast over the rows). The remaining
-    rows are merged by tile count, widest first, while the padding stays within
-    ``max_padding``.
+
+def plan_buckets(
+    layout: BlockLayout,
+    max_padding: float = 0.25,
+    min_uniform_rows: int = 16,
+    num_kv_heads: int | None = None,
+) -> list[Bucket]:
+    """Group the (head, query block) rows of ``layout`` into units and buckets.
+
+    With ``num_kv_heads`` given, the ``G = H / num_kv_heads`` query heads of a K/V head
+    that have identical tiles and masks in a query block form one unit (one gather of
+    the K/V tiles for all of them); otherwise every (head, block) is a unit of one head.
+    Units with the same tile count, heads per unit and full/partial mask sequence form a
+    *uniform* group; a group of at least ``min_uniform_rows`` units is a bucket of its
+    own (one ``[bs, n * bs]`` mask broadcast over the units). The remaining units are
+    merged by tile count, widest first, while the padding stays within ``max_padding``.
 
     Args:
-        layout: the block layout.
+        layout: the block layout (one pattern per query head).
         max_padding: largest fraction of padding tiles a merged bucket may carry.
         min_uniform_rows: smallest uniform group kept as its own bucket.
+        num_kv_heads: ``Hkv`` (must divide ``layout.num_heads``), or None.
 
     Returns:
-        Buckets; the zero bucket (rows without tiles, ``width == 0``) last if any. Every
-        row ``(h, r)`` of the layout is in exactly one bucket.
+        Buckets; the zero bucket (units without tiles, ``width == 0``) last if any. Every
+        row ``(h, r)`` of the layout is in exactly one unit of one bucket.
+
+    Raises:
+        ValueError: ``num_kv_heads`` does not divide the layout's heads.
     """
     h_count, nqb = layout.num_heads, layout.num_blocks
+    hkv = _check_kv_heads(h_count, num_kv_heads)
+    group = 1 if hkv is None else h_count // hkv
 
-    def mids_of(h: int, r: int) -> tuple[int, ...]:
-        m = layout.row(h, r)[1]
-        return tuple(int(x) for x in np.where(m < 0, 0, m.astype(np.int64) + 2))
+    def key_of(h: int, r: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        c, m = layout.row(h, r)
+        mids = np.where(m < 0, 0, m.astype(np.int64) + 2)
+        return tuple(int(x) for x in c), tuple(int(x) for x in mids)
 
-    uniform: dict[tuple[int, ...], list[tuple[int, int]]] = {}
-    empty: list[tuple[int, int]] = []
-    for h in range(h_count):
+    # units: (heads, row, cols, mids)
+    units: list[tuple[tuple[int, ...], int, tuple[int, ...], tuple[int, ...]]] = []
+    for g0 in range(0, h_count, group):
         for r in range(nqb):
-            key = mids_of(h, r)
-            if key:
-                uniform.setdefault(key, []).append((h, r))
+            keys = [key_of(h, r) for h in range(g0, g0 + group)]
+            if group > 1 and all(k == keys[0] for k in keys):
+                units.append((tuple(range(g0, g0 + group)), r, *keys[0]))
             else:
-                empty.append((h, r))
-    groups: list[tuple[int, list[tuple[int, int]]]] = []
-    rest: dict[int, list[tuple[int, int]]] = {}
-    for key, members in uniform.items():
-        if len(members) >= min_uniform_rows:
-            groups.append((len(key), members))
+                units.extend(((g0 + i,), r, *k) for i, k in enumerate(keys))
+
+    uniform: dict[tuple, list] = {}
+    empty_by_m: dict[int, list] = {}
+    for u in units:
+        if u[2]:
+            uniform.setdefault((len(u[0]), u[3]), []).append(u)
         else:
-            rest.setdefault(len(key), []).extend(members)
-    merged: list[tuple[int, list[tuple[int, int]]]] = []
-    for n in sorted(rest, reverse=True):
-        rows = rest[n]
-        if merged:
-            width, members = merged[-1]
-            real = sum(len(layout.row(h, r)[0]) for h, r in members) + n * len(rows)
-            total = width * (len(members) + len(rows))
+            empty_by_m.setdefault(len(u[0]), []).append(u)
+    groups: list[tuple[int, list]] = []
+    rest: dict[tuple[int, int], list] = {}
+    for (m, mids), members in uniform.items():
+        if len(members) >= min_uniform_rows:
+            groups.append((len(mids), members))
+        else:
+            rest.setdefault((m, len(mids)), []).extend(members)
+    merged: list[tuple[int, list]] = []
+    last_m = None
+    for m, n in sorted(rest, key=lambda k: (k[0], -k[1])):
+        members = rest[(m, n)]
+        if merged and last_m == m:
+            width, prev = merged[-1]
+            real = sum(len(u[2]) for u in prev) + n * len(members)
+            total = width * (len(prev) + len(members))
             if 1.0 - real / total <= max_padding:
-                members.extend(rows)
+                prev.extend(members)
                 continue
-        merged.append((n, list(rows)))
-    buckets = []
-    for width, members in sorted(groups + merged, key=lambda g: -g[0] * len(g[1])):
-        members = sorted(members, key=lambda hr: (hr[1], hr[0]))
-        cols = np.zeros((len(members), width), dtype=np.int64)
-        mids = np.ones((len(members), width), dtype=np.int64)
-        for i, (h, r) in enumerate(members):
-            c = layout.row(h, r)[0]
-            cols[i, : len(c)] = c
-            cols[i, len(c) :] = c[0]
-            mids[i, : len(c)] = mids_of(h, r)
-        buckets.append(_bucket(members, cols, mids))
-    if empty:
-        members = sorted(empty, key=lambda hr: (hr[1], hr[0]))
-        z = np.zeros((len(members), 0), dtype=np.int64)
-        buckets.append(_bucket(members, z, z))
+        merged.append((n, list(members)))
+        last_m = m
+    buckets = [
+        _bucket(members, width, group, hkv is not None)
+        for width, members in sorted(
+            groups + merged, key=lambda g: -g[0] * len(g[1]) * len(g[1][0][0])
+        )
+    ]
+    for m in sorted(empty_by_m):
+        buckets.append(_bucket(empty_by_m[m], 0, group, hkv is not None))
     return buckets
 
 
-def _bucket(members: list[tuple[int, int]], cols: np.ndarray, mids: np.ndarray) -> Bucket:
+def _bucket(members: list, width: int, group: int, grouped: bool) -> Bucket:
+    members = sorted(members, key=lambda u: (u[1], u[0][0]))
+    cols = np.zeros((len(members), width), dtype=np.int64)
+    mids = np.ones((len(members), width), dtype=np.int64)
+    for i, (_, _, c, mi) in enumerate(members):
+        if width:
+            cols[i, : len(c)] = c
+            cols[i, len(c) :] = c[0]
+            mids[i, : len(c)] = mi
+    heads = np.array([u[0] for u in members], dtype=np.int64)
     return Bucket(
-        heads=np.array([h for h, _ in members], dtype=np.int64),
-        rows=np.array([r for _, r in members], dtype=np.int64),
+        heads=heads,
+        kv_heads=heads[:, 0] // group,
+        rows=np.array([u[1] for u in members], dtype=np.int64),
         cols=cols,
         mask_ids=mids,
+        grouped=grouped,
     )
+
+
+def unit_work_elements(bucket: Bucket, block_size: int) -> tuple[int, int, int]:
+    """fp32 elements one unit of ``bucket`` holds during a loop iteration, per batch item.
+
+    Returns ``(c0, cd, cdv)`` with elements ``= c0 + cd * D + cdv * Dv``: the gathered
+    Q rows (``m*bs x (D+1)``), K tiles and their transpose (``2 x n*bs x (D+1)``), V tiles
+    plus the exact path's two V-sized temporaries (``3 x n*bs x Dv``), three score-sized
+    tensors (scores, masked scores, probabilities: ``3 x m*bs x n*bs``) and four
+    output-sized ones (``4 x m*bs x Dv``).
+    """
+    qr, kc = bucket.heads_per_unit * block_size, bucket.width * block_size
+    return qr + 2 * kc + 3 * qr * kc, qr + 2 * kc, 3 * kc + 4 * qr
 
 
 class _Graph:
@@ -213,14 +285,370 @@ class _Graph:
         )
         return out
 
-
-def _head(g: _Graph, name: str, arr: str, zero1: str, count: str) -> str:
-    """``arr[:count]`` along axis 0."""
-    return g.op("Slice", [arr, zero1, count, zero1], name)
+    def i64(self, *values: int, hint: str = "c") -> str:
+        return self.const(np.array(values, dtype=np.int64), hint)
 
 
-def _i64(*values: int) -> np.ndarray:
-    return np.array(values, dtype=np.int64)
+@dataclass
+class _Views:
+    """Names of the outer values every bucket reads (see the module docstring, step 1)."""
+
+    b1: str  # [1] batch
+    d1: str  # [1] D
+    dv1: str  # [1] Dv
+    s1: str  # [1] S
+    nb1: str  # [1] query/key blocks of the request
+    nbx1: str  # [1] nb + 1 (with the all-invalid block)
+    n_out: str  # [1] H * nb output rows
+    qb: str  # [B, H*nbx, bs, D+1] scaled Q with the ones column
+    kb: str  # [B, Hkv*nbx, bs, D+1] sanitised K with the key-bias column
+    vb: str  # [B, Hkv*nbx, bs, Dv] V (zeros at padded keys)
+    d_aug: str  # [1] D + 1
+    kp: str  # [B, Hkv, Sp, D+1] (non-finite check)
+    vp: str  # [B, Hkv, Sp, Dv]
+    group: str | None  # [1] H / Hkv at run time (None when baked)
+
+
+def _views(
+    g: _Graph,
+    *,
+    bs: int,
+    n_heads: int,
+    num_kv_heads: int | None,
+    scale: float,
+    has_key_padding_mask: bool,
+) -> _Views:
+    """Step 1: request sizes and the padded, sanitised, augmented block views."""
+    f32 = TensorProto.FLOAT
+    q_in, k_in, v_in = opspec.INPUT_NAMES[:3]
+    kpm_in = opspec.INPUT_NAMES[7]
+    zero1, one1, m1 = g.i64(0, hint="zero"), g.i64(1, hint="one"), g.i64(-1, hint="m1")
+    shape_q = g.op("Shape", [q_in], "shape_q")
+    shape_k = g.op("Shape", [k_in], "shape_k")
+    s1 = g.op("Slice", [shape_q, g.i64(2), g.i64(3)], "S")
+    d1 = g.op("Slice", [shape_q, g.i64(3), g.i64(4)], "D")
+    dv1 = g.op("Shape", [v_in], "Dv", start=3, end=4)
+    b1 = g.op("Slice", [shape_q, zero1, one1], "B")
+    hkv1 = g.op("Slice", [shape_k, one1, g.i64(2)], "Hkv")
+    bs1 = g.i64(bs, hint="bs")
+    nb1 = g.op("Div", [g.op("Add", [s1, g.i64(bs - 1)]), bs1], "nb")
+    nbx1 = g.op("Add", [nb1, one1], "nb_ext")  # + one all-invalid block
+    spx1 = g.op("Mul", [nbx1, bs1], "Sp_ext")
+    padlen = g.op("Sub", [spx1, s1], "padlen")
+    fzero = g.const(np.array(0.0, dtype=np.float32), "fzero")
+    group = None
+    if num_kv_heads is None:
+        # H / Hkv at run time; Reshape of an H-element constant to [Hkv, H / Hkv] fails
+        # loudly unless Hkv divides H
+        group = g.op("Div", [g.i64(n_heads), hkv1], "G")
+        g.op(
+            "Reshape", [g.const(np.zeros(n_heads, np.int8)), g.op("Concat", [hkv1, group], axis=0)]
+        )
+        hkv_shape = hkv1
+    else:
+        hkv_shape = g.i64(num_kv_heads, hint="Hkv_baked")
+
+    # key validity over the extended sequence [B|1, Sp_ext]: inside the request and real
+    positions = g.op("Range", [g.const(np.int64(0)), g.op("Squeeze", [spx1]), g.const(np.int64(1))])
+    key_ok = g.op("Unsqueeze", [g.op("Less", [positions, s1], "in_request"), zero1])
+    if has_key_padding_mask:
+        kpm_u8 = g.op(
+            "Cast", [g.op("Cast", [kpm_in], "kpm_bool", to=TensorProto.BOOL)], to=TensorProto.UINT8
+        )
+        pads2 = g.op("Concat", [g.i64(0, 0, 0), padlen], "pads2", axis=0)
+        kpm_pad = g.op("Pad", [kpm_u8, pads2, g.const(np.array(0, dtype=np.uint8))], "kpm_pad")
+        key_ok = g.op("And", [g.op("Cast", [kpm_pad], to=TensorProto.BOOL), key_ok], "key_ok")
+    key_ok4 = g.op("Unsqueeze", [key_ok, g.i64(1, 3)], "key_ok4")  # [B|1, 1, Sp_ext, 1]
+
+    d_aug = g.op("Add", [d1, one1], "D_aug")
+    pads_aug = g.op("Concat", [g.i64(0, 0, 0, 0, 0, 0), padlen, one1], "pads_aug", axis=0)
+    pads_v = g.op("Concat", [g.i64(0, 0, 0, 0, 0, 0), padlen, zero1], "pads_v", axis=0)
+    # Q * scale, padded along S (rows discarded later) and along D with the ones column
+    q_s = g.op("Mul", [g.op("Cast", [q_in], "q32", to=f32), g.const(np.float32(scale))], "qs")
+    q_aug = g.op("Pad", [q_s, pads_aug, g.const(np.array(1.0, np.float32))], "q_aug")
+    qb = g.op(
+        "Reshape", [q_aug, g.op("Concat", [zero1, m1, bs1, d_aug], axis=0)], "qblk"
+    )  # [B, H*nbx, bs, D+1]
+    # K: one Where keeps real keys, zeroes invalid ones (padded slots may hold NaN/Inf:
+    # selected away, never multiplied) and writes the key bias into the extra column
+    kpad = g.op("Pad", [g.op("Cast", [k_in], "k32", to=f32), pads_aug, fzero], "kpad")
+    real_dim = g.op(
+        "Less",
+        [g.op("Range", [g.const(np.int64(0)), g.op("Squeeze", [d_aug]), g.const(np.int64(1))]), d1],
+        "real_dim",
+    )  # [D+1]: False for the key-bias column
+    k_sel = g.op("And", [key_ok4, real_dim], "k_sel")
+    k_fill = g.op(
+        "Where",
+        [g.op("Or", [key_ok4, real_dim]), fzero, g.const(np.float32(_KEY_BIAS), "key_bias")],
+        "k_fill",
+    )
+    kp = g.op("Where", [k_sel, kpad, k_fill], "k_aug")  # [B, Hkv, Sp_ext, D+1]
+    vp = g.op("Pad", [g.op("Cast", [v_in], "v32", to=f32), pads_v, fzero], "vpad")
+    if has_key_padding_mask:
+        vp = g.op("Where", [key_ok4, vp, fzero], "v_safe")
+    # block views of K/V: [B, Hkv, nbx, bs, d] (a baked Hkv that differs fails here)
+    # then [B, Hkv*nbx, bs, d]
+    kb, vb = (
+        g.op(
+            "Reshape",
+            [
+                g.op("Reshape", [x, g.op("Concat", [zero1, hkv_shape, nbx1, bs1, dim], axis=0)]),
+                g.op("Concat", [zero1, m1, bs1, dim], axis=0),
+            ],
+            hint,
+        )
+        for x, dim, hint in ((kp, d_aug, "kblk"), (vp, dv1, "vblk"))
+    )
+    n_out = g.op("Mul", [nb1, g.i64(n_heads)], "n_out")
+    return _Views(b1, d1, dv1, s1, nb1, nbx1, n_out, qb, kb, vb, d_aug, kp, vp, group)
+
+
+def _prepare(
+    g: _Graph,
+    bk: Bucket,
+    bi: int,
+    v: _Views,
+    *,
+    bs: int,
+    budget: int,
+    num_blocks: int,
+    table: np.ndarray,
+) -> dict:
+    """Step 3, outer part: the bucket's units inside the request, chunk size and indices."""
+    p = f"b{bi}_"
+    zero1, one1 = g.i64(0), g.i64(1)
+    n = bk.width
+    # units inside the request: a prefix (units sorted by query block). At least one unit
+    # is always computed (a zero-unit batch trips Reshape); extra units are clamped onto
+    # the all-invalid block and dropped from the output. Count table indexed by nb
+    # (S > max_seq_len is outside the table and fails in Gather).
+    in_req = np.searchsorted(bk.rows, np.arange(num_blocks + 1), side="left")
+    count_tab = g.const(np.maximum(in_req, 1).astype(np.int64), p + "count_tab")
+    count = g.op("Gather", [count_tab, v.nb1], p + "count")
+    # chunk = clamp(budget / (B * unit elements), 1, count); n_iter = ceil(count / chunk)
+    c0, cd, cdv = unit_work_elements(bk, bs)
+    elems = g.op(
+        "Add",
+        [
+            g.op("Add", [g.op("Mul", [v.d1, g.i64(cd)]), g.op("Mul", [v.dv1, g.i64(cdv)])]),
+            g.i64(c0),
+        ],
+    )
+    chunk = g.op("Div", [g.i64(max(1, budget // 4)), g.op("Mul", [v.b1, elems])])
+    chunk = g.op("Max", [g.op("Min", [chunk, count]), one1], p + "chunk")
+    n_iter = g.op("Div", [g.op("Sub", [g.op("Add", [count, chunk]), one1]), chunk], p + "n_iter")
+    extra = g.op("Sub", [g.op("Mul", [n_iter, chunk]), count], p + "extra")
+
+    def rows_of(arr: np.ndarray, fill, hint: str) -> str:
+        """``arr[:count]`` padded with ``fill`` to ``n_iter * chunk`` entries along axis 0."""
+        c = g.op("Slice", [g.const(arr, p + hint + "_all"), zero1, count, zero1], p + hint)
+        pads = g.op(
+            "Concat", [g.i64(*([0] * arr.ndim)), extra, g.i64(*([0] * (arr.ndim - 1)))], axis=0
+        )
+        return g.op("Pad", [c, pads, g.const(np.array(fill, dtype=arr.dtype))], p + hint + "_pad")
+
+    item = {"p": p, "bk": bk, "chunk": chunk, "n_iter": n_iter}
+    rows_u = g.op("Unsqueeze", [rows_of(bk.rows, _FAR, "rows"), one1])  # [P, 1]
+    heads_p = rows_of(bk.heads, 0, "heads")  # [P, m]
+    real = g.op("Less", [rows_u, v.nb1], p + "real")  # [P, 1]
+    row_id = g.op("Add", [g.op("Mul", [heads_p, v.nb1]), rows_u])
+    # rows of padding units and of units beyond the request go to the trash slot H * nb
+    item["row_ids"] = g.op(
+        "Reshape", [g.op("Where", [real, row_id, v.n_out]), g.i64(-1)], p + "row_ids"
+    )
+    if not n:
+        return item
+    clamped = g.op("Min", [rows_u, v.nb1])
+    item["qidx"] = g.op("Add", [g.op("Mul", [heads_p, v.nbx1]), clamped], p + "qidx")  # [P, m]
+    if bk.grouped:
+        kvh = rows_of(bk.kv_heads, 0, "kvh")
+    else:  # K/V head from the key's head count at run time
+        first = g.op("Squeeze", [g.op("Slice", [heads_p, zero1, one1, one1]), one1])
+        kvh = g.op("Div", [first, v.group], p + "kvh")
+    cols_p = rows_of(bk.cols, _FAR, "cols")
+    item["kidx"] = g.op(
+        "Add",
+        [g.op("Unsqueeze", [g.op("Mul", [kvh, v.nbx1]), one1]), g.op("Min", [cols_p, v.nb1])],
+        p + "kidx",
+    )  # [P, n]; key blocks beyond the request -> the all-invalid block nb
+    if bk.has_partial and not bk.uniform:
+        item["mids"] = rows_of(bk.mask_ids, 1, "mids")
+    dead = ~table[bk.mask_ids].any(axis=(1, 3))  # [R, bs] query rows with no visible key
+    if dead.any() and not bk.uniform:
+        item["dead"] = rows_of(dead, False, "dead")
+    elif dead.any():
+        item["dead_uniform"] = dead[0]
+    return item
+
+
+def _loop(g: _Graph, item: dict, v: _Views, *, bs: int, exact: bool, tabs: dict) -> str:
+    """Step 3, the ``Loop`` over chunks of one bucket; returns ``[B, P*m, bs, Dv]``.
+
+    ``exact``: tile masks applied with ``Where`` (a NaN/Inf K hidden by a partial tile
+    cannot reach a score) and ``P @ V`` without ``0 * NaN`` from hidden non-finite V.
+    Scores are ``[B, c, bs, n*bs]`` for units of one head and ``[B, c, m, bs, n*bs]``
+    (a free view) for units of ``m`` heads, so that tile masks broadcast over the heads.
+    Loop-invariant shapes are computed outside the loop body.
+    """
+    bk: Bucket = item["bk"]
+    p = g.prefix + item["p"]
+    m, n = bk.heads_per_unit, bk.width
+    f32 = TensorProto.FLOAT
+    table = tabs["table"]
+    # shapes (outer graph)
+    q_shape = g.op("Concat", [g.i64(0, 0, m * bs), v.d_aug], axis=0)
+    k_shape = g.op("Concat", [g.i64(0, 0, n * bs), v.d_aug], axis=0)
+    v_shape = g.op("Concat", [g.i64(0, 0, n * bs), v.dv1], axis=0)
+    out_shape = g.op("Concat", [g.i64(1, 0, -1, bs), v.dv1], axis=0)
+    unit = (m, bs) if m > 1 else (bs,)  # query rows of a unit, as axes
+    o_unit_shape = g.op("Concat", [g.i64(0, 0, *unit), v.dv1], axis=0) if m > 1 else None
+
+    body = _Graph(prefix=p + "it_")
+    it_in, cond_in = p + "iter", p + "cond_in"
+    start = body.op("Mul", [body.op("Unsqueeze", [it_in, body.i64(0)]), item["chunk"]], "start")
+    stop = body.op("Add", [start, item["chunk"]], "stop")
+    axis0 = body.i64(0)
+
+    def chunk_of(x: str, hint: str) -> str:
+        return body.op("Slice", [x, start, stop, axis0], hint)
+
+    def gathered(src: str, idx: str, shape: str, hint: str) -> str:
+        return body.op("Reshape", [body.op("Gather", [src, idx], hint + "5", axis=1), shape], hint)
+
+    kidx = chunk_of(item["kidx"], "kidx")
+    qg = gathered(v.qb, chunk_of(item["qidx"], "qidx"), q_shape, "qg")  # [B, c, m*bs, D+1]
+    kg = gathered(v.kb, kidx, k_shape, "kg")  # [B, c, n*bs, D+1]
+    vg = gathered(v.vb, kidx, v_shape, "vg")  # [B, c, n*bs, Dv]
+    scores = body.op(
+        "MatMul", [qg, body.op("Transpose", [kg], "kT", perm=[0, 1, 3, 2])], "scores"
+    )  # [B, c, m*bs, n*bs]; invalid keys carry _KEY_BIAS via the augmented column
+    if m > 1:
+        scores = body.op("Reshape", [scores, body.i64(0, 0, m, bs, n * bs)], "scores5")
+    vis = None
+    if bk.has_partial:
+        if bk.uniform:  # one constant [bs, n*bs] broadcast over batch, units and heads
+            tiles = table[bk.mask_ids[0]].transpose(1, 0, 2).reshape(bs, n * bs)
+            tb = body.const(
+                tiles if exact else np.where(tiles, 0.0, -np.inf).astype(np.float32), "tmask"
+            )
+        else:
+            src = tabs["bool"] if exact else tabs["bias"]
+            tiles = body.op("Gather", [src, chunk_of(item["mids"], "mids")])  # [c, n, bs, bs]
+            tb = body.op(
+                "Reshape",
+                [
+                    body.op("Transpose", [tiles], perm=[0, 2, 1, 3]),
+                    body.i64(-1, *((1,) if m > 1 else ()), bs, n * bs),
+                ],
+                "tmask",
+            )  # [c, (1,) bs, n*bs]
+        if exact:
+            scores = body.op("Where", [tb, scores, tabs["ninf"]], "masked")
+            vis = tb
+        else:
+            scores = body.op("Add", [scores, tb], "masked")
+    probs = body.op("Softmax", [scores], "probs", axis=-1)
+    if m > 1:
+        probs = body.op("Reshape", [probs, body.i64(0, 0, m * bs, n * bs)], "probs4")
+
+    def per_unit(x: str, hint: str) -> str:  # [B, c, m*bs, Dv] -> [B, c, (m,) bs, Dv]
+        return body.op("Reshape", [x, o_unit_shape], hint) if m > 1 else x
+
+    o = per_unit(body.op("MatMul", [probs, vg], "pv"), "pv5")
+    fzero = tabs["fzero"]
+    if vis is not None:
+        # keep 0 * NaN of hidden keys out: P @ finite(V), unless a visible V is
+        # non-finite for that (row, dim), where the raw product is the answer
+        nonfin = body.op("Not", [body.op("Equal", [body.op("Sub", [vg, vg]), fzero])])
+        vfin = body.op("Where", [nonfin, fzero, vg], "vfin")
+        o_fin = per_unit(body.op("MatMul", [probs, vfin]), "pv_fin")
+        nonfin = body.op("Cast", [nonfin], to=f32)
+        if m > 1:
+            nonfin = body.op("Unsqueeze", [nonfin, body.i64(2)])  # [B, c, 1, n*bs, Dv]
+        cnt = body.op(
+            "MatMul", [body.op("Cast", [vis], to=f32), nonfin], "nonfinite_visible"
+        )  # [B, c, (1,) bs, Dv]
+        o = body.op("Where", [body.op("Greater", [cnt, fzero]), o, o_fin], "pv_exact")
+    if "dead_uniform" in item:
+        o = body.op("Where", [body.const(item["dead_uniform"][:, None], "dead"), fzero, o], "o")
+    elif "dead" in item:
+        dead = body.op(
+            "Reshape",
+            [chunk_of(item["dead"], "dead"), body.i64(-1, *((1,) if m > 1 else ()), bs, 1)],
+        )
+        o = body.op("Where", [dead, fzero, o], "o")
+    # [1, B, c*m, bs, Dv]: a leading axis of 1, so that stacking the iterations (ONNX
+    # Runtime) and concatenating them along axis 0 (onnx.reference) give the same values
+    out = body.op("Reshape", [o, out_shape], "chunk_out")
+    cond_out = body.op("Identity", [cond_in], "cond_out")
+    graph = helper.make_graph(
+        body.nodes,
+        p + "loop_body",
+        [
+            helper.make_tensor_value_info(it_in, TensorProto.INT64, []),
+            helper.make_tensor_value_info(cond_in, TensorProto.BOOL, []),
+        ],
+        [
+            helper.make_tensor_value_info(cond_out, TensorProto.BOOL, []),
+            helper.make_tensor_value_info(out, f32, None),
+        ],
+    )
+    stacked = g.op(
+        "Loop",
+        [g.op("Squeeze", [item["n_iter"]]), g.const(np.array(True), "true")],
+        "loop",
+        body=graph,
+    )  # [n_iter, 1, B, c*m, bs, Dv] or [n_iter, B, c*m, bs, Dv]
+    cm = g.op("Mul", [item["chunk"], g.i64(m)])
+    stacked = g.op(
+        "Reshape", [stacked, g.op("Concat", [g.i64(-1), v.b1, cm, g.i64(bs), v.dv1], axis=0)]
+    )
+    return g.op(
+        "Reshape",
+        [
+            g.op("Transpose", [stacked], perm=[1, 0, 2, 3, 4]),
+            g.op("Concat", [g.i64(0, -1, bs), v.dv1], axis=0),
+        ],
+        "out",
+    )  # [B, P*m, bs, Dv]
+
+
+def _assemble(
+    g: _Graph, v: _Views, cat: str, row_ids: list[str], *, bs: int, n_heads: int, max_s: int
+) -> None:
+    """Step 4: rows back in order (empty rows read the zero row), crop, guard, cast."""
+    zero1, one1 = g.i64(0), g.i64(1)
+    if not row_ids:  # a layout without any tile: every row reads the zero row
+        ids = g.const(np.zeros(0, np.int64), "no_rows")
+    elif len(row_ids) == 1:
+        ids = row_ids[0]
+    else:
+        ids = g.op("Concat", row_ids, "row_ids", axis=0)
+    n_ids = g.op("Shape", [ids], "n_ids")  # computed rows; the zero row sits at n_ids
+    inv = g.op(
+        "ScatterElements",
+        [
+            g.op("Expand", [n_ids, g.op("Add", [v.n_out, one1])], "inv0"),
+            ids,
+            g.op("Range", [g.const(np.int64(0)), g.op("Squeeze", [n_ids]), g.const(np.int64(1))]),
+        ],
+        "inv",
+        axis=0,
+    )
+    inv = g.op("Slice", [inv, zero1, v.n_out], "inv_real")  # drop the trash slot
+    ordered = g.op("Gather", [cat, inv], "ordered", axis=1)  # [B, H*nb, bs, Dv]
+    shp = g.op("Concat", [zero1, g.i64(n_heads), g.i64(-1), v.dv1], "out_shape", axis=0)
+    full = g.op("Reshape", [ordered, shp], "out_full")  # [B, H, Sp, Dv]
+    cropped = g.op("Slice", [full, zero1, v.s1, g.i64(2)], "out_crop")
+    # no-op for S <= max_seq_len; a request longer than the layout fails here, loudly
+    too_long = g.op("Cast", [g.op("Greater", [v.s1, g.i64(max_s)])], to=TensorProto.INT64)
+    s_guard = g.op("Add", [v.s1, too_long], "S_guard")  # S + 1 when S > max_seq_len
+    guard = g.op("Concat", [v.b1, g.i64(n_heads), s_guard, v.dv1], "out_guard_shape", axis=0)
+    cropped = g.op("Reshape", [cropped, guard], "out_guard")
+    g.nodes.append(
+        helper.make_node("CastLike", [cropped, opspec.INPUT_NAMES[0]], [opspec.OUTPUT_NAMES[0]])
+    )
 
 
 def build_function(
@@ -232,11 +660,14 @@ def build_function(
     overload: str = "",
     max_padding: float = 0.25,
     max_seq_len: int | None = None,
+    num_kv_heads: int | None = None,
+    work_budget: int = WORK_BUDGET_BYTES,
 ) -> onnx.FunctionProto:
     """Build the block-sparse FunctionProto for one layout (see the module docstring).
 
     Args:
-        layout: the layout held by the node's constant inputs (max sequence length).
+        layout: the layout held by the node's constant inputs (max sequence length), one
+            pattern per query head.
         scale: softmax scale baked into the body (the node's ``scale`` attribute).
         has_key_padding_mask: whether nodes calling this function pass ``key_padding_mask``
             (the body reads the input only when True).
@@ -248,96 +679,44 @@ def build_function(
         max_seq_len: longest request accepted (default ``layout.seq_len``); a longer one
             makes the final ``Reshape`` fail, so ORT reports an error instead of a wrong
             result.
+        num_kv_heads: ``Hkv`` of the key/value inputs when known at export time: query
+            heads of one K/V head with identical layouts then share one gather of the
+            K/V tiles, and a key with another head count fails at run time. None: the
+            body derives ``Hkv`` from the key's shape (any divisor of H) and computes
+            every query head as its own unit.
+        work_budget: bytes one loop iteration may hold (:data:`WORK_BUDGET_BYTES`).
 
     Returns:
         ``FunctionProto`` with domain ``opspec.DOMAIN``, name ``opspec.OP_TYPE``, inputs
-        ``opspec.INPUT_NAMES`` and output ``opspec.OUTPUT_NAMES``. Inputs: query/key
-        ``[B, H, S, D]``, value ``[B, H, S, Dv]`` float32 or float16 with ``H ==
-        layout.num_heads`` and ``1 <= S <= nQB * block_size``; key_padding_mask ``[B, S]``
-        bool (True = real token). Output ``[B, H, S, Dv]`` in the dtype of ``query``.
+        ``opspec.INPUT_NAMES`` and output ``opspec.OUTPUT_NAMES``. Inputs: query
+        ``[B, H, S, D]``, key ``[B, Hkv, S, D]``, value ``[B, Hkv, S, Dv]`` float32 or
+        float16 with ``H == layout.num_heads``, ``H % Hkv == 0`` and ``1 <= S <=
+        max_seq_len``; key_padding_mask ``[B, S]`` bool (True = real token). Output
+        ``[B, H, S, Dv]`` in the dtype of ``query``.
 
     Raises:
-        ValueError: ``opset < MIN_OPSET`` or a non-finite / non-positive ``scale``.
+        ValueError: ``opset < MIN_OPSET``, a non-finite / non-positive ``scale``, a
+            ``num_kv_heads`` that does not divide H, or a non-positive ``work_budget``.
     """
     if opset < MIN_OPSET:
         raise ValueError(f"function body needs default opset >= {MIN_OPSET}, got {opset}")
     if not np.isfinite(scale) or scale <= 0:
         raise ValueError(f"scale must be a finite positive float, got {scale}")
-    bs = int(layout.block_size)
+    if work_budget < 1:
+        raise ValueError(f"work_budget must be a positive number of bytes, got {work_budget}")
     n_heads = layout.num_heads
-    buckets = plan_buckets(layout, max_padding)
+    num_kv_heads = _check_kv_heads(n_heads, num_kv_heads)
+    bs = int(layout.block_size)
+    buckets = plan_buckets(layout, max_padding, num_kv_heads=num_kv_heads)
     g = _Graph()
-    f32 = TensorProto.FLOAT
-    q_in, k_in, v_in = opspec.INPUT_NAMES[:3]
-    kpm_in = opspec.INPUT_NAMES[7]
-
-    # -- 1. request sizes; padded, sanitised, augmented block views
-    zero1, one1 = g.const(_i64(0), "zero"), g.const(_i64(1), "one")
-    m1 = g.const(_i64(-1), "m1")
-    shape_q = g.op("Shape", [q_in], "shape_q")
-    shape_v = g.op("Shape", [v_in], "shape_v")
-    s1 = g.op("Slice", [shape_q, g.const(_i64(2)), g.const(_i64(3))], "S")
-    d1 = g.op("Slice", [shape_q, g.const(_i64(3)), g.const(_i64(4))], "D")
-    dv1 = g.op("Slice", [shape_v, g.const(_i64(3)), g.const(_i64(4))], "Dv")
-    b1 = g.op("Slice", [shape_q, zero1, one1], "B")
-    bs1 = g.const(_i64(bs), "bs")
-    nb1 = g.op("Div", [g.op("Add", [s1, g.const(_i64(bs - 1))]), bs1], "nb")
-    nbx1 = g.op("Add", [nb1, one1], "nb_ext")  # + one all-invalid block for cropped tiles
-    spx1 = g.op("Mul", [nbx1, bs1], "Sp_ext")
-    padlen = g.op("Sub", [spx1, s1], "padlen")
-    pads4 = g.op("Concat", [g.const(_i64(0, 0, 0, 0, 0, 0)), padlen, zero1], "pads4", axis=0)
-    fzero = g.const(np.array(0.0, dtype=np.float32), "fzero")
-
-    # key validity over the extended sequence [B|1, Sp_ext]: inside the request and real
-    key_ok = g.op(
-        "Less",
-        [g.op("Range", [g.const(np.int64(0)), g.op("Squeeze", [spx1]), g.const(np.int64(1))]), s1],
-        "in_request",
+    v = _views(
+        g,
+        bs=bs,
+        n_heads=n_heads,
+        num_kv_heads=num_kv_heads,
+        scale=scale,
+        has_key_padding_mask=has_key_padding_mask,
     )
-    key_ok = g.op("Unsqueeze", [key_ok, zero1], "in_request2")  # [1, Sp_ext]
-    if has_key_padding_mask:
-        kpm_u8 = g.op(
-            "Cast", [g.op("Cast", [kpm_in], "kpm_bool", to=TensorProto.BOOL)], to=TensorProto.UINT8
-        )
-        pads2 = g.op("Concat", [g.const(_i64(0, 0, 0)), padlen], "pads2", axis=0)
-        kpm_pad = g.op("Pad", [kpm_u8, pads2, g.const(np.array(0, dtype=np.uint8))], "kpm_pad")
-        key_ok = g.op("And", [g.op("Cast", [kpm_pad], to=TensorProto.BOOL), key_ok], "key_ok")
-    key_ok4 = g.op("Unsqueeze", [key_ok, g.const(_i64(1, 3))], "key_ok4")  # [B|1, 1, Sp_ext, 1]
-    key_bias_c = g.const(np.array(_KEY_BIAS, np.float32), "key_bias")
-
-    def padded(x: str, hint: str) -> str:
-        x32 = g.op("Cast", [x], f"{hint}32", to=f32)
-        return g.op("Pad", [x32, pads4, fzero], f"{hint}pad")  # [B, H, Sp_ext, d]
-
-    def blocks(x: str, dim: str, hint: str) -> str:
-        shp = g.op("Concat", [zero1, m1, bs1, dim], f"{hint}shp", axis=0)
-        return g.op("Reshape", [x, shp], f"{hint}blk")  # [B, H*nb_ext, bs, dim]
-
-    d_aug = g.op("Add", [d1, one1], "D_aug")
-    # Q * scale, padded along S (rows discarded later) and along D with the ones column
-    pads_q = g.op("Concat", [g.const(_i64(0, 0, 0, 0, 0, 0)), padlen, one1], "pads_q", axis=0)
-    q32 = g.op("Cast", [q_in], "q32", to=f32)
-    scale_c = g.const(np.array(scale, dtype=np.float32), "scale")
-    q_aug = g.op("Pad", [q32, pads_q, g.const(np.array(1.0, np.float32))], "q_aug")
-    qb = blocks(q_aug, d_aug, "q")
-    # K padded along S and D; one Where keeps real keys, zeroes invalid ones (padded slots
-    # may hold NaN/Inf: selected away, never multiplied) and writes the key bias into the
-    # extra column of invalid keys. V: zeros beyond S, Where on padded slots.
-    kpad = g.op("Pad", [g.op("Cast", [k_in], "k32", to=f32), pads_q, fzero], "kpad")
-    real_dim = g.op(
-        "Less",
-        [g.op("Range", [g.const(np.int64(0)), g.op("Squeeze", [d_aug]), g.const(np.int64(1))]), d1],
-        "real_dim",
-    )  # [D+1]: False for the key-bias column
-    k_sel = g.op("And", [key_ok4, real_dim], "k_sel")
-    k_fill = g.op("Where", [g.op("Or", [key_ok4, real_dim]), fzero, key_bias_c], "k_fill")
-    kp = g.op("Where", [k_sel, kpad, k_fill], "k_aug")  # [B, H, Sp_ext, D+1]
-    kb = blocks(kp, d_aug, "k")
-    vp = padded(v_in, "v")
-    if has_key_padding_mask:
-        vp = g.op("Where", [key_ok4, vp, fzero], "v_safe")
-    vb = blocks(vp, dv1, "v")
-
     table = np.concatenate(
         [
             np.ones((1, bs, bs), dtype=bool),
@@ -345,128 +724,35 @@ def build_function(
             layout.masks.astype(bool),
         ]
     )
-    bias_table = bool_table = None
-    if any(b.has_partial for b in buckets):
-        bias_table = g.const(np.where(table, 0.0, -np.inf).astype(np.float32), "bias_table")
-        bool_table = g.const(table, "mask_table")
-    ninf = g.const(np.array(-np.inf, dtype=np.float32), "ninf")
-
-    # per-bucket row bookkeeping (outer graph; the math below may run in If branches)
-    n_out = g.op("Mul", [nb1, g.const(_i64(n_heads))], "n_out")  # output rows H * nb
-    prep = []
-    row_ids = []
-    for bi, bk in enumerate(buckets):
-        p = f"b{bi}_"
-        rows_r = g.const(bk.rows, p + "rows")
-        # rows inside the request: a prefix of the bucket (rows sorted by query block);
-        # at least one row is always computed (a zero-row batch trips Reshape), extra
-        # rows are clamped onto the all-invalid block and dropped from the output.
-        # count tables indexed by nb (export-time searchsorted; S > max_seq_len is out of
-        # the tables' range and fails in Gather)
-        in_req = np.searchsorted(bk.rows, np.arange(layout.num_blocks + 1), side="left")
-        count = g.op(
-            "Gather", [g.const(np.maximum(in_req, 1).astype(np.int64), p + "countx_tab"), nb1]
-        )
-        heads_c = _head(g, p + "heads", g.const(bk.heads, p + "heads_all"), zero1, count)
-        rows_c = _head(g, p + "rows_in", rows_r, zero1, count)
-        row_id = g.op("Add", [g.op("Mul", [heads_c, nb1]), rows_c])
-        # a dummy row (bucket with no row in the request) goes to the trash slot H * nb
-        row_ids.append(g.op("Where", [g.op("Less", [rows_c, nb1]), row_id, n_out], p + "row_id"))
-        item = {"p": p, "bk": bk, "count": count}
-        if bk.width:
-            heads_x = g.op("Mul", [heads_c, nbx1], p + "head_off")  # [Rc]
-            item["qidx"] = g.op("Add", [heads_x, g.op("Min", [rows_c, nb1])], p + "qidx")
-            cols_c = _head(g, p + "cols", g.const(bk.cols, p + "cols_all"), zero1, count)
-            item["kidx"] = g.op(
-                "Add",
-                [g.op("Unsqueeze", [heads_x, m1]), g.op("Min", [cols_c, nb1])],
-                p + "kidx",
-            )  # [Rc, n]; key blocks beyond the request -> the all-invalid block nb
-        prep.append(item)
+    any_partial = any(b.has_partial and b.width for b in buckets)
+    tabs = {
+        "fzero": g.const(np.float32(0.0), "fzero"),
+        "ninf": g.const(np.float32(-np.inf), "ninf"),
+        "table": table,
+    }
+    if any_partial:
+        tabs["bias"] = g.const(np.where(table, 0.0, -np.inf).astype(np.float32), "bias_table")
+        tabs["bool"] = g.const(table, "mask_table")
+    # units without tiles are not computed: their rows read the zero row
+    items = [
+        _prepare(g, bk, bi, v, bs=bs, budget=work_budget, num_blocks=layout.num_blocks, table=table)
+        for bi, bk in enumerate(buckets)
+        if bk.width
+    ]
+    zshape = g.op("Concat", [v.b1, g.i64(1, bs), v.dv1], "zero_row_shape", axis=0)
+    zero_row = g.op("Expand", [g.const(np.zeros((1, 1, 1, 1), np.float32)), zshape], "zero_row")
 
     def emit(gg: _Graph, exact: bool) -> str:
-        """Bucket math into ``gg``; returns the concatenated outputs [B, rows, bs, Dv].
+        outs = [_loop(gg, it, v, bs=bs, exact=exact, tabs=tabs) for it in items]
+        return gg.op("Concat", [*outs, zero_row], "cat", axis=1)
 
-        ``exact``: tile masks applied with ``Where`` (a NaN/Inf K hidden by a partial tile
-        cannot reach a score) and ``P @ V`` without 0 * NaN from hidden non-finite V.
-        """
-        outs = []
-        for item in prep:
-            p, bk, count = item["p"], item["bk"], item["count"]
-            p = gg.prefix + p
-            if bk.width == 0:
-                zshape = gg.op("Concat", [b1, count, bs1, dv1], p + "zshape", axis=0)
-                zero = gg.const(np.zeros((1, 1, 1, 1), np.float32), p + "z")
-                outs.append(gg.op("Expand", [zero, zshape], p + "zero"))
-                continue
-            n = bk.width
-            qg = gg.op("Gather", [qb, item["qidx"]], p + "qg", axis=1)  # [B, Rc, bs, D+1]
-            kg, vg = (
-                gg.op(
-                    "Reshape",
-                    [
-                        gg.op("Gather", [src, item["kidx"]], p + hint + "g5", axis=1),
-                        gg.op("Concat", [gg.const(_i64(0, 0, n * bs)), dim], axis=0),
-                    ],
-                    p + hint + "g",
-                )  # [B, Rc, n*bs, d]
-                for src, dim, hint in ((kb, d_aug, "k"), (vb, dv1, "v"))
-            )
-            scores = gg.op(
-                "MatMul",
-                [qg, gg.op("Transpose", [kg], p + "kT", perm=[0, 1, 3, 2])],
-                p + "scores",
-            )  # [B, Rc, bs, n*bs]; invalid keys carry _KEY_BIAS via the augmented column
-            # scale after the product (ORT folds it into the MatMul); the key bias stays
-            # overwhelming: scale * -1e30
-            scores = gg.op("Mul", [scores, scale_c], p + "scaled")
-            vis = None
-            if bk.has_partial:
-                table_c = bool_table if exact else bias_table
-                ids = bk.mask_ids[0] if bk.uniform else bk.mask_ids
-                tb = gg.op("Gather", [table_c, gg.const(ids, p + "mids")], p + "tiles")
-                if bk.uniform:
-                    tb = gg.op("Transpose", [tb], p + "tilesT", perm=[1, 0, 2])  # [bs, n, bs]
-                    tb = gg.op("Reshape", [tb, gg.const(_i64(bs, n * bs))], p + "tmask")
-                else:
-                    tb = gg.op("Transpose", [tb], p + "tilesT", perm=[0, 2, 1, 3])
-                    tb = gg.op("Reshape", [tb, gg.const(_i64(len(bk.rows), bs, n * bs))])
-                    tb = _head(gg, p + "tmask_in", tb, zero1, count)
-                if exact:
-                    scores = gg.op("Where", [tb, scores, ninf], p + "masked")
-                    vis = tb
-                else:
-                    scores = gg.op("Add", [scores, tb], p + "masked")
-            probs = gg.op("Softmax", [scores], p + "probs", axis=-1)
-            o = gg.op("MatMul", [probs, vg], p + "pv")  # [B, Rc, bs, Dv]
-            if vis is not None:
-                # keep 0 * NaN of hidden keys out: P @ finite(V), unless a visible V is
-                # non-finite for that (row, dim), where the raw product is the answer
-                nonfin = gg.op("Not", [gg.op("Equal", [gg.op("Sub", [vg, vg]), fzero])])
-                vfin = gg.op("Where", [nonfin, fzero, vg], p + "vfin")
-                o_fin = gg.op("MatMul", [probs, vfin], p + "pv_fin")
-                cnt = gg.op(
-                    "MatMul",
-                    [gg.op("Cast", [vis], to=f32), gg.op("Cast", [nonfin], to=f32)],
-                    p + "nonfinite_visible",
-                )
-                o = gg.op("Where", [gg.op("Greater", [cnt, fzero]), o, o_fin], p + "pv_exact")
-            dead = ~table[bk.mask_ids].any(axis=(1, 3))  # [R, bs] rows with no visible key
-            if dead.any() and bk.uniform:
-                o = gg.op("Where", [gg.const(dead[0][:, None], p + "dead"), fzero, o], p + "o")
-            elif dead.any():
-                dead_c = _head(gg, p + "dead", gg.const(dead[:, :, None]), zero1, count)
-                o = gg.op("Where", [dead_c, fzero, o], p + "o")
-            outs.append(o)
-        return outs[0] if len(outs) == 1 else gg.op("Concat", outs, "cat", axis=1)
-
-    if any(b.has_partial for b in buckets):
-        # exact path only when a real (unmasked-by-padding) K or V value is non-finite
-        # the sum of all K and V is non-finite if any value is (or, harmlessly, on
-        # overflow of huge finite values: the exact path is always correct)
+    if any_partial:
+        # exact path only when a real (not padded) K or V value is non-finite: the sum of
+        # all K and V is non-finite if any value is (or, harmlessly, on overflow of huge
+        # finite values: the exact path is always correct)
         total = g.op(
             "Add",
-            [g.op("ReduceSum", [kp], keepdims=0), g.op("ReduceSum", [vp], keepdims=0)],
+            [g.op("ReduceSum", [v.kp], keepdims=0), g.op("ReduceSum", [v.vp], keepdims=0)],
             "kv_sum",
         )
         cond = g.op("Or", [g.op("IsNaN", [total]), g.op("IsInf", [total])], "any_nonfinite")
@@ -475,49 +761,18 @@ def build_function(
             gg = _Graph(prefix=tag)
             out = emit(gg, exact)
             branches[tag] = helper.make_graph(
-                gg.nodes, tag + "path", [], [helper.make_tensor_value_info(out, f32, None)]
+                gg.nodes,
+                tag + "path",
+                [],
+                [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)],
             )
         cat = g.op(
-            "If",
-            [cond],
-            "cat",
-            then_branch=branches["exact_"],
-            else_branch=branches["fast_"],
+            "If", [cond], "cat", then_branch=branches["exact_"], else_branch=branches["fast_"]
         )
     else:
         cat = emit(g, exact=False)
-
-    # -- 4. back to row order, crop, cast
-    ids = row_ids[0] if len(row_ids) == 1 else g.op("Concat", row_ids, "row_ids", axis=0)
-    n_cat = g.op("Shape", [ids], "n_cat")  # H * nb real rows + dummy rows
-    inv = g.op(
-        "ScatterElements",
-        [
-            g.op(
-                "ConstantOfShape",
-                [g.op("Add", [n_out, one1])],
-                "inv0",
-                value=helper.make_tensor("v", 7, [1], [0]),
-            ),
-            ids,
-            g.op("Range", [g.const(np.int64(0)), g.op("Squeeze", [n_cat]), g.const(np.int64(1))]),
-        ],
-        "inv",
-        axis=0,
-    )
-    inv = g.op("Slice", [inv, zero1, n_out], "inv_real")  # drop the trash slot
-    ordered = g.op("Gather", [cat, inv], "ordered", axis=1)  # [B, H*nb, bs, Dv]
-    shp = g.op("Concat", [zero1, g.const(_i64(n_heads)), m1, dv1], "out_shape", axis=0)
-    full = g.op("Reshape", [ordered, shp], "out_full")  # [B, H, Sp, Dv]
-    cropped = g.op("Slice", [full, zero1, s1, g.const(_i64(2))], "out_crop")
-    # no-op for S <= max_seq_len; a request longer than the layout fails here, loudly
     max_s = layout.seq_len if max_seq_len is None else int(max_seq_len)
-    too_long = g.op("Cast", [g.op("Greater", [s1, g.const(_i64(max_s))])], to=TensorProto.INT64)
-    s_guard = g.op("Add", [s1, too_long], "S_guard")  # S + 1 when S > max_seq_len
-    guard = g.op("Concat", [b1, g.const(_i64(n_heads)), s_guard, dv1], "out_guard_shape", axis=0)
-    cropped = g.op("Reshape", [cropped, guard], "out_guard")
-    g.nodes.append(helper.make_node("CastLike", [cropped, q_in], [opspec.OUTPUT_NAMES[0]]))
-
+    _assemble(g, v, cat, [it["row_ids"] for it in items], bs=bs, n_heads=n_heads, max_s=max_s)
     return helper.make_function(
         opspec.DOMAIN,
         opspec.OP_TYPE,
@@ -543,17 +798,23 @@ def make_node_model(
     key_padding_mask: bool = True,
     scale: float | None = None,
     opset: int = 20,
+    num_kv_heads: int | None = None,
+    bake_kv_heads: bool = True,
+    work_budget: int = WORK_BUDGET_BYTES,
 ) -> onnx.ModelProto:
     """A model holding one ``BlockSparseAttention`` node and its function (tests, benches).
 
-    Inputs ``query``/``key`` ``[batch, H, seq_len, head_dim]``, ``value``
-    ``[batch, H, seq_len, value_dim]`` of ``dtype`` and optional ``key_padding_mask
-    [batch, seq_len]`` bool; output ``output``. The layout tensors are initializers.
+    Inputs ``query [batch, H, seq_len, head_dim]``, ``key [batch, Hkv, seq_len, head_dim]``,
+    ``value [batch, Hkv, seq_len, value_dim]`` of ``dtype`` (``Hkv = num_kv_heads``,
+    default H) and optional ``key_padding_mask [batch, seq_len]`` bool; output ``output``.
+    The layout tensors are initializers. ``bake_kv_heads=False`` builds the body that
+    reads Hkv from the key's shape at run time.
     """
     dv = head_dim if value_dim is None else value_dim
     scale = opspec.default_scale(head_dim) if scale is None else float(scale)
     et = TensorProto.FLOAT16 if dtype == "float16" else TensorProto.FLOAT
     h = layout.num_heads
+    hkv = h if num_kv_heads is None else int(num_kv_heads)
     masks = layout.masks if layout.masks.shape[0] else np.zeros((1, *layout.masks.shape[1:]))
     inits = [
         numpy_helper.from_array(np.asarray(a, dtype=dt), name)
@@ -566,8 +827,8 @@ def make_node_model(
     ]
     inputs = [
         helper.make_tensor_value_info("query", et, ["batch", h, "seq_len", head_dim]),
-        helper.make_tensor_value_info("key", et, ["batch", h, "seq_len", head_dim]),
-        helper.make_tensor_value_info("value", et, ["batch", h, "seq_len", dv]),
+        helper.make_tensor_value_info("key", et, ["batch", hkv, "seq_len", head_dim]),
+        helper.make_tensor_value_info("value", et, ["batch", hkv, "seq_len", dv]),
     ]
     node_inputs = ["query", "key", "value", "row_ptr", "col_idx", "mask_idx", "masks"]
     if key_padding_mask:
@@ -591,7 +852,14 @@ def make_node_model(
         [helper.make_tensor_value_info("output", et, ["batch", h, "seq_len", dv])],
         initializer=inits,
     )
-    fn = build_function(layout, scale=scale, has_key_padding_mask=key_padding_mask, opset=opset)
+    fn = build_function(
+        layout,
+        scale=scale,
+        has_key_padding_mask=key_padding_mask,
+        opset=opset,
+        num_kv_heads=hkv if bake_kv_heads else None,
+        work_budget=work_budget,
+    )
     return helper.make_model(
         graph,
         opset_imports=[
