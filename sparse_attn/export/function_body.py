@@ -274,7 +274,7 @@ class _Graph:
 
     def op(self, op_type: str, inputs: list[str], hint: str | None = None, **attrs) -> str:
         out = self.name(hint or op_type.lower())
-        self.nodes.append(helper.make_node(op_type, inputs, [out], **attrs))
+        self.nodes.append(helper.make_node(op_type, inputs, [out], name=out, **attrs))
         return out
 
     def const(self, value, hint: str = "c") -> str:
@@ -362,31 +362,36 @@ def _views(
 
     d_aug = g.op("Add", [d1, one1], "D_aug")
     pads_aug = g.op("Concat", [g.i64(0, 0, 0, 0, 0, 0), padlen, one1], "pads_aug", axis=0)
-    pads_v = g.op("Concat", [g.i64(0, 0, 0, 0, 0, 0), padlen, zero1], "pads_v", axis=0)
-    # Q * scale, padded along S (rows discarded later) and along D with the ones column
-    q_s = g.op("Mul", [g.op("Cast", [q_in], "q32", to=f32), g.const(np.float32(scale))], "qs")
-    q_aug = g.op("Pad", [q_s, pads_aug, g.const(np.array(1.0, np.float32))], "q_aug")
+    pads_s = g.op("Concat", [g.i64(0, 0, 0, 0, 0, 0), padlen, zero1], "pads_s", axis=0)
+    # Q padded along S (rows discarded later) and along D with the ones column; the scale
+    # multiplies the scores (ONNX Runtime folds it into the MatMul)
+    q_aug = g.op(
+        "Pad",
+        [g.op("Cast", [q_in], "q32", to=f32), pads_aug, g.const(np.array(1.0, np.float32))],
+        "q_aug",
+    )
     qb = g.op(
         "Reshape", [q_aug, g.op("Concat", [zero1, m1, bs1, d_aug], axis=0)], "qblk"
     )  # [B, H*nbx, bs, D+1]
-    # K: one Where keeps real keys, zeroes invalid ones (padded slots may hold NaN/Inf:
-    # selected away, never multiplied) and writes the key bias into the extra column
-    kpad = g.op("Pad", [g.op("Cast", [k_in], "k32", to=f32), pads_aug, fzero], "kpad")
-    real_dim = g.op(
-        "Less",
-        [g.op("Range", [g.const(np.int64(0)), g.op("Squeeze", [d_aug]), g.const(np.int64(1))]), d1],
-        "real_dim",
-    )  # [D+1]: False for the key-bias column
-    k_sel = g.op("And", [key_ok4, real_dim], "k_sel")
-    k_fill = g.op(
-        "Where",
-        [g.op("Or", [key_ok4, real_dim]), fzero, g.const(np.float32(_KEY_BIAS), "key_bias")],
-        "k_fill",
+    # K and V: zeros beyond S; with a key padding mask, Where zeroes padded keys (their
+    # slots may hold NaN/Inf: selected away, never multiplied). K gets the key-bias column
+    # (0 for valid keys, a huge negative number for invalid ones; after the scale).
+    kp, vp = (
+        g.op("Pad", [g.op("Cast", [x], hint + "32", to=f32), pads_s, fzero], hint + "pad")
+        for x, hint in ((k_in, "k"), (v_in, "v"))
     )
-    kp = g.op("Where", [k_sel, kpad, k_fill], "k_aug")  # [B, Hkv, Sp_ext, D+1]
-    vp = g.op("Pad", [g.op("Cast", [v_in], "v32", to=f32), pads_v, fzero], "vpad")
     if has_key_padding_mask:
+        kp = g.op("Where", [key_ok4, kp, fzero], "k_safe")
         vp = g.op("Where", [key_ok4, vp, fzero], "v_safe")
+    key_bias = g.const(np.float32(-min(-_KEY_BIAS / scale, 3.0e38)), "key_bias")
+    bias_col = g.op(
+        "Expand",
+        [
+            g.op("Where", [key_ok4, fzero, key_bias], "key_bias_col"),  # [B|1, 1, Sp, 1]
+            g.op("Concat", [g.op("Shape", [kp], end=3), one1], axis=0),
+        ],
+    )
+    kp = g.op("Concat", [kp, bias_col], "k_aug", axis=-1)  # [B, Hkv, Sp_ext, D+1]
     # block views of K/V: [B, Hkv, nbx, bs, d] (a baked Hkv that differs fails here)
     # then [B, Hkv*nbx, bs, d]
     kb, vb = (
@@ -521,8 +526,13 @@ def _loop(g: _Graph, item: dict, v: _Views, *, bs: int, exact: bool, tabs: dict)
     kg = gathered(v.kb, kidx, k_shape, "kg")  # [B, c, n*bs, D+1]
     vg = gathered(v.vb, kidx, v_shape, "vg")  # [B, c, n*bs, Dv]
     scores = body.op(
-        "MatMul", [qg, body.op("Transpose", [kg], "kT", perm=[0, 1, 3, 2])], "scores"
-    )  # [B, c, m*bs, n*bs]; invalid keys carry _KEY_BIAS via the augmented column
+        "Mul",
+        [
+            body.op("MatMul", [qg, body.op("Transpose", [kg], "kT", perm=[0, 1, 3, 2])]),
+            tabs["scale"],
+        ],
+        "scores",
+    )  # [B, c, m*bs, n*bs]; invalid keys carry the key bias via the augmented column
     if m > 1:
         scores = body.op("Reshape", [scores, body.i64(0, 0, m, bs, n * bs)], "scores5")
     vis = None
@@ -728,6 +738,7 @@ def build_function(
     tabs = {
         "fzero": g.const(np.float32(0.0), "fzero"),
         "ninf": g.const(np.float32(-np.inf), "ninf"),
+        "scale": g.const(np.float32(scale), "scale"),
         "table": table,
     }
     if any_partial:
