@@ -328,3 +328,37 @@ def test_dynamic_axes_for():
     assert exporter.dynamic_axes_for(["ids"], static_seq_len=True, seq_axis=1) == {
         "ids": {0: "batch"}
     }
+
+
+def test_export_grouped_kv_cli_runs_in_ort_with_hkv_heads(tmp_path, capsys):
+    """``--num-kv-heads``: K/V inputs of Hkv heads, metadata records Hkv, and ORT matches the
+    float64 reference at two batch sizes and two sequence lengths from one file."""
+    from sparse_attn.cli import main
+
+    out = tmp_path / "gqa.onnx"
+    args = ["export", "--model", "attention", "--pattern", "band(w=20) | global(n=2)"]
+    args += ["--causal", "--num-heads", "4", "--num-kv-heads", "2", "--head-dim", "40"]
+    args += ["--max-seq-len", "96", "--block-size", "16", "-o", str(out)]
+    code = main(args)
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "PASS" in captured.out
+    model = onnx.load(str(out))
+    dims = {
+        i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim]
+        for i in model.graph.input
+    }
+    assert dims["query"] == ["batch", 4, "seq_len", 40]
+    assert dims["key"] == dims["value"] == ["batch", 2, "seq_len", 40]
+    meta = read_metadata(out)
+    assert meta["sparse_attn.num_kv_heads"] == "2" and meta["sparse_attn.num_heads"] == "4"
+    assert json.loads(meta["sparse_attn.model_config"])["num_kv_heads"] == 2
+    layout = compile_layout("band(w=20) | global(n=2)", 96, 16, num_heads=4, causal=True)
+    rng = np.random.default_rng(21)
+    for b, s in ((1, 96), (3, 41)):
+        q = rng.standard_normal((b, 4, s, 40)).astype(np.float32)
+        _, k, v, pad = make_inputs(rng, b, 2, s, 40, 40, np.float32)
+        got = run_ort(out, dict(query=q, key=k, value=v, key_padding_mask=pad))
+        assert_close(got, ref(layout, q, k, v, pad), 2e-5, 1e-4, f"GQA B={b} S={s}")
+    code = main([*args[:-2], "--num-kv-heads", "3", "-o", str(tmp_path / "bad.onnx")])
+    assert code == 2 and "num_kv_heads must divide" in capsys.readouterr().err

@@ -145,14 +145,144 @@ def test_reference_evaluator_runs_the_body():
 def test_buckets_cover_rows_once_and_isolate_global_rows():
     layout = compile_layout("band(w=256) | global(n=64)", 4096, 64, num_heads=2)
     buckets = function_body.plan_buckets(layout)
-    seen = sorted((int(h), int(r)) for b in buckets for h, r in zip(b.heads, b.rows, strict=True))
+    seen = sorted(
+        (int(h), int(r)) for b in buckets for hs, r in zip(b.heads, b.rows, strict=True) for h in hs
+    )
     assert seen == [(h, r) for h in range(2) for r in range(layout.num_blocks)]
     computed = sum(b.cols.size for b in buckets)
     stored = int(layout.nnz.sum())
-    # one global row per head must not make every row dense (FACTS: padded max_nnz grid)
+    # one global row per head must not make every row dense (a padded max_nnz grid would)
     assert computed <= 1.25 * stored, (computed, stored)
     widths = {b.width for b in buckets}
     assert layout.num_blocks in widths and max(w for w in widths if w < layout.num_blocks) <= 10
+
+
+def test_grouped_units_gather_kv_once_for_identical_heads():
+    """Hkv=2 over H=4 with one shared pattern: every unit holds both query heads of its
+    K/V head; a layout whose heads differ falls back to units of one head where needed."""
+    shared = compile_layout("band(w=20) | causal", 96, 16, num_heads=4)
+    buckets = function_body.plan_buckets(shared, num_kv_heads=2)
+    assert {b.heads_per_unit for b in buckets} == {2}
+    for b in buckets:
+        assert (b.heads // 2 == b.kv_heads[:, None]).all()
+    units = sum(len(b.rows) for b in buckets)
+    assert units == 2 * shared.num_blocks  # (K/V head, block) pairs, not (query head, block)
+    mixed = compile_layout(
+        ["band(w=20)", "band(w=20)", "band(w=20)", "global(n=3)"], 96, 16, num_heads=4
+    )
+    mb = function_body.plan_buckets(mixed, num_kv_heads=2)
+    per_head = [b for b in mb if b.heads_per_unit == 1]
+    assert {int(h) for b in per_head for h in b.heads[:, 0]} == {2, 3}
+    seen = sorted(
+        (int(h), int(r)) for b in mb for hs, r in zip(b.heads, b.rows, strict=True) for h in hs
+    )
+    assert seen == [(h, r) for h in range(4) for r in range(mixed.num_blocks)]
+    with pytest.raises(ValueError, match="num_kv_heads"):
+        function_body.plan_buckets(shared, num_kv_heads=3)
+
+
+# GQA ratio x (D, Dv) x causal x dtype, compactly: every ratio 1/2/4/8 (Hkv = 1 included),
+# every head dim 16/40/64/80/128/256 as D and as Dv, causal and not, fp32 and fp16.
+GQA_CASES = [
+    # spec, H, Hkv, D, Dv, causal, dtype, baked Hkv
+    ("band(w=20) | global(n=3)", 8, 8, 16, 40, False, "float32", True),
+    ("band(w=20)", 8, 4, 40, 64, True, "float32", True),
+    ("dilated(w=2, d=7) | block_local(b=24)", 8, 2, 64, 80, False, "float16", True),
+    ("band(w=12) | global(n=1)", 8, 1, 80, 128, True, "float32", False),
+    ("band(w=30)", 4, 1, 256, 256, True, "float16", True),
+    ("random(r=2, seed=3) | global(n=2)", 8, 2, 128, 16, False, "float32", True),
+]
+
+
+@pytest.mark.parametrize("spec,h,hkv,d,dv,causal,dtype,baked", GQA_CASES)
+def test_body_grouped_kv_and_wide_heads(spec, h, hkv, d, dv, causal, dtype, baked):
+    """K/V of Hkv heads, D/Dv up to 256, key padding with NaN/Inf in the padded K/V, S not
+    a multiple of the block and S = 1, two batch sizes, one file; a small work budget so
+    that every bucket takes several loop iterations."""
+    bs = 16
+    layout = compile_layout(spec, 88, bs, num_heads=h, causal=causal)
+    npdt = np.float16 if dtype == "float16" else np.float32
+    model = function_body.make_node_model(
+        layout,
+        dtype=dtype,
+        head_dim=d,
+        value_dim=dv,
+        num_kv_heads=hkv,
+        bake_kv_heads=baked,
+        work_budget=64 * 1024,
+    )
+    onnx.checker.check_model(model, full_check=True)
+    sess = session(model)
+    rng = np.random.default_rng(h * 100 + hkv + d)
+    atol, rtol = (1e-3, 4e-3) if dtype == "float16" else (2e-5, 1e-4)
+    for b, s in ((2, 1), (1, 37), (2, 88)):
+        q = rng.standard_normal((b, h, s, d)).astype(npdt)
+        _, k, v, kpm = make_inputs(rng, b, hkv, s, d, dv, npdt)
+        (out,) = sess.run(None, dict(query=q, key=k, value=v, key_padding_mask=kpm))
+        assert out.shape == (b, h, s, dv) and out.dtype == npdt
+        assert_close(out, reference(layout, q, k, v, kpm), atol, rtol, f"{spec} Hkv={hkv} S={s}")
+
+
+def test_body_grouped_kv_per_head_layouts_and_empty_rows():
+    """Query heads of one K/V head with different patterns (units of one head), rows that
+    see nothing (exactly 0), Hkv = 1 and Hkv = 3 over H = 3."""
+    layout = custom_layout()
+    rng = np.random.default_rng(11)
+    for hkv in (1, 3):
+        sess = session(function_body.make_node_model(layout, head_dim=40, num_kv_heads=hkv))
+        for s in (31, 75):
+            q = rng.standard_normal((2, 3, s, 40)).astype(np.float32)
+            _, k, v, kpm = make_inputs(rng, 2, hkv, s, 40, 40, np.float32)
+            (out,) = sess.run(None, dict(query=q, key=k, value=v, key_padding_mask=kpm))
+            assert_close(out, reference(layout, q, k, v, kpm), 2e-5, 1e-4, f"Hkv={hkv} S={s}")
+            if s > 40:
+                assert np.all(out[:, 1, 30:41] == 0.0)
+            assert np.all(out[:, 2] == 0.0) if s <= 50 else True
+
+
+def test_body_refuses_a_key_with_another_head_count():
+    layout = compile_layout("band(w=5)", 32, 16, num_heads=4)
+    baked = session(function_body.make_node_model(layout, head_dim=4, num_kv_heads=2))
+    derived = session(function_body.make_node_model(layout, head_dim=4, bake_kv_heads=False))
+    q = np.zeros((1, 4, 20, 4), np.float32)
+    kv = np.zeros((1, 2, 20, 4), np.float32)
+    kpm = np.ones((1, 20), bool)
+    for sess in (baked, derived):
+        assert sess.run(None, dict(query=q, key=kv, value=kv, key_padding_mask=kpm))[0].shape == (
+            1,
+            4,
+            20,
+            4,
+        )
+    bad = np.zeros((1, 3, 20, 4), np.float32)  # 3 K/V heads: neither 2 nor a divisor of 4
+    for sess in (baked, derived):
+        with pytest.raises(Exception, match="ONNXRuntimeError"):
+            sess.run(None, dict(query=q, key=bad, value=bad, key_padding_mask=kpm))
+
+
+def test_working_set_budget_sets_the_chunk():
+    """The per-unit estimate is what the body divides the budget by; a chunk never holds
+    less than one unit, and a tiny and a huge budget give the same result."""
+    layout = compile_layout("band(w=40) | global(n=2)", 160, 16, num_heads=2)
+    (band_bucket, *_) = function_body.plan_buckets(layout)
+    c0, cd, cdv = function_body.unit_work_elements(band_bucket, 16)
+    n, m = band_bucket.width, band_bucket.heads_per_unit
+    assert c0 + cd * 8 + cdv * 8 >= 3 * (m * 16) * (n * 16) + 2 * n * 16 * 8
+    rng = np.random.default_rng(12)
+    q, k, v, kpm = make_inputs(rng, 2, 2, 150, 8, 8, np.float32)
+    feeds = dict(query=q, key=k, value=v, key_padding_mask=kpm)
+    outs = [
+        session(function_body.make_node_model(layout, head_dim=8, work_budget=wb)).run(None, feeds)[
+            0
+        ]
+        for wb in (1, 2**30)
+    ]
+    assert_close(outs[0], outs[1], 0, 0, "tiny vs huge budget")
+    assert_close(outs[0], reference(layout, q, k, v, kpm), 2e-5, 1e-4, "budget")
+    with pytest.raises(ValueError, match="work_budget"):
+        function_body.build_function(
+            layout, scale=0.5, has_key_padding_mask=False, opset=20, work_budget=0
+        )
 
 
 def test_several_layouts_in_one_model_use_overloads():
@@ -220,24 +350,30 @@ def test_build_function_rejects_old_opset_and_bad_scale():
         )
 
 
-def test_nonfinite_real_keys_hidden_by_partial_tiles_do_not_leak():
+@pytest.mark.parametrize("h,hkv,budget", [(1, 1, None), (4, 2, 1)])
+def test_nonfinite_real_keys_hidden_by_partial_tiles_do_not_leak(h, hkv, budget):
     """NaN K / Inf V at a *real* token: only queries that see it may be non-finite."""
-    layout = compile_layout("band(w=6) | causal", 64, 16, num_heads=1)
-    sess = session(function_body.make_node_model(layout, head_dim=8))
+    layout = compile_layout("band(w=6) | causal", 64, 16, num_heads=h)
+    kw = {} if budget is None else {"work_budget": budget}
+    sess = session(function_body.make_node_model(layout, head_dim=8, num_kv_heads=hkv, **kw))
     rng = np.random.default_rng(5)
-    q, k, v, _ = make_inputs(rng, 1, 1, 50, 8, 8, np.float32, poison=False)
+    q = rng.standard_normal((1, h, 50, 8)).astype(np.float32)
+    _, k, v, _ = make_inputs(rng, 1, hkv, 50, 8, 8, np.float32, poison=False)
     kpm = np.ones((1, 50), dtype=bool)
-    k[0, 0, 20] = np.nan
-    v[0, 0, 33] = np.inf
+    k[0, :, 20] = np.nan
+    v[0, :, 33] = np.inf
     (out,) = sess.run(None, dict(query=q, key=k, value=v, key_padding_mask=kpm))
     exp = reference(layout, q, k, v, kpm)
     vis = layout.token_mask(50)[0]
     sees_bad = vis[:, 20] | vis[:, 33]
     assert sees_bad.any() and (~sees_bad).sum() > 30
-    assert_close(out[0, 0, ~sees_bad], exp[0, 0, ~sees_bad], 2e-5, 1e-4, "rows not seeing bad keys")
-    assert not np.isfinite(out[0, 0, sees_bad]).all(axis=-1).any()
+    for head in range(h):
+        assert_close(
+            out[0, head, ~sees_bad], exp[0, head, ~sees_bad], 2e-5, 1e-4, "rows not seeing bad keys"
+        )
+        assert not np.isfinite(out[0, head, sees_bad]).all(axis=-1).any()
     # the same inputs without non-finite values take the fast path and agree
-    k[0, 0, 20], v[0, 0, 33] = 0.5, 0.5
+    k[0, :, 20], v[0, :, 33] = 0.5, 0.5
     (out2,) = sess.run(None, dict(query=q, key=k, value=v, key_padding_mask=kpm))
     assert_close(out2, reference(layout, q, k, v, kpm), 2e-5, 1e-4, "fast path")
 

@@ -1,8 +1,9 @@
 """Family ``attention``: the bare ``sparse_attn::BlockSparseAttention`` op as a model.
 
-ONNX inputs ``query``/``key`` ``[batch, H, seq_len, D]``, ``value [batch, H, seq_len, Dv]``
-(float32 or float16) and, unless disabled, ``key_padding_mask [batch, seq_len]`` (bool,
-True = real token); output ``output [batch, H, seq_len, Dv]`` (SPEC section 3).
+ONNX inputs ``query [batch, H, seq_len, D]``, ``key [batch, Hkv, seq_len, D]``, ``value
+[batch, Hkv, seq_len, Dv]`` (float32 or float16; ``Hkv = num_kv_heads``, default H, must
+divide H: grouped-query attention) and, unless disabled, ``key_padding_mask [batch,
+seq_len]`` (bool, True = real token); output ``output [batch, H, seq_len, Dv]``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,11 @@ FAMILY = "attention"
 #: Family-specific ``sparse-attn export`` options (see sparse_attn/export/__init__.py).
 CLI_OPTIONS = {
     "num_heads": {"type": "int", "default": None, "help": "attention heads H (required)"},
+    "num_kv_heads": {
+        "type": "int",
+        "default": None,
+        "help": "key/value heads Hkv, a divisor of H (grouped-query attention; default: H)",
+    },
     "head_dim": {"type": "int", "default": None, "help": "query/key head dim D (required)"},
     "value_dim": {"type": "int", "default": None, "help": "value head dim Dv (default: D)"},
     "key_padding_mask": {
@@ -137,13 +143,14 @@ def build_torch_model(model_config: dict):
     return _model_class()(layout, model_config.get("scale")).eval()
 
 
-def _random_inputs(batch, heads, s, d, dv, dtype, with_kpm, seed, poison):
+def _random_inputs(batch, heads, kv_heads, s, d, dv, dtype, with_kpm, seed, poison):
     import torch
 
     g = torch.Generator().manual_seed(seed)
     tdt = torch.float16 if dtype == "float16" else torch.float32
-    q, k = (torch.randn(batch, heads, s, d, generator=g).to(tdt) for _ in range(2))
-    v = torch.randn(batch, heads, s, dv, generator=g).to(tdt)
+    q = torch.randn(batch, heads, s, d, generator=g).to(tdt)
+    k = torch.randn(batch, kv_heads, s, d, generator=g).to(tdt)
+    v = torch.randn(batch, kv_heads, s, dv, generator=g).to(tdt)
     feeds = {"query": q, "key": k, "value": v}
     if with_kpm:
         kpm = torch.rand(batch, s, generator=g) > 0.25
@@ -169,6 +176,7 @@ def export_onnx(
     num_heads: int | None = None,
     head_dim: int | None = None,
     value_dim: int | None = None,
+    num_kv_heads: int | None = None,
     key_padding_mask: bool = True,
     scale: float | None = None,
     seed: int = 0,
@@ -185,6 +193,9 @@ def export_onnx(
         dtype: ``"float32"`` | ``"float16"`` (graph inputs/outputs; fp32 math inside).
         causal: intersect the pattern with ``j <= i``.
         num_heads, head_dim: H and D (required); value_dim: Dv (default D).
+        num_kv_heads: Hkv, the key/value heads (default H; must divide H). The model's
+            ``key``/``value`` inputs have Hkv heads; query head ``h`` reads K/V head
+            ``h // (H / Hkv)``, and no K/V is copied per query head.
         key_padding_mask: add the optional ``key_padding_mask`` input.
         scale: softmax scale (default ``1/sqrt(D)``).
         seed: seed of the random check inputs.
@@ -202,6 +213,15 @@ def export_onnx(
     num_heads = _pos_int("num_heads", num_heads)
     head_dim = _pos_int("head_dim", head_dim)
     value_dim = head_dim if value_dim is None else _pos_int("value_dim", value_dim)
+    num_kv_heads = num_heads if num_kv_heads is None else _pos_int("num_kv_heads", num_kv_heads)
+    if num_heads % num_kv_heads:
+        raise InvalidInputError(
+            f"num_kv_heads must divide num_heads: {num_heads} % {num_kv_heads} != 0; "
+            "pass a divisor of --num-heads to --num-kv-heads"
+        )
+    for name, dim in (("head_dim", head_dim), ("value_dim", value_dim)):
+        if dim > opspec.MAX_HEAD_DIM:
+            raise InvalidInputError(f"{name} must be <= {opspec.MAX_HEAD_DIM}, got {dim}")
     block_size = _pos_int("block_size", block_size)
     if not opspec.MIN_BLOCK_SIZE <= block_size <= opspec.MAX_BLOCK_SIZE:
         raise InvalidInputError(
@@ -230,6 +250,7 @@ def export_onnx(
         "pattern": layout.spec,
         "causal": bool(layout.causal),
         "num_heads": num_heads,
+        "num_kv_heads": num_kv_heads,
         "head_dim": head_dim,
         "value_dim": value_dim,
         "block_size": block_size,
@@ -246,17 +267,16 @@ def export_onnx(
     lengths = (
         [max_seq_len] if static else sorted({max_seq_len, trace_s, max(1, max_seq_len // 3), 1})
     )
-    args = (num_heads, head_dim, value_dim, dtype, key_padding_mask)
+    shape_args = (num_heads, num_kv_heads)
     example = _random_inputs(
-        2, num_heads, trace_s, head_dim, value_dim, dtype, key_padding_mask, seed, False
+        2, *shape_args, trace_s, head_dim, value_dim, dtype, key_padding_mask, seed, False
     )
     checks = [
         _random_inputs(
-            2, num_heads, s, head_dim, value_dim, dtype, key_padding_mask, seed + 1 + i, True
+            b, *shape_args, s, head_dim, value_dim, dtype, key_padding_mask, seed + 1 + i, True
         )
-        for i, s in enumerate(lengths)
+        for i, (b, s) in enumerate((1 + i % 2, s) for i, s in enumerate(lengths))
     ]
-    del args
     dynamic_axes = exporter.dynamic_axes_for(
         ("query", "key", "value"), static_seq_len=static, seq_axis=2
     )
@@ -273,6 +293,7 @@ def export_onnx(
         num_heads=num_heads,
         head_dim=head_dim,
     )
+    meta["sparse_attn.num_kv_heads"] = str(num_kv_heads)
     result = exporter.export_model(
         model,
         example,

@@ -190,7 +190,7 @@ def attach_functions(model: onnx.ModelProto, max_seq_len: int | None = None) -> 
         raise CheckFailedError("model imports no default-domain opset")
     consts = _constant_arrays(model)
     variants: dict[tuple, list[onnx.NodeProto]] = {}
-    layouts: dict[tuple, tuple[BlockLayout, float, bool, int]] = {}
+    layouts: dict[tuple, tuple[BlockLayout, float, bool, int, int | None]] = {}
     for node in model.graph.node:
         if node.op_type != opspec.OP_TYPE or node.domain != opspec.DOMAIN:
             continue
@@ -200,9 +200,12 @@ def attach_functions(model: onnx.ModelProto, max_seq_len: int | None = None) -> 
         has_kpm = len(node.input) > 7 and node.input[7] != ""
         node_meta = {p.key: p.value for p in node.metadata_props}
         limit = max_seq_len or int(node_meta.get(NODE_MAX_SEQ_LEN_KEY, layout.seq_len))
-        key = (layout.layout_hash(), layout.block_size, scale, has_kpm, limit)
+        hkv = function_body.static_kv_heads(model.graph, node.input[1])
+        if hkv is not None and layout.num_heads % hkv:
+            hkv = None  # not a divisor: the body's run-time check reports it
+        key = (layout.layout_hash(), layout.block_size, scale, has_kpm, limit, hkv)
         variants.setdefault(key, []).append(node)
-        layouts[key] = (layout, scale, has_kpm, limit)
+        layouts[key] = (layout, scale, has_kpm, limit, hkv)
     keep = [
         f for f in model.functions if not (f.domain == opspec.DOMAIN and f.name == opspec.OP_TYPE)
     ]
@@ -210,7 +213,7 @@ def attach_functions(model: onnx.ModelProto, max_seq_len: int | None = None) -> 
     model.functions.extend(keep)
     many = len(variants) > 1
     for i, (key, nodes) in enumerate(variants.items()):
-        layout, scale, has_kpm, limit = layouts[key]
+        layout, scale, has_kpm, limit, hkv = layouts[key]
         overload = f"v{i}" if many else ""
         for node in nodes:
             node.overload = overload
@@ -222,6 +225,7 @@ def attach_functions(model: onnx.ModelProto, max_seq_len: int | None = None) -> 
                 opset=opset,
                 overload=overload,
                 max_seq_len=limit,
+                num_kv_heads=hkv,
             )
         )
     if variants:

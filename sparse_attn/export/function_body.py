@@ -800,6 +800,23 @@ def build_function(
     )
 
 
+def static_kv_heads(graph: onnx.GraphProto, key_name: str) -> int | None:
+    """``Hkv`` of the key tensor ``key_name`` when ``graph`` declares it as a fixed dim.
+
+    Reads the graph's inputs and ``value_info`` (what the exporter and shape inference
+    record): axis 1 of a rank-4 key. Returns None when it is unknown or symbolic; the body
+    then reads ``Hkv`` from the key's shape at run time.
+    """
+    for vi in (*graph.input, *graph.value_info):
+        if vi.name != key_name or not vi.type.HasField("tensor_type"):
+            continue
+        dims = vi.type.tensor_type.shape.dim
+        if len(dims) == 4 and dims[1].HasField("dim_value") and dims[1].dim_value > 0:
+            return int(dims[1].dim_value)
+        return None
+    return None
+
+
 def make_node_model(
     layout: BlockLayout,
     *,
@@ -826,6 +843,7 @@ def make_node_model(
     et = TensorProto.FLOAT16 if dtype == "float16" else TensorProto.FLOAT
     h = layout.num_heads
     hkv = h if num_kv_heads is None else int(num_kv_heads)
+    kv_dim = hkv if bake_kv_heads else "kv_heads"
     masks = layout.masks if layout.masks.shape[0] else np.zeros((1, *layout.masks.shape[1:]))
     inits = [
         numpy_helper.from_array(np.asarray(a, dtype=dt), name)
@@ -838,8 +856,8 @@ def make_node_model(
     ]
     inputs = [
         helper.make_tensor_value_info("query", et, ["batch", h, "seq_len", head_dim]),
-        helper.make_tensor_value_info("key", et, ["batch", hkv, "seq_len", head_dim]),
-        helper.make_tensor_value_info("value", et, ["batch", hkv, "seq_len", dv]),
+        helper.make_tensor_value_info("key", et, ["batch", kv_dim, "seq_len", head_dim]),
+        helper.make_tensor_value_info("value", et, ["batch", kv_dim, "seq_len", dv]),
     ]
     node_inputs = ["query", "key", "value", "row_ptr", "col_idx", "mask_idx", "masks"]
     if key_padding_mask:
