@@ -34,6 +34,11 @@ COMMANDS = {
         "Check a model's accuracy against the PyTorch reference.",
     ),
     "bench": ("sparse_attn.cli.bench_cmd", "Benchmark sparse attention against the alternatives."),
+    "serve": ("sparse_attn.cli.serve_cmd", "Serve a model over HTTP (v2 protocol, batching)."),
+    "triton-repo": (
+        "sparse_attn.cli.triton_repo_cmd",
+        "Write a Triton Inference Server model repository.",
+    ),
 }
 
 
