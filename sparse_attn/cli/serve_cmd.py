@@ -146,7 +146,7 @@ def command(
     if use_ray:
         from sparse_attn.serving.ray_app import serve_on_ray
 
-        return serve_on_ray(
+        code = serve_on_ray(
             model,
             name=name,
             host=host,
@@ -159,6 +159,9 @@ def command(
             max_replicas=max_replicas,
             address=ray_address,
         )
+        if code == 130:
+            raise KeyboardInterrupt
+        return code
     from sparse_attn.serving.app import create_app
     from sparse_attn.serving.server import run_server
 
