@@ -30,7 +30,7 @@ PYTRITON_VENV := .venv-pytriton
 $(PYTRITON_VENV)/bin/python: pyproject.toml
 	$(PY) -m venv $(PYTRITON_VENV)
 	$(PYTRITON_VENV)/bin/python -m pip install -q --upgrade pip
-	$(PYTRITON_VENV)/bin/python -m pip install -q nvidia-pytriton 'numpy<2' onnxruntime tokenizers
+	$(PYTRITON_VENV)/bin/python -m pip install -q nvidia-pytriton 'numpy<2' onnx onnxruntime tokenizers
 	$(PYTRITON_VENV)/bin/python -m pip install -q --no-deps -e .
 	touch $(PYTRITON_VENV)/bin/python
 
