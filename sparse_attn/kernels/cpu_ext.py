@@ -1,11 +1,13 @@
 """Compiled CPU kernel for block-sparse attention (a small PyTorch C++ extension).
 
-The kernel (``csrc/block_sparse_attn_cpu.cpp``) runs FlashAttention's online-softmax loop
-(Dao et al., NeurIPS 2022, Alg. 1) over the CSR row of each (batch, head, query block):
-consecutive stored key blocks are merged into runs, ``scale * Q K^T`` and ``P V`` are one
-SGEMM each per run (the BLAS inside libtorch_cpu), masking and the fp32 online softmax are
-vectorised C++ with runtime dispatch (AVX-512 / AVX2 / baseline x86-64 clones), and the
-work items are spread over ``torch.get_num_threads()`` threads.
+The kernel (``csrc/``) runs FlashAttention's online-softmax loop (Dao et al., NeurIPS 2022,
+Alg. 1) over the CSR row of each (batch, query block, group of query heads sharing one K/V
+head): ``S^T = K Q^T`` and ``O^T += V^T P^T`` are register-blocked GEMMs of its own per run of
+consecutive key blocks, the masks are selected to -inf, the softmax runs in fp32 (base 2).
+The query heads that read the same K/V head and have the same CSR row are processed as one
+item, so each K/V tile is loaded once for all of them (grouped-query attention without
+copying K/V). The body is compiled for AVX-512, AVX2+FMA and portable scalar code in one
+binary; the path is chosen at run time from CPUID (:func:`isa`).
 
 Public API:
 
@@ -14,19 +16,22 @@ Public API:
 * :func:`unavailable_reason` -> ``str | None``: why :func:`is_available` is ``False``.
 * :func:`build` compiles (if needed) and loads the extension; raises
   :class:`~sparse_attn.errors.UnsupportedEnvironmentError` when it cannot.
+* :func:`not_supported_reason` -> ``str | None``: why the kernel cannot take these tensors.
 * :func:`attention_arrays` runs the kernel on layout arrays (same contract as
   ``sparse_attn.kernels.torch_backend.attention_arrays``).
+* :func:`isa` / :func:`supported_isas`: the instruction set a call uses / this CPU offers.
 
 Build: ``python -m sparse_attn.kernels.cpu_ext --build`` (run by ``make install``) compiles
 with ``torch.utils.cpp_extension.load`` into ``sparse_attn/kernels/build/cpu_ext-<tag>/``
 (``<tag>`` = torch version and ABI), or ``$SPARSE_ATTN_CPU_EXT_BUILD_DIR`` if set, or a user
 cache directory when the package directory is read-only. The build is cached and only redone
-when the source or torch changes; later imports just load the shared library.
+when a source file or torch changes; later imports just load the shared library.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import math
 import os
 import sys
@@ -47,16 +52,34 @@ BUILD_DIR_ENV = "SPARSE_ATTN_CPU_EXT_BUILD_DIR"
 #: Input dtypes the kernel takes (computed in fp32; output in the query's dtype).
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
+#: Environment variable forcing the instruction set: ``auto`` (default), ``avx512``,
+#: ``avx2`` or ``scalar``; one this CPU lacks is an error.
+ISA_ENV = "SPARSE_ATTN_CPU_ISA"
+#: Instruction sets the binary carries, from the most portable.
+ISAS = ("scalar", "avx2", "avx512")
+#: Largest head dim (D and Dv) the kernel takes.
+MAX_HEAD_DIM = 256
+
 _CSRC = Path(__file__).resolve().parent / "csrc"
 _SOURCES = (_CSRC / "block_sparse_attn_cpu.cpp",)
+_HEADERS = (_CSRC / "attn_common.h", _CSRC / "attn_isa_body.h")
 _EXT_NAME = "sparse_attn_cpu_ext"
-# Portable flags: no -march=native. The elementwise code carries its own AVX-512/AVX2
-# clones (GCC target_clones, chosen at load time); the GEMMs are MKL's runtime dispatch.
+# Portable flags: no -march=native. The kernel body is compiled once per ISA inside the
+# source (GCC target pragmas) and chosen per call from CPUID.
 # -fopenmp: at::parallel_for is a header template that expands to an OpenMP region (torch's
 # parallel backend here); without the flag the pragma is ignored and the kernel runs on one
 # thread whatever torch.get_num_threads() says.
 _CFLAGS = ("-O3", "-fno-math-errno", "-Wno-unused-parameter", "-fopenmp")
 _LDFLAGS = ("-fopenmp",)
+
+
+def _source_digest() -> str:
+    # torch.utils.cpp_extension rebuilds when the listed sources or the flags change; the
+    # headers are not listed, so their digest goes into the flags.
+    h = hashlib.blake2b(digest_size=8)
+    for path in (*_SOURCES, *_HEADERS):
+        h.update(path.read_bytes())
+    return h.hexdigest()
 
 _lock = threading.Lock()
 _state: dict[str, object] = {}
@@ -157,7 +180,7 @@ def build(verbose: bool = False) -> Path:
             cpp_extension.load(
                 name=_EXT_NAME,
                 sources=[str(s) for s in _SOURCES],
-                extra_cflags=list(_CFLAGS),
+                extra_cflags=[*_CFLAGS, f"-DSA_SOURCE_DIGEST={_source_digest()}"],
                 extra_ldflags=list(_LDFLAGS),
                 build_directory=str(bdir),
                 is_python_module=False,
@@ -187,7 +210,7 @@ def _register_fake() -> None:
 
         @torch.library.register_fake("sparse_attn_cpu::attention_arrays")
         def _fake(query, key, value, row_ptr, col_idx, mask_idx, masks, kpm, block_size, scale):
-            b, h, s, _ = query.shape
+            b, h, s, _ = query.shape  # key/value may have fewer (grouped) heads
             return query.new_empty((b, h, s, value.shape[-1]))
 
     except RuntimeError:  # already registered in this process
@@ -223,6 +246,42 @@ def unavailable_reason() -> str | None:
     return str(_state.get("error", "unknown"))
 
 
+def isa() -> str:
+    """Instruction set the kernel uses in this process: ``"avx512"``, ``"avx2"`` or ``"scalar"``.
+
+    The best one this CPU supports, unless ``SPARSE_ATTN_CPU_ISA`` names another.
+
+    Raises:
+        UnsupportedEnvironmentError: the extension is unavailable, or ``SPARSE_ATTN_CPU_ISA``
+            is unknown or names an instruction set this CPU lacks.
+    """
+    build()
+    _check_isa_env()
+    return str(torch.ops.sparse_attn_cpu.isa())
+
+
+def supported_isas() -> list[str]:
+    """Instruction sets of the binary this CPU can run, from the most portable (``scalar``)."""
+    build()
+    return [str(x) for x in torch.ops.sparse_attn_cpu.supported_isas()]
+
+
+def _check_isa_env() -> None:
+    want = os.environ.get(ISA_ENV, "")
+    if want in ("", "auto"):
+        return
+    if want not in ISAS:
+        raise UnsupportedEnvironmentError(
+            f"{ISA_ENV}={want!r} is not one of auto, {', '.join(ISAS)}; unset it or pick one"
+        )
+    have = supported_isas()
+    if want not in have:
+        raise UnsupportedEnvironmentError(
+            f"{ISA_ENV}={want} but this CPU runs only {', '.join(have)}; unset it or pick one "
+            "of those"
+        )
+
+
 def not_supported_reasons(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -231,8 +290,9 @@ def not_supported_reasons(
 ) -> list[str]:
     """Reasons the kernel cannot take these tensors (empty list = it can).
 
-    Checks availability, device (CPU only), dtype (fp32 / fp16 / bf16, all three equal)
-    and that no input requires grad (inference only: no backward).
+    Checks availability, device (CPU only), dtype (fp32 / fp16 / bf16, all three equal),
+    that no input requires grad (inference only: no backward), grouped K/V heads
+    (``H % Hkv == 0``) and head dims (``1 <= D, Dv <= 256``).
     """
     reasons: list[str] = []
     if not is_available():
@@ -249,7 +309,37 @@ def not_supported_reasons(
         reasons.append(f"query/key/value dtypes differ ({query.dtype}, {key.dtype}, {value.dtype})")
     if torch.is_grad_enabled() and any(t.requires_grad for _, t in tensors[:3]):
         reasons.append("inputs require grad; the CPU extension has no backward")
+    if query.dim() == 4 and key.dim() == 4 and value.dim() == 4:
+        h, hkv = query.shape[1], key.shape[1]
+        if hkv < 1 or h % hkv != 0 or value.shape[1] != hkv:
+            reasons.append(
+                f"query heads H={h} must be a multiple of key/value heads (key {hkv}, "
+                f"value {value.shape[1]})"
+            )
+        d, dv = query.shape[-1], value.shape[-1]
+        if not (1 <= d <= MAX_HEAD_DIM and 1 <= dv <= MAX_HEAD_DIM):
+            reasons.append(f"head dims D={d}, Dv={dv} outside 1..{MAX_HEAD_DIM}")
+    else:
+        reasons.append("query/key/value must be 4-D [B, H, S, D]")
     return reasons
+
+
+def not_supported_reason(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, block_size: int
+) -> str | None:
+    """Why the kernel cannot take these inputs, or ``None`` when it can (routing decision).
+
+    Args:
+        query: ``[B, H, S, D]``; key: ``[B, Hkv, S, D]``; value: ``[B, Hkv, S, Dv]``.
+        block_size: the layout's block size (any int >= 1 is taken).
+
+    Returns:
+        ``None`` or one line joining every reason (see :func:`not_supported_reasons`).
+    """
+    reasons = not_supported_reasons(query, key, value)
+    if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 1:
+        reasons.append(f"block_size must be an int >= 1, got {block_size!r}")
+    return "; ".join(reasons) if reasons else None
 
 
 def attention_arrays(
@@ -266,18 +356,21 @@ def attention_arrays(
 ) -> torch.Tensor:
     """Block-sparse attention on CPU from layout arrays (the compiled kernel).
 
-    Same semantics as ``sparse_attn.kernels.block_sparse_attention`` (SPEC sections 1-2):
+    Same semantics as ``sparse_attn.kernels.block_sparse_attention``:
     ``softmax(scale * q k^T restricted to visible keys) v`` per (batch, head, query), with
-    softmax and accumulation in fp32.
+    softmax and accumulation in fp32. Grouped-query attention: query head ``h`` reads K/V
+    head ``h // (H // Hkv)``; K/V are never copied per query head.
 
     Args:
-        query: ``[B, H, S, D]`` float32 / float16 / bfloat16, CPU.
-        key: ``[B, H, S, D]``, same dtype as ``query``.
-        value: ``[B, H, S, Dv]``, same dtype as ``query``.
-        row_ptr: ``int32 [H, nQB + 1]`` CSR row pointers of the FULL layout (its max
-            seq_len, ``nQB >= ceil(S / block_size)``).
-        col_idx: ``int32 [H, nnz]`` key-block index per stored tile.
-        mask_idx: ``int32 [H, nnz]``; -1 = full tile, ``k >= 0`` = partial tile ``masks[k]``.
+        query: ``[B, H, S, D]`` float32 / float16 / bfloat16, CPU, ``1 <= D <= 256``.
+        key: ``[B, Hkv, S, D]``, same dtype as ``query``, ``H % Hkv == 0``.
+        value: ``[B, Hkv, S, Dv]``, same dtype as ``query``, ``1 <= Dv <= 256``.
+        row_ptr: ``int32 [H or 1, nQB + 1]`` CSR row pointers (per query head, or one row
+            set for all heads) of the FULL layout (its max seq_len, ``nQB >= ceil(S /
+            block_size)``).
+        col_idx: ``int32 [H or 1, nnz]`` key-block index per stored tile.
+        mask_idx: ``int32 [H or 1, nnz]``; -1 = full tile, ``k >= 0`` = partial tile
+            ``masks[k]``.
         masks: ``uint8 [M, block_size, block_size]`` (1 = visible), ``M >= 0``.
         key_padding_mask: ``None`` or ``[B, S]`` (or ``[B, S' >= S]``, cropped) bool /
             integer, True / nonzero = real token.
@@ -293,7 +386,8 @@ def attention_arrays(
         InvalidInputError: wrong ranks / shapes / dtypes / devices, or a malformed layout
             (row_ptr not non-decreasing, col_idx or mask_idx out of range).
         UnsupportedEnvironmentError: the extension is not available (see
-            :func:`unavailable_reason`).
+            :func:`unavailable_reason`), or ``SPARSE_ATTN_CPU_ISA`` names an instruction set
+            this CPU lacks.
     """
     for name, t in (("query", query), ("key", key), ("value", value)):
         if not isinstance(t, torch.Tensor) or t.dim() != 4:
@@ -309,6 +403,15 @@ def attention_arrays(
         raise InvalidInputError(
             f"query/key/value must share one dtype, got {query.dtype}, {key.dtype}, {value.dtype}"
         )
+    h, hkv = query.shape[1], key.shape[1]
+    if hkv < 1 or h % hkv != 0:
+        raise InvalidInputError(
+            f"query heads H={h} must be a multiple of key/value heads Hkv={hkv} "
+            f"(key {list(key.shape)})"
+        )
+    for name, dim in (("D", query.shape[-1]), ("Dv", value.shape[-1])):
+        if not 1 <= dim <= MAX_HEAD_DIM:
+            raise InvalidInputError(f"head dim {name}={dim} must be in 1..{MAX_HEAD_DIM}")
     if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 1:
         raise InvalidInputError(f"block_size must be an int >= 1, got {block_size!r}")
     scale = float(scale)
@@ -325,6 +428,7 @@ def attention_arrays(
     ):
         raise InvalidInputError("key_padding_mask must be None or a CPU tensor [B, S]")
     build()  # raises UnsupportedEnvironmentError with the reason when it cannot
+    _check_isa_env()
     layout_arrays = [t.cpu() for t in (row_ptr, col_idx, mask_idx, masks)]
     try:
         return torch.ops.sparse_attn_cpu.attention_arrays(
@@ -345,7 +449,8 @@ def _main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.build:
         ok = is_available()
-        print(f"cpu_ext available: {ok}" + ("" if ok else f" ({unavailable_reason()})"))
+        detail = f" (isa {isa()}; this CPU: {', '.join(supported_isas())})" if ok else ""
+        print(f"cpu_ext available: {ok}" + (detail if ok else f" ({unavailable_reason()})"))
         return 0 if ok else 1
     t0 = time.perf_counter()
     try:
@@ -354,7 +459,10 @@ def _main(argv: list[str] | None = None) -> int:
         # Not fatal for an install: the torch backend falls back to pure PyTorch.
         print(f"warning: {exc}", file=sys.stderr)
         return 1
-    print(f"sparse_attn CPU extension ready in {path} ({time.perf_counter() - t0:.1f} s)")
+    print(
+        f"sparse_attn CPU extension ready in {path} ({time.perf_counter() - t0:.1f} s; "
+        f"isa {isa()})"
+    )
     return 0
 
 

@@ -1,35 +1,32 @@
 // Block-sparse attention on CPU: a flash-attention style loop over the CSR row of each
-// (batch, head, query block), compiled as a small PyTorch C++ extension.
+// (batch, query block, group of query heads sharing a K/V head), compiled as a small
+// PyTorch C++ extension.
 //
 // Algorithm: FlashAttention (Dao et al., "FlashAttention: Fast and Memory-Efficient Exact
 // Attention with IO-Awareness", NeurIPS 2022, Alg. 1) restricted to the key tiles a block
-// layout stores (SPEC section 2): for each query block, consecutive stored key blocks are
-// merged into one "run" of keys, S = scale * Q K^T is computed with one SGEMM per run, the
-// partial-tile masks / key padding / out-of-range keys set scores to -inf, the online softmax
-// (running max m, running sum l, rescale of the fp32 accumulator) is updated, and P V is
-// accumulated with a second SGEMM. Rows that never see a key output exactly 0.
+// layout stores. See attn_isa_body.h for the per-item computation (two register-blocked
+// GEMMs per run of consecutive key blocks, masks selected to -inf, online softmax in base 2).
 //
-// Semantics are those of sparse_attn.kernels.block_sparse_attention (see cpu_ext.py):
-// query/key [B, H, S, D], value [B, H, S, Dv], layout arrays for the layout's max length
-// (row_ptr int32 [H, nQB + 1], col_idx / mask_idx int32 [H, nnz], masks uint8 [M, bs, bs]),
-// optional key_padding_mask bool [B, S] (true = real token). Key blocks >= ceil(S / bs) are
-// skipped and keys >= S are never read.
+// Inputs: query [B, H, S, D], key [B, Hkv, S, D], value [B, Hkv, S, Dv] (H % Hkv == 0; query
+// head h reads K/V head h / (H / Hkv), never copied), fp32 / fp16 / bf16; layout arrays of the
+// layout's max length (row_ptr int32 [Hl, nQB + 1], col_idx / mask_idx int32 [Hl, nnz] with
+// Hl = H or 1, masks uint8 [M, bs, bs]); optional key_padding_mask [B, S] (true = real
+// token). Key blocks >= ceil(S / bs) are skipped and keys >= S never read.
 //
-// Masked keys never reach the output even when their K/V hold NaN or Inf: masked scores are
-// *selected* to -inf (never added to), exp(-inf) is exactly 0, and a run whose V rows hold a
-// non-finite value is accumulated by a loop that skips p == 0 instead of the SGEMM
-// (0 * NaN = NaN). One parallel region per call (libgomp's spinning barriers are costly on a
-// loaded machine), work items taken dynamically, longest CSR rows first.
+// Work items: the query heads of one K/V head whose CSR rows are identical are processed
+// together (their queries side by side as the columns of one score tile), so each K/V tile
+// is read once for all of them; items are taken dynamically by torch's intra-op threads,
+// longest rows first.
 //
-// GEMM: the BLAS sgemm_ that libtorch_cpu exports (MKL in the PyPI wheels), declared weak so
-// that a torch built without it still loads; a portable loop is the fallback.
-// Elementwise code (masking, exp, rescale) is compiled for AVX-512 / AVX2 / baseline x86-64
-// with GCC target_clones (runtime dispatch), so the binary is portable across x86-64 CPUs.
+// Instruction sets: the body is compiled three times in this translation unit: portable
+// scalar code, AVX2 + FMA + F16C, AVX-512F (GCC `#pragma GCC target` regions), and the copy
+// to run is chosen per call from CPUID (__builtin_cpu_supports), so the binary does not depend
+// on the machine that built it. SPARSE_ATTN_CPU_ISA=scalar|avx2|avx512|auto forces a path
+// (one the CPU lacks is an error).
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/zeros.h>
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
@@ -37,223 +34,110 @@
 #include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <numeric>
+#include <string>
 #include <vector>
 
-extern "C" {
-// Fortran BLAS (LP64), exported by libtorch_cpu when torch is built with MKL/OpenBLAS.
-void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
-            const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
-            const float* beta, float* c, const int* ldc) __attribute__((weak));
-// MKL: per-thread thread count (returns the previous one; 0 = follow the global setting).
-int MKL_Set_Num_Threads_Local(int nt) __attribute__((weak));
-}
+#include "attn_common.h"
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define SA_X86_DISPATCH 1
+#include <immintrin.h>
+#else
+#define SA_X86_DISPATCH 0
+#endif
 
 namespace {
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11
-#define SA_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#elif defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define SA_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define SA_CLONES
+namespace sa_scalar {
+#define SA_ISA 0
+#include "attn_isa_body.h"
+#undef SA_ISA
+}  // namespace sa_scalar
+
+#if SA_X86_DISPATCH
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
+namespace sa_avx2 {
+#define SA_ISA 2
+#include "attn_isa_body.h"
+#undef SA_ISA
+}  // namespace sa_avx2
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx2,fma,f16c")
+namespace sa_avx512 {
+#define SA_ISA 5
+#include "attn_isa_body.h"
+#undef SA_ISA
+}  // namespace sa_avx512
+#pragma GCC pop_options
 #endif
 
-constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+using sparse_attn_cpu::Item;
+using sparse_attn_cpu::Params;
+using sparse_attn_cpu::Workspace;
+using ItemFn = void (*)(const Params&, const Item&, const Workspace&);
 
-// Row-major C[m, n] (ldc) = alpha * A[m, k] (lda) * op(B) + beta * C, with
-// op(B) = B^T for B stored [n, k] (ldb) when b_transposed, else B stored [k, n] (ldb).
-void gemm_rowmajor(bool b_transposed, int m, int n, int k, float alpha, const float* a, int lda,
-                   const float* b, int ldb, float beta, float* c, int ldc) {
-  if (m == 0 || n == 0) return;
-  if (sgemm_ != nullptr) {
-    // Column-major view: C^T[n, m] = op'(B) * A^T.
-    const char ta = b_transposed ? 'T' : 'N';
-    const char tb = 'N';
-    sgemm_(&ta, &tb, &n, &m, &k, &alpha, b, &ldb, a, &lda, &beta, c, &ldc);
-    return;
-  }
-  for (int i = 0; i < m; ++i) {
-    float* ci = c + static_cast<int64_t>(i) * ldc;
-    for (int j = 0; j < n; ++j) ci[j] = beta == 0.f ? 0.f : beta * ci[j];
-    const float* ai = a + static_cast<int64_t>(i) * lda;
-    if (b_transposed) {
-      for (int j = 0; j < n; ++j) {
-        const float* bj = b + static_cast<int64_t>(j) * ldb;
-        float s = 0.f;
-        for (int t = 0; t < k; ++t) s += ai[t] * bj[t];
-        ci[j] += alpha * s;
-      }
-    } else {
-      for (int t = 0; t < k; ++t) {
-        const float at = alpha * ai[t];
-        const float* bt = b + static_cast<int64_t>(t) * ldb;
-        for (int j = 0; j < n; ++j) ci[j] += at * bt[j];
-      }
-    }
-  }
+enum Isa : int { kScalar = 0, kAvx2 = 1, kAvx512 = 2 };
+const char* const kIsaNames[] = {"scalar", "avx2", "avx512"};
+constexpr const char* kIsaEnv = "SPARSE_ATTN_CPU_ISA";
+
+// Best ISA this CPU (and OS: libgcc checks XGETBV) runs.
+Isa best_isa() {
+#if SA_X86_DISPATCH
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2") &&
+      __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
+    return kAvx512;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+      __builtin_cpu_supports("f16c"))
+    return kAvx2;
+#endif
+  return kScalar;
 }
 
-// exp(x) in fp32, about 2 ulp (Cephes expf polynomial, range reduction x = n ln2 + r).
-// Exactly 0 for x < -87.33 (so exp(-inf) == 0), +inf above 88.72, NaN stays NaN.
-// Written branch-free so that GCC vectorises the loops that call it.
-inline float exp_f32(float x) {
-  const float hi = 88.3762626647949f, lo = -87.3365447504f;
-  float xc = x > hi ? hi : x;
-  xc = xc < lo ? lo : xc;
-  // Round to nearest integer with the 1.5 * 2^23 trick (vectorises; no floor() call).
-  const float shifter = 12582912.0f;
-  const float n = (xc * 1.44269504088896341f + shifter) - shifter;
-  float r = xc - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  const float y = p * r * r + r + 1.0f;
-  const int32_t e = (static_cast<int32_t>(n) + 127) << 23;
-  float two_n;
-  std::memcpy(&two_n, &e, sizeof(float));
-  float out = y * two_n;
-  out = x < lo ? 0.f : out;
-  out = x > 88.7228391f ? std::numeric_limits<float>::infinity() : out;
+// The ISA a call uses: the best one, or the one SPARSE_ATTN_CPU_ISA names.
+Isa chosen_isa() {
+  const Isa best = best_isa();
+  const char* env = std::getenv(kIsaEnv);
+  if (env == nullptr || env[0] == '\0' || std::strcmp(env, "auto") == 0) return best;
+  for (int i = 0; i < 3; ++i) {
+    if (std::strcmp(env, kIsaNames[i]) == 0) {
+      TORCH_CHECK(i <= best, kIsaEnv, "=", env, " but this CPU supports at most ",
+                  kIsaNames[best], "; unset it or choose scalar",
+                  best >= kAvx2 ? ", avx2" : "", best >= kAvx512 ? ", avx512" : "");
+      return static_cast<Isa>(i);
+    }
+  }
+  TORCH_CHECK(false, kIsaEnv, "=", env, " is not one of auto, scalar, avx2, avx512");
+  return best;
+}
+
+ItemFn item_fn(Isa isa) {
+#if SA_X86_DISPATCH
+  if (isa == kAvx512) return &sa_avx512::process_item;
+  if (isa == kAvx2) return &sa_avx2::process_item;
+#endif
+  return &sa_scalar::process_item;
+}
+
+std::string isa_op() { return kIsaNames[chosen_isa()]; }
+
+std::vector<std::string> supported_isas_op() {
+  std::vector<std::string> out;
+  for (int i = 0; i <= best_isa(); ++i) out.emplace_back(kIsaNames[i]);
   return out;
 }
 
-constexpr int kLanes = 16;
-
-// 16 floats as one GCC vector (lowered to AVX-512, 2 x AVX2 or 4 x SSE per clone).
-typedef float vf16 __attribute__((vector_size(64)));
-
-// max over s[0:n], ignoring NaN (NaN scores still propagate through exp and the sum).
-inline float row_max(const float* s, int n) {
-  vf16 lane;
-  for (int t = 0; t < kLanes; ++t) lane[t] = kNegInf;
-  int j = 0;
-  for (; j + kLanes <= n; j += kLanes) {
-    vf16 x;
-    std::memcpy(&x, s + j, sizeof(x));
-    lane = x > lane ? x : lane;
-  }
-  float mx = kNegInf;
-  for (; j < n; ++j) mx = s[j] > mx ? s[j] : mx;
-  for (int t = 0; t < kLanes; ++t) mx = lane[t] > mx ? lane[t] : mx;
-  return mx;
-}
-
-// s[j] = exp(s[j] - shift); returns the sum (lane-wise partial sums, then reduced).
-inline float exp_inplace_sum(float* s, int n, float shift) {
-  for (int j = 0; j < n; ++j) s[j] = exp_f32(s[j] - shift);
-  float lane[kLanes];
-  for (int t = 0; t < kLanes; ++t) lane[t] = 0.f;
-  int j = 0;
-  for (; j + kLanes <= n; j += kLanes)
-    for (int t = 0; t < kLanes; ++t) lane[t] += s[j + t];
-  float sum = 0.f;
-  for (; j < n; ++j) sum += s[j];
-  for (int t = 0; t < kLanes; ++t) sum += lane[t];
-  return sum;
-}
-
-// Scores of one (partial) tile: s[i, j] = -inf where mask[i, j] == 0. s has row stride lds.
-SA_CLONES void apply_tile_mask(float* s, int lds, const uint8_t* mask, int bs, int rows,
-                               int cols) {
-  for (int i = 0; i < rows; ++i) {
-    float* si = s + static_cast<int64_t>(i) * lds;
-    const uint8_t* mi = mask + static_cast<int64_t>(i) * bs;
-    for (int j = 0; j < cols; ++j) si[j] = mi[j] ? si[j] : kNegInf;
-  }
-}
-
-// Online-softmax update of `rows` rows of a run of `cols` keys (FlashAttention Alg. 1,
-// lines 9-12). On entry s holds masked scores; on exit it holds p = exp(s - m_new).
-// m, l: running max / sum per row; alpha[i] receives exp(m_old - m_new) (the factor the
-// accumulator row must be multiplied by). Rows whose max stays -inf get p = 0, alpha = 1.
-SA_CLONES void softmax_update(float* s, int lds, int rows, int cols, float* m, float* l,
-                              float* alpha) {
-  for (int i = 0; i < rows; ++i) {
-    float* si = s + static_cast<int64_t>(i) * lds;
-    const float mx = row_max(si, cols);
-    const float m_old = m[i];
-    const float m_new = mx > m_old ? mx : m_old;
-    if (m_new == kNegInf) {  // nothing visible yet in this row: p = 0 everywhere
-      for (int j = 0; j < cols; ++j) si[j] = 0.f;
-      alpha[i] = 1.f;
-      continue;
-    }
-    const float sum = exp_inplace_sum(si, cols, m_new);
-    const float a = m_old == kNegInf ? 0.f : exp_f32(m_old - m_new);
-    alpha[i] = a;
-    l[i] = l[i] * a + sum;
-    m[i] = m_new;
-  }
-}
-
-SA_CLONES void scale_rows(float* acc, int ldacc, int rows, int cols, const float* alpha) {
-  for (int i = 0; i < rows; ++i) {
-    const float a = alpha[i];
-    if (a == 1.f) continue;
-    float* ai = acc + static_cast<int64_t>(i) * ldacc;
-    for (int j = 0; j < cols; ++j) ai[j] *= a;
-  }
-}
-
-// acc[i, :] += sum_j p[i, j] * v[j, :], skipping p == 0 exactly (NaN/Inf-safe path).
-SA_CLONES void pv_skip_zero(const float* p, int ldp, const float* v, int ldv, float* acc,
-                            int ldacc, int rows, int cols, int dv) {
-  for (int i = 0; i < rows; ++i) {
-    const float* pi = p + static_cast<int64_t>(i) * ldp;
-    float* ai = acc + static_cast<int64_t>(i) * ldacc;
-    for (int j = 0; j < cols; ++j) {
-      const float pj = pi[j];
-      if (pj == 0.f) continue;
-      const float* vj = v + static_cast<int64_t>(j) * ldv;
-      for (int t = 0; t < dv; ++t) ai[t] += pj * vj[t];
-    }
-  }
-}
-
-SA_CLONES void finalize_rows(const float* acc, int ldacc, const float* l, int rows, int dv,
-                             float* out, int ldo) {
-  for (int i = 0; i < rows; ++i) {
-    const float* ai = acc + static_cast<int64_t>(i) * ldacc;
-    float* oi = out + static_cast<int64_t>(i) * ldo;
-    if (l[i] > 0.f) {
-      const float inv = 1.f / l[i];
-      for (int t = 0; t < dv; ++t) oi[t] = ai[t] * inv;
-    } else {  // no visible key (or only NaN scores: l is NaN, keep the NaN like the reference)
-      const float fill = std::isnan(l[i]) ? std::numeric_limits<float>::quiet_NaN() : 0.f;
-      for (int t = 0; t < dv; ++t) oi[t] = fill;
-    }
-  }
-}
-
-// True when v[0:n] holds no NaN/Inf: x * 0 is 0 for finite x and NaN otherwise
-// (lane-wise sums so that the loop vectorises without -ffast-math).
-SA_CLONES bool all_finite(const float* v, int64_t n) {
-  float lane[kLanes];
-  for (int t = 0; t < kLanes; ++t) lane[t] = 0.f;
-  int64_t j = 0;
-  for (; j + kLanes <= n; j += kLanes)
-    for (int t = 0; t < kLanes; ++t) lane[t] += v[j + t] * 0.f;
-  float acc = 0.f;
-  for (; j < n; ++j) acc += v[j] * 0.f;
-  for (int t = 0; t < kLanes; ++t) acc += lane[t];
-  return acc == 0.f;
-}
-
-void check_layout(const at::Tensor& row_ptr, const at::Tensor& col_idx,
-                  const at::Tensor& mask_idx, int64_t num_heads, int64_t nqb_layout,
-                  int64_t num_masks) {
-  const int64_t nnz = col_idx.size(1);
-  const int32_t* rp = row_ptr.data_ptr<int32_t>();
-  const int32_t* ci = col_idx.data_ptr<int32_t>();
-  const int32_t* mi = mask_idx.data_ptr<int32_t>();
-  for (int64_t h = 0; h < num_heads; ++h) {
+void check_layout(const int32_t* rp, const int32_t* ci, const int32_t* mi, int64_t heads,
+                  int64_t nqb_layout, int64_t nnz, int64_t num_masks) {
+  for (int64_t h = 0; h < heads; ++h) {
     const int32_t* r = rp + h * (nqb_layout + 1);
     TORCH_CHECK_VALUE(r[0] == 0, "row_ptr[", h, ", 0] must be 0, got ", r[0]);
     for (int64_t q = 0; q < nqb_layout; ++q) {
@@ -273,32 +157,70 @@ void check_layout(const at::Tensor& row_ptr, const at::Tensor& col_idx,
   }
 }
 
-at::Tensor attention_arrays(const at::Tensor& query, const at::Tensor& key,
-                            const at::Tensor& value, const at::Tensor& row_ptr_in,
+// 64-byte aligned fp32 scratch.
+struct AlignedBuf {
+  float* ptr = nullptr;
+  explicit AlignedBuf(size_t n) {
+    void* p = nullptr;
+    if (posix_memalign(&p, 64, std::max<size_t>(n, 16) * sizeof(float)) != 0) throw std::bad_alloc();
+    ptr = static_cast<float*>(p);
+  }
+  ~AlignedBuf() { std::free(ptr); }
+  AlignedBuf(const AlignedBuf&) = delete;
+  AlignedBuf& operator=(const AlignedBuf&) = delete;
+};
+
+int dtype_code(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return sparse_attn_cpu::kF32;
+    case at::kHalf: return sparse_attn_cpu::kF16;
+    case at::kBFloat16: return sparse_attn_cpu::kBF16;
+    default: TORCH_CHECK_VALUE(false, "query/key/value must be float32, float16 or bfloat16, got ", t);
+  }
+  return -1;
+}
+
+//: Columns (query rows x heads) of one item at most, when several heads share a row.
+constexpr int64_t kMaxItemCols = 256;
+//: Keys per run of consecutive key blocks at most (at least one block).
+constexpr int64_t kRunKeys = 128;
+
+at::Tensor attention_arrays(const at::Tensor& query_in, const at::Tensor& key_in,
+                            const at::Tensor& value_in, const at::Tensor& row_ptr_in,
                             const at::Tensor& col_idx_in, const at::Tensor& mask_idx_in,
                             const at::Tensor& masks_in,
                             const std::optional<at::Tensor>& key_padding_mask,
                             int64_t block_size, double scale_d) {
-  TORCH_CHECK_VALUE(query.dim() == 4 && key.dim() == 4 && value.dim() == 4,
-                    "query/key/value must be [B, H, S, D]");
-  const int64_t B = query.size(0), H = query.size(1), S = query.size(2), D = query.size(3);
-  const int64_t Dv = value.size(3);
-  TORCH_CHECK_VALUE(key.sizes() == query.sizes(), "key ", key.sizes(), " must match query ",
-                    query.sizes());
-  TORCH_CHECK_VALUE(value.size(0) == B && value.size(1) == H && value.size(2) == S,
-                    "value ", value.sizes(), " must be [B, H, S, Dv] like query ", query.sizes());
+  TORCH_CHECK_VALUE(query_in.dim() == 4 && key_in.dim() == 4 && value_in.dim() == 4,
+                    "query/key/value must be 4-D: query [B, H, S, D], key [B, Hkv, S, D], "
+                    "value [B, Hkv, S, Dv]");
+  const int64_t B = query_in.size(0), H = query_in.size(1), S = query_in.size(2);
+  const int64_t D = query_in.size(3);
+  const int64_t Hkv = key_in.size(1), Dv = value_in.size(3);
+  TORCH_CHECK_VALUE(key_in.size(0) == B && key_in.size(2) == S && key_in.size(3) == D,
+                    "key ", key_in.sizes(), " must be [B=", B, ", Hkv, S=", S, ", D=", D, "]");
+  TORCH_CHECK_VALUE(Hkv >= 1 && H % Hkv == 0, "query heads H=", H,
+                    " must be a multiple of key/value heads Hkv=", Hkv);
+  TORCH_CHECK_VALUE(value_in.size(0) == B && value_in.size(1) == Hkv && value_in.size(2) == S,
+                    "value ", value_in.sizes(), " must be [B=", B, ", Hkv=", Hkv, ", S=", S,
+                    ", Dv]");
+  TORCH_CHECK_VALUE(query_in.scalar_type() == key_in.scalar_type() &&
+                        query_in.scalar_type() == value_in.scalar_type(),
+                    "query/key/value must share one dtype");
+  const int dt = dtype_code(query_in.scalar_type());
   TORCH_CHECK_VALUE(block_size >= 1, "block_size must be >= 1, got ", block_size);
-  TORCH_CHECK_VALUE(row_ptr_in.dim() == 2 && row_ptr_in.size(0) == H,
-                    "row_ptr must be [H=", H, ", nQB + 1], got ", row_ptr_in.sizes());
+  TORCH_CHECK_VALUE(row_ptr_in.dim() == 2 && (row_ptr_in.size(0) == H || row_ptr_in.size(0) == 1),
+                    "row_ptr must be [H=", H, " or 1, nQB + 1], got ", row_ptr_in.sizes());
+  const int64_t Hl = row_ptr_in.size(0);
   const int64_t bs = block_size;
   const int64_t nqb_layout = row_ptr_in.size(1) - 1;
   const int64_t nqb = (S + bs - 1) / bs;
   TORCH_CHECK_VALUE(nqb <= nqb_layout, "S = ", S, " needs ", nqb, " blocks of ", bs,
                     " but the layout has ", nqb_layout);
   TORCH_CHECK_VALUE(col_idx_in.dim() == 2 && col_idx_in.sizes() == mask_idx_in.sizes() &&
-                        col_idx_in.size(0) == H,
+                        col_idx_in.size(0) == Hl,
                     "col_idx ", col_idx_in.sizes(), " and mask_idx ", mask_idx_in.sizes(),
-                    " must both be [H=", H, ", nnz]");
+                    " must both be [", Hl, ", nnz] like row_ptr's first dimension");
   TORCH_CHECK_VALUE(masks_in.dim() == 3 && masks_in.size(1) == bs && masks_in.size(2) == bs,
                     "masks must be [M, ", bs, ", ", bs, "], got ", masks_in.sizes());
   TORCH_CHECK_VALUE(row_ptr_in.scalar_type() == at::kInt && col_idx_in.scalar_type() == at::kInt &&
@@ -306,148 +228,132 @@ at::Tensor attention_arrays(const at::Tensor& query, const at::Tensor& key,
                     "row_ptr/col_idx/mask_idx must be int32");
   TORCH_CHECK_VALUE(masks_in.scalar_type() == at::kByte || masks_in.scalar_type() == at::kBool,
                     "masks must be uint8 (or bool)");
-  TORCH_CHECK_VALUE(D <= INT32_MAX && Dv <= INT32_MAX && S <= INT32_MAX, "sizes too large");
+  TORCH_CHECK_VALUE(S <= INT32_MAX && B * H <= INT32_MAX, "sizes too large");
 
   const at::Tensor row_ptr = row_ptr_in.contiguous();
   const at::Tensor col_idx = col_idx_in.contiguous();
   const at::Tensor mask_idx = mask_idx_in.contiguous();
-  const at::Tensor masks = masks_in.contiguous();
+  const at::Tensor masks = masks_in.to(at::kByte).contiguous();
   const int64_t M = masks.size(0);
-  check_layout(row_ptr, col_idx, mask_idx, H, nqb_layout, M);
+  const int64_t nnz = col_idx.size(1);
+  const int32_t* rp = row_ptr.data_ptr<int32_t>();
+  const int32_t* cp = col_idx.data_ptr<int32_t>();
+  const int32_t* mp = mask_idx.data_ptr<int32_t>();
+  check_layout(rp, cp, mp, Hl, nqb_layout, nnz, M);
 
   at::Tensor kpm;
   if (key_padding_mask.has_value() && key_padding_mask->defined()) {
     const at::Tensor& k = *key_padding_mask;
     TORCH_CHECK_VALUE(k.dim() == 2 && k.size(0) == B && k.size(1) >= S,
                       "key_padding_mask must be [B=", B, ", S=", S, "], got ", k.sizes());
-    kpm = k.narrow(1, 0, S).to(at::kBool).contiguous();
+    kpm = k.narrow(1, 0, S).ne(0).to(at::kByte).contiguous();
+  }
+  const Isa isa = chosen_isa();
+
+  // Only the last dimension must be contiguous; other strides are followed as they are.
+  auto last_contig = [](const at::Tensor& t) { return t.stride(3) == 1 ? t : t.contiguous(); };
+  const at::Tensor q = last_contig(query_in);
+  const at::Tensor k = last_contig(key_in);
+  const at::Tensor v = last_contig(value_in);
+  at::Tensor out = at::empty({B, H, S, Dv}, q.options().dtype(at::kFloat));
+  if (B * H * S == 0 || Dv == 0) return out.to(query_in.scalar_type());
+
+  // Partial-tile masks, transposed to key-major int32 (-1 visible, 0 hidden), rpad columns.
+  const int64_t rpad = (bs + 15) / 16 * 16;
+  std::vector<int32_t> maskT(static_cast<size_t>(std::max<int64_t>(M, 1) * bs * rpad), -1);
+  {
+    const uint8_t* mk = masks.data_ptr<uint8_t>();
+    for (int64_t t = 0; t < M; ++t)
+      for (int64_t i = 0; i < bs; ++i)
+        for (int64_t j = 0; j < bs; ++j)
+          maskT[(t * bs + j) * rpad + i] = mk[(t * bs + i) * bs + j] ? -1 : 0;
   }
 
-  // fp32 compute: fp16/bf16 -> fp32 is exact, and fp32 is what the contract accumulates in.
-  const at::Tensor q = query.to(at::kFloat).contiguous();
-  const at::Tensor k = key.to(at::kFloat).contiguous();
-  const at::Tensor v = value.to(at::kFloat).contiguous();
-  at::Tensor out = at::empty({B, H, S, Dv}, q.options());
-  if (B * H * S == 0) return out.to(query.scalar_type());
-  if (Dv == 0) return out.to(query.scalar_type());
-
-  const float scale = static_cast<float>(scale_d);
-  const float* qp = q.data_ptr<float>();
-  const float* kp = k.data_ptr<float>();
-  const float* vp = v.data_ptr<float>();
-  float* op = out.data_ptr<float>();
-  const int32_t* rp = row_ptr.data_ptr<int32_t>();
-  const int32_t* cp = col_idx.data_ptr<int32_t>();
-  const int32_t* mp = mask_idx.data_ptr<int32_t>();
-  const uint8_t* mk = reinterpret_cast<const uint8_t*>(masks.data_ptr());
-  const bool* kpmp = kpm.defined() ? kpm.data_ptr<bool>() : nullptr;
-  const int64_t nnz = col_idx.size(1);
-
-  // Work items (h, query block) sorted by decreasing number of key blocks, replicated over
-  // the batch, taken dynamically by the threads (longest first keeps the threads balanced
-  // when a few rows are global).
-  std::vector<int64_t> cost(static_cast<size_t>(H * nqb));
-  for (int64_t h = 0; h < H; ++h)
+  // Work items: per (K/V head, query block), the G query heads of the group split into runs
+  // of consecutive heads with identical CSR rows, each run cut into pieces of at most
+  // kMaxItemCols columns; replicated over the batch; longest rows first.
+  const int64_t G = H / Hkv;
+  const int64_t heads_per_item = std::max<int64_t>(1, kMaxItemCols / rpad);
+  auto row_of = [&](int64_t h, int64_t r, const int32_t** c, const int32_t** m) {
+    const int64_t lh = Hl == 1 ? 0 : h;
+    const int32_t* rrow = rp + lh * (nqb_layout + 1);
+    *c = cp + lh * nnz + rrow[r];
+    *m = mp + lh * nnz + rrow[r];
+    return static_cast<int64_t>(rrow[r + 1] - rrow[r]);
+  };
+  std::vector<Item> base;
+  std::vector<int64_t> cost;
+  for (int64_t hk = 0; hk < Hkv; ++hk)
     for (int64_t r = 0; r < nqb; ++r) {
-      int64_t c = 0;
-      for (int32_t e = rp[h * (nqb_layout + 1) + r]; e < rp[h * (nqb_layout + 1) + r + 1]; ++e)
-        c += cp[h * nnz + e] < nqb;
-      cost[h * nqb + r] = c;
+      int64_t h = hk * G;
+      while (h < (hk + 1) * G) {
+        const int32_t *c0, *m0;
+        const int64_t n0 = row_of(h, r, &c0, &m0);
+        int64_t h2 = h + 1;
+        while (h2 < (hk + 1) * G && h2 - h < heads_per_item) {
+          const int32_t *c1, *m1;
+          const int64_t n1 = row_of(h2, r, &c1, &m1);
+          if (n1 != n0 || (c1 != c0 && !std::equal(c0, c0 + n0, c1)) ||
+              (m1 != m0 && !std::equal(m0, m0 + n0, m1)))
+            break;
+          ++h2;
+        }
+        int64_t blocks = 0;
+        for (int64_t t = 0; t < n0; ++t) blocks += c0[t] < nqb;
+        base.push_back(Item{0, static_cast<int32_t>(hk), static_cast<int32_t>(h),
+                            static_cast<int32_t>(h2 - h), static_cast<int32_t>(r)});
+        cost.push_back(blocks * (h2 - h));
+        h = h2;
+      }
     }
-  std::vector<int64_t> order(cost.size());
+  std::vector<int64_t> order(base.size());
   std::iota(order.begin(), order.end(), 0);
   std::stable_sort(order.begin(), order.end(),
                    [&](int64_t a, int64_t b) { return cost[a] > cost[b]; });
-  const int64_t total = B * H * nqb;
-  const int64_t max_run_blocks = std::max<int64_t>(1, 512 / bs);
-  const int64_t max_run = max_run_blocks * bs;
-  std::atomic<int64_t> next{0};
+  std::vector<Item> items;
+  items.reserve(base.size() * static_cast<size_t>(B));
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t o : order) {
+      Item it = base[o];
+      it.b = static_cast<int32_t>(b);
+      items.push_back(it);
+    }
 
+  Params P{};
+  P.q = q.data_ptr();
+  P.k = k.data_ptr();
+  P.v = v.data_ptr();
+  P.dtype = dt;
+  P.q_sb = q.stride(0), P.q_sh = q.stride(1), P.q_ss = q.stride(2);
+  P.k_sb = k.stride(0), P.k_sh = k.stride(1), P.k_ss = k.stride(2);
+  P.v_sb = v.stride(0), P.v_sh = v.stride(1), P.v_ss = v.stride(2);
+  P.S = S, P.D = D, P.Dv = Dv, P.bs = bs, P.rpad = rpad, P.nqb = nqb;
+  P.qscale = static_cast<float>(scale_d * 1.4426950408889634);
+  P.row_ptr = rp, P.col_idx = cp, P.mask_idx = mp;
+  P.rp_stride = nqb_layout + 1, P.nnz = nnz, P.layout_heads = Hl;
+  P.maskT = maskT.data();
+  P.kpm = kpm.defined() ? kpm.data_ptr<uint8_t>() : nullptr;
+  P.out = out.data_ptr<float>();
+  P.H = H;
+  P.run_keys = std::max<int64_t>(bs, kRunKeys / bs * bs);
+
+  const ItemFn fn = item_fn(isa);
+  const int64_t ncols = std::min<int64_t>(G, heads_per_item) * rpad;
+  const int64_t total = static_cast<int64_t>(items.size());
+  std::atomic<int64_t> next{0};
   const int nthreads = std::max(1, std::min<int>(at::get_num_threads(), static_cast<int>(total)));
   at::parallel_for(0, nthreads, 1, [&](int64_t, int64_t) {
-    // One thread per SGEMM: the work is already split over the threads, and nested MKL
-    // teams would oversubscribe the cores (torch.set_num_threads also sets MKL's count).
-    const int mkl_prev = MKL_Set_Num_Threads_Local != nullptr ? MKL_Set_Num_Threads_Local(1) : 0;
-    std::vector<float> sbuf(static_cast<size_t>(bs * max_run));
-    std::vector<float> acc(static_cast<size_t>(bs * Dv));
-    std::vector<float> m(static_cast<size_t>(bs)), l(static_cast<size_t>(bs)),
-        alpha(static_cast<size_t>(bs));
-    std::vector<uint8_t> colmask(static_cast<size_t>(max_run));
+    const int64_t rk = P.run_keys;
+    AlignedBuf qt(D * ncols), st(rk * ncols), ot(Dv * ncols), m(ncols), l(ncols), al(ncols),
+        kb(rk * D), vb(rk * Dv), vc(rk * Dv), row(std::max(D, Dv));
+    const Workspace ws{qt.ptr, st.ptr, ot.ptr, m.ptr, l.ptr, al.ptr, kb.ptr, vb.ptr, vc.ptr, row.ptr};
     for (;;) {
-      const int64_t item = next.fetch_add(1);
-      if (item >= total) break;
-      const int64_t b = item / (H * nqb);
-      const int64_t hr = order[item % (H * nqb)];
-      const int64_t h = hr / nqb, r = hr % nqb;
-      const int64_t bh = b * H + h;
-      const int64_t q0 = r * bs;
-      const int rows = static_cast<int>(std::min(bs, S - q0));
-      const float* qb = qp + (bh * S + q0) * D;
-      std::fill(acc.begin(), acc.begin() + rows * Dv, 0.f);
-      std::fill(m.begin(), m.begin() + rows, kNegInf);
-      std::fill(l.begin(), l.begin() + rows, 0.f);
-      const int32_t e_begin = rp[h * (nqb_layout + 1) + r];
-      const int32_t e_end = rp[h * (nqb_layout + 1) + r + 1];
-      const int32_t* crow = cp + h * nnz;
-      const int32_t* mrow = mp + h * nnz;
-      int32_t e = e_begin;
-      while (e < e_end) {
-        if (crow[e] >= nqb) {  // cropped away: key block beyond the request's S
-          ++e;
-          continue;
-        }
-        // A run: consecutive key blocks (c, c+1, ...), at most max_run_blocks of them.
-        int32_t e2 = e + 1;
-        while (e2 < e_end && e2 - e < max_run_blocks && crow[e2] == crow[e2 - 1] + 1 &&
-               crow[e2] < nqb)
-          ++e2;
-        const int64_t k0 = static_cast<int64_t>(crow[e]) * bs;
-        const int cols = static_cast<int>(std::min<int64_t>((crow[e2 - 1] + 1) * bs, S) - k0);
-        const int lds = cols;
-        float* s = sbuf.data();
-        const float* kb = kp + (bh * S + k0) * D;
-        const float* vb = vp + (bh * S + k0) * Dv;
-        gemm_rowmajor(true, rows, cols, static_cast<int>(D), scale, qb, static_cast<int>(D), kb,
-                      static_cast<int>(D), 0.f, s, lds);
-        for (int32_t t = e; t < e2; ++t) {
-          if (mrow[t] >= 0) {
-            const int c0 = static_cast<int>((crow[t] - crow[e]) * bs);
-            const int bc = static_cast<int>(std::min<int64_t>(bs, cols - c0));
-            apply_tile_mask(s + c0, lds, mk + static_cast<int64_t>(mrow[t]) * bs * bs,
-                            static_cast<int>(bs), rows, bc);
-          }
-        }
-        bool any_pad = false;
-        if (kpmp != nullptr) {
-          const bool* kr = kpmp + b * S + k0;
-          for (int j = 0; j < cols; ++j) any_pad |= !kr[j];
-          if (any_pad) {
-            for (int j = 0; j < cols; ++j) colmask[j] = kr[j] ? 1 : 0;
-            for (int i = 0; i < rows; ++i) {
-              float* si = s + static_cast<int64_t>(i) * lds;
-              for (int j = 0; j < cols; ++j) si[j] = colmask[j] ? si[j] : kNegInf;
-            }
-          }
-        }
-        softmax_update(s, lds, rows, cols, m.data(), l.data(), alpha.data());
-        scale_rows(acc.data(), static_cast<int>(Dv), rows, static_cast<int>(Dv), alpha.data());
-        // V rows of the run are contiguous; a NaN/Inf among them sends the run to the loop
-        // that skips p == 0 (the scan costs 1/(2 * rows) of the P V product).
-        if (all_finite(vb, static_cast<int64_t>(cols) * Dv)) {
-          gemm_rowmajor(false, rows, static_cast<int>(Dv), cols, 1.f, s, lds, vb,
-                        static_cast<int>(Dv), 1.f, acc.data(), static_cast<int>(Dv));
-        } else {
-          pv_skip_zero(s, lds, vb, static_cast<int>(Dv), acc.data(), static_cast<int>(Dv), rows,
-                       cols, static_cast<int>(Dv));
-        }
-        e = e2;
-      }
-      finalize_rows(acc.data(), static_cast<int>(Dv), l.data(), rows, static_cast<int>(Dv),
-                    op + (bh * S + q0) * Dv, static_cast<int>(Dv));
+      const int64_t i = next.fetch_add(1);
+      if (i >= total) break;
+      fn(P, items[static_cast<size_t>(i)], ws);
     }
-    if (MKL_Set_Num_Threads_Local != nullptr) MKL_Set_Num_Threads_Local(mkl_prev);
   });
-  return query.scalar_type() == at::kFloat ? out : out.to(query.scalar_type());
+  return query_in.scalar_type() == at::kFloat ? out : out.to(query_in.scalar_type());
 }
 
 }  // namespace
@@ -457,6 +363,9 @@ TORCH_LIBRARY(sparse_attn_cpu, m) {
       "attention_arrays(Tensor query, Tensor key, Tensor value, Tensor row_ptr, "
       "Tensor col_idx, Tensor mask_idx, Tensor masks, Tensor? key_padding_mask, "
       "int block_size, float scale) -> Tensor");
+  // No tensor arguments: catch-all kernels registered with the schema.
+  m.def("isa() -> str", &isa_op);
+  m.def("supported_isas() -> str[]", &supported_isas_op);
 }
 
 TORCH_LIBRARY_IMPL(sparse_attn_cpu, CPU, m) { m.impl("attention_arrays", &attention_arrays); }
