@@ -58,7 +58,7 @@ struct Workspace {
   float* kbuf;   // [run_keys][D]  K run converted to fp32 (16-bit inputs)
   float* vbuf;   // [run_keys][Dv] V run converted to fp32 (16-bit inputs)
   float* vclean; // [run_keys][Dv] V run with NaN/Inf replaced by 0 (rare path)
-  float* row;    // [max(D, Dv)] conversion scratch
+  float* row;    // [16][max(D, Dv)] conversion / transposition scratch
 };
 
 }  // namespace sparse_attn_cpu

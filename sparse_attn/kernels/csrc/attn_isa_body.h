@@ -215,12 +215,13 @@ static inline vec vexp2(vec x) {
 }
 
 // ------------------------------------------------------------------ GEMM micro-kernel
-// C[MR, NV*W] = (ACC ? C * colscale : 0) + A[MR, K] B[K, NV*W], A(m, k) = a[m*am + k*ak].
+// C[MR, NV*W] = (ACC ? C * colscale : 0) + A[MR, K] B[K, NV*W], A(m, k) = a[m*am + k*ak];
+// colscale == nullptr with ACC: plain accumulation.
 template <int MR, int NV, bool ACC>
 static inline void micro(int64_t K, const float* a, int64_t am, int64_t ak, const float* b,
                          int64_t ldb, float* c, int64_t ldc, const float* colscale) {
   vec acc[MR][NV];
-  if (ACC) {
+  if (ACC && colscale != nullptr) {
     vec sc[NV];
 #pragma GCC unroll 8
     for (int v = 0; v < NV; ++v) sc[v] = vload(colscale + v * W);
@@ -228,6 +229,11 @@ static inline void micro(int64_t K, const float* a, int64_t am, int64_t ak, cons
     for (int m = 0; m < MR; ++m)
 #pragma GCC unroll 8
       for (int v = 0; v < NV; ++v) acc[m][v] = vmul(vload(c + m * ldc + v * W), sc[v]);
+  } else if (ACC) {
+#pragma GCC unroll 16
+    for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) acc[m][v] = vload(c + m * ldc + v * W);
   } else {
 #pragma GCC unroll 16
     for (int m = 0; m < MR; ++m)
@@ -268,44 +274,107 @@ static inline void micro_nv(int nv, int64_t K, const float* a, int64_t am, int64
   }
 }
 
-// C[M, N] (+)= A[M, K] B[K, N]; N is a multiple of W. Column panels outside (the panel of
-// B, K x NV_MAX*W, stays in L1 for the row panels), row panels of MR_MAX inside.
+// C[M, N] (+)= A[M, K] B[K, N]; N is a multiple of W. Column panels outside, then chunks
+// of KC along K (so the panel of B, KC x NV_MAX*W floats, stays in L1 for all row panels),
+// row panels of MR_MAX inside.
+constexpr int64_t KC = 128;
+
+template <bool ACC>
+static inline void gemm_panel(int mr, int nv, int64_t K, const float* a, int64_t am, int64_t ak,
+                              const float* b, int64_t ldb, float* c, int64_t ldc,
+                              const float* cs) {
+  switch (mr) {
+    case 1: micro_nv<1, ACC>(nv, K, a, am, ak, b, ldb, c, ldc, cs); break;
+    case 2: micro_nv<clamp_mr(2), ACC>(nv, K, a, am, ak, b, ldb, c, ldc, cs); break;
+    case 3: micro_nv<clamp_mr(3), ACC>(nv, K, a, am, ak, b, ldb, c, ldc, cs); break;
+    case 4: micro_nv<clamp_mr(4), ACC>(nv, K, a, am, ak, b, ldb, c, ldc, cs); break;
+    case 5: micro_nv<clamp_mr(5), ACC>(nv, K, a, am, ak, b, ldb, c, ldc, cs); break;
+    default: micro_nv<clamp_mr(6), ACC>(nv, K, a, am, ak, b, ldb, c, ldc, cs); break;
+  }
+}
+
 template <bool ACC>
 static void gemm(int64_t M, int64_t N, int64_t K, const float* a, int64_t am, int64_t ak,
                  const float* b, int64_t ldb, float* c, int64_t ldc, const float* colscale) {
   for (int64_t n0 = 0; n0 < N; n0 += NV_MAX * W) {
     const int nv = static_cast<int>(imin(NV_MAX, (N - n0) / W));
-    const float* bn = b + n0;
-    const float* cs = ACC ? colscale + n0 : nullptr;
-    for (int64_t m0 = 0; m0 < M; m0 += MR_MAX) {
-      const int mr = static_cast<int>(imin(MR_MAX, M - m0));
-      const float* am0 = a + m0 * am;
-      float* cm = c + m0 * ldc + n0;
-      switch (mr) {
-        case 1: micro_nv<1, ACC>(nv, K, am0, am, ak, bn, ldb, cm, ldc, cs); break;
-        case 2: micro_nv<clamp_mr(2), ACC>(nv, K, am0, am, ak, bn, ldb, cm, ldc, cs); break;
-        case 3: micro_nv<clamp_mr(3), ACC>(nv, K, am0, am, ak, bn, ldb, cm, ldc, cs); break;
-        case 4: micro_nv<clamp_mr(4), ACC>(nv, K, am0, am, ak, bn, ldb, cm, ldc, cs); break;
-        case 5: micro_nv<clamp_mr(5), ACC>(nv, K, am0, am, ak, bn, ldb, cm, ldc, cs); break;
-        default: micro_nv<clamp_mr(6), ACC>(nv, K, am0, am, ak, bn, ldb, cm, ldc, cs); break;
+    for (int64_t k0 = 0; k0 < K; k0 += KC) {
+      const int64_t kc = imin(KC, K - k0);
+      const float* bk = b + k0 * ldb + n0;
+      const float* ak0 = a + k0 * ak;
+      for (int64_t m0 = 0; m0 < M; m0 += MR_MAX) {
+        const int mr = static_cast<int>(imin(MR_MAX, M - m0));
+        float* cm = c + m0 * ldc + n0;
+        if (k0 == 0)
+          gemm_panel<ACC>(mr, nv, kc, ak0 + m0 * am, am, ak, bk, ldb, cm, ldc,
+                          ACC ? colscale + n0 : nullptr);
+        else
+          gemm_panel<true>(mr, nv, kc, ak0 + m0 * am, am, ak, bk, ldb, cm, ldc, nullptr);
       }
     }
   }
 }
 
 // True when rows x n elements (row stride ld) are all finite (x * 0 is NaN otherwise).
+// Four independent accumulators: a single one makes the loop latency-bound.
 static bool all_finite(const float* p, int64_t rows, int64_t n, int64_t ld) {
-  vec acc = vzero();
+  vec a0 = vzero(), a1 = vzero(), a2 = vzero(), a3 = vzero();
   float tail = 0.f;
   const vec z = vzero();
   for (int64_t j = 0; j < rows; ++j) {
     const float* r = p + j * ld;
     int64_t t = 0;
-    for (; t + W <= n; t += W) acc = vadd(acc, vmul(vload(r + t), z));
+    for (; t + 4 * W <= n; t += 4 * W) {
+      a0 = vfma(vload(r + t), z, a0);
+      a1 = vfma(vload(r + t + W), z, a1);
+      a2 = vfma(vload(r + t + 2 * W), z, a2);
+      a3 = vfma(vload(r + t + 3 * W), z, a3);
+    }
+    for (; t + W <= n; t += W) a0 = vfma(vload(r + t), z, a0);
     for (; t < n; ++t) tail += r[t] * 0.f;
   }
-  const float s = vhsum(acc) + tail;
+  const float s = vhsum(vadd(vadd(a0, a1), vadd(a2, a3))) + tail;
   return s == 0.f;
+}
+
+// Online-softmax update of NVS column vectors (columns n .. n + NVS*W) over C keys of st
+// (row stride N): running max m, sum l, rescale alpha = 2^(m_old - m_new), st <- p. The
+// NVS columns are processed together so that the max and sum chains interleave.
+template <int NVS>
+static inline void softmax_cols(float* st, int64_t N, int64_t C, float* m, float* l,
+                                float* alpha) {
+  const vec ninf = vset1(-__builtin_inff());
+  vec mx[NVS], mu[NVS], sum[NVS];
+#pragma GCC unroll 8
+  for (int v = 0; v < NVS; ++v) mx[v] = ninf;
+  for (int64_t j = 0; j < C; ++j) {
+    const float* r = st + j * N;
+#pragma GCC unroll 8
+    for (int v = 0; v < NVS; ++v) mx[v] = vmax_ign(mx[v], vload(r + v * W));
+  }
+#pragma GCC unroll 8
+  for (int v = 0; v < NVS; ++v) {
+    const vec m_old = vload(m + v * W);
+    const vec m_new = vmax_ign(m_old, mx[v]);
+    // A column with nothing visible yet keeps m = -inf; subtract 0 there (2^-inf = 0).
+    mu[v] = vif_eq(m_new, ninf, vzero(), m_new);
+    const vec a = vexp2(vsub(m_old, mu[v]));
+    vstore(alpha + v * W, a);
+    vstore(m + v * W, m_new);
+    vstore(l + v * W, vmul(vload(l + v * W), a));
+    sum[v] = vzero();
+  }
+  for (int64_t j = 0; j < C; ++j) {
+    float* r = st + j * N;
+#pragma GCC unroll 8
+    for (int v = 0; v < NVS; ++v) {
+      const vec p = vexp2(vsub(vload(r + v * W), mu[v]));
+      vstore(r + v * W, p);
+      sum[v] = vadd(sum[v], p);
+    }
+  }
+#pragma GCC unroll 8
+  for (int v = 0; v < NVS; ++v) vstore(l + v * W, vadd(vload(l + v * W), sum[v]));
 }
 
 // ------------------------------------------------------------------ one work item
@@ -317,16 +386,29 @@ static void process_item(const Params& P, const Item& it, const Workspace& ws) {
   const int dt = P.dtype;
   const float neg_inf = -__builtin_inff();
 
-  // Q^T, scaled (base-2 scores), padding columns 0.
+  // Q^T, scaled (base-2 scores), padding columns 0. Tiles of 16 queries: their rows are
+  // converted into ws.row [16][D], then each qt row segment (16 floats, one cache line) is
+  // written at once.
   float* qt = ws.qt;
-  for (int64_t i = 0; i < D * N; ++i) qt[i] = 0.f;
   for (int g = 0; g < it.nh; ++g) {
     const int64_t h = it.h0 + g;
-    for (int64_t i = 0; i < rows; ++i) {
-      const int64_t off = it.b * P.q_sb + h * P.q_sh + (q0 + i) * P.q_ss;
-      cvt_row(elem_ptr(P.q, dt, off), dt, D, ws.row);
-      float* col = qt + g * rpad + i;
-      for (int64_t d = 0; d < D; ++d) col[d * N] = ws.row[d] * P.qscale;
+    for (int64_t i0 = 0; i0 < rpad; i0 += 16) {
+      const int64_t ni = imin(16, rows - i0);  // may be <= 0 in the padding
+      for (int64_t i = 0; i < 16; ++i) {
+        float* dst = ws.row + i * D;
+        if (i < ni) {
+          const int64_t off = it.b * P.q_sb + h * P.q_sh + (q0 + i0 + i) * P.q_ss;
+          cvt_row(elem_ptr(P.q, dt, off), dt, D, dst);
+        } else {
+          for (int64_t d = 0; d < D; ++d) dst[d] = 0.f;
+        }
+      }
+      float* col = qt + g * rpad + i0;
+      for (int64_t d = 0; d < D; ++d) {
+        float* qd = col + d * N;
+#pragma GCC unroll 16
+        for (int i = 0; i < 16; ++i) qd[i] = ws.row[i * D + d] * P.qscale;
+      }
     }
   }
   float* ot = ws.ot;
@@ -394,24 +476,14 @@ static void process_item(const Params& P, const Item& it, const Workspace& ws) {
           for (int64_t n = 0; n < N; ++n) st[j * N + n] = neg_inf;
     }
 
-    // ---- online softmax down the key axis
-    for (int64_t n = 0; n < N; n += W) {
-      vec mx = vset1(neg_inf);
-      for (int64_t j = 0; j < C; ++j) mx = vmax_ign(mx, vload(st + j * N + n));
-      const vec m_old = vload(ws.m + n);
-      const vec m_new = vmax_ign(m_old, mx);
-      const vec m_use = vif_eq(m_new, vset1(neg_inf), vzero(), m_new);
-      const vec alpha = vexp2(vsub(m_old, m_use));
-      vec sum = vzero();
-      for (int64_t j = 0; j < C; ++j) {
-        float* p = st + j * N + n;
-        const vec pv = vexp2(vsub(vload(p), m_use));
-        vstore(p, pv);
-        sum = vadd(sum, pv);
-      }
-      vstore(ws.l + n, vfma(vload(ws.l + n), alpha, sum));
-      vstore(ws.m + n, m_new);
-      vstore(ws.alpha + n, alpha);
+    // ---- online softmax down the key axis, 4 column vectors at a time
+    for (int64_t n = 0; n < N; n += 4 * W) {
+      const int64_t nvs = imin(4, (N - n) / W);
+      float* sn = st + n;
+      if (nvs == 4) softmax_cols<4>(sn, N, C, ws.m + n, ws.l + n, ws.alpha + n);
+      else if (nvs == 3) softmax_cols<3>(sn, N, C, ws.m + n, ws.l + n, ws.alpha + n);
+      else if (nvs == 2) softmax_cols<2>(sn, N, C, ws.m + n, ws.l + n, ws.alpha + n);
+      else softmax_cols<1>(sn, N, C, ws.m + n, ws.l + n, ws.alpha + n);
     }
 
     // ---- O^T = alpha * O^T + V_run^T P^T
@@ -456,19 +528,31 @@ static void process_item(const Params& P, const Item& it, const Workspace& ws) {
     e = e2;
   }
 
-  // ---- output rows: O / l, exactly 0 for rows that saw no key
+  // ---- output rows: O / l, exactly 0 for rows that saw no key. Tiles of 16 queries:
+  // ws.row [16][Dv] receives the transposed rows, then each row is copied out whole.
   for (int g = 0; g < it.nh; ++g) {
     const int64_t h = it.h0 + g;
-    for (int64_t i = 0; i < rows; ++i) {
-      const int64_t n = g * rpad + i;
-      const float l = ws.l[n];
-      float* o = P.out + ((it.b * P.H + h) * P.S + q0 + i) * Dv;
-      if (l > 0.f) {
-        const float inv = 1.f / l;
-        for (int64_t d = 0; d < Dv; ++d) o[d] = ot[d * N + n] * inv;
-      } else {  // no visible key: 0; NaN sum (a visible NaN score): NaN like the reference
-        const float fill = l != l ? __builtin_nanf("") : 0.f;
-        for (int64_t d = 0; d < Dv; ++d) o[d] = fill;
+    for (int64_t i0 = 0; i0 < rows; i0 += 16) {
+      const int64_t ni = imin(16, rows - i0);
+      float inv[16];
+      for (int i = 0; i < 16; ++i) {
+        const float l = ws.l[g * rpad + i0 + i];
+        // no visible key: 0; a NaN sum (a visible NaN score) gives NaN like the reference
+        inv[i] = l > 0.f ? 1.f / l : (l != l ? __builtin_nanf("") : 0.f);
+      }
+      const float* oc = ot + g * rpad + i0;
+      for (int64_t d = 0; d < Dv; ++d) {
+        const float* od = oc + d * N;
+#pragma GCC unroll 16
+        for (int i = 0; i < 16; ++i) ws.row[i * Dv + d] = od[i] * inv[i];
+      }
+      for (int64_t i = 0; i < ni; ++i) {
+        float* o = P.out + ((it.b * P.H + h) * P.S + q0 + i0 + i) * Dv;
+        const float* src = ws.row + i * Dv;
+        if (inv[i] == 0.f)  // exactly 0, even where O holds 0 * Inf = NaN
+          for (int64_t d = 0; d < Dv; ++d) o[d] = 0.f;
+        else
+          for (int64_t d = 0; d < Dv; ++d) o[d] = src[d];
       }
     }
   }

@@ -345,7 +345,7 @@ at::Tensor attention_arrays(const at::Tensor& query_in, const at::Tensor& key_in
   at::parallel_for(0, nthreads, 1, [&](int64_t, int64_t) {
     const int64_t rk = P.run_keys;
     AlignedBuf qt(D * ncols), st(rk * ncols), ot(Dv * ncols), m(ncols), l(ncols), al(ncols),
-        kb(rk * D), vb(rk * Dv), vc(rk * Dv), row(std::max(D, Dv));
+        kb(rk * D), vb(rk * Dv), vc(rk * Dv), row(16 * std::max(D, Dv));
     const Workspace ws{qt.ptr, st.ptr, ot.ptr, m.ptr, l.ptr, al.ptr, kb.ptr, vb.ptr, vc.ptr, row.ptr};
     for (;;) {
       const int64_t i = next.fetch_add(1);
