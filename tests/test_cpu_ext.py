@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from sparse_attn.errors import InvalidInputError
+from sparse_attn.errors import InvalidInputError, UnsupportedEnvironmentError
 from sparse_attn.kernels import cpu_ext
 from sparse_attn.layout import BlockLayout
 
@@ -42,13 +42,18 @@ def layout_arrays(layout: BlockLayout) -> list[torch.Tensor]:
     ]
 
 
-def reference(q, k, v, token_mask, key_padding_mask, scale):
+def reference(q, k, v, token_mask, key_padding_mask, scale, exact_nan=True):
     """float64 dense masked attention. token_mask bool [H, S, S]; kpm bool [B, S] or None.
 
+    Grouped K/V ([B, Hkv, S, D]) are expanded per query head here (the reference may copy).
     Rows with no visible key give 0; masked keys' K/V values are never used (they are zeroed
     before the products, so NaN/Inf in them cannot leak into the reference either).
+    ``exact_nan=False`` multiplies P V as one matmul: right when NaN/Inf sit only in keys no
+    query sees (e.g. padded keys), and far lighter than the exact per-pair sum.
     """
     q, k, v = q.double(), k.double(), v.double()
+    group = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
     vis = (
         torch.from_numpy(np.array(token_mask, dtype=bool))[None]
         .expand(q.shape[0], -1, -1, -1)
@@ -64,6 +69,8 @@ def reference(q, k, v, token_mask, key_padding_mask, scale):
     row_any = vis.any(dim=-1, keepdim=True)
     p = torch.softmax(torch.where(row_any, scores, torch.zeros_like(scores)), dim=-1)
     p = torch.where(vis, p, torch.zeros_like(p))
+    if not exact_nan:
+        return p @ v
     # sum_j p_ij v_j over visible (i, j) only: a key visible from some queries but not from
     # query i must not reach row i even when its V holds NaN/Inf (0 * NaN = NaN).
     terms = p[..., None] * v[:, :, None, :, :]  # [B, H, S_q, S_k, Dv]
@@ -377,3 +384,140 @@ def test_stale_build_lock_is_removed(tmp_path):
     os.utime(lock, (old, old))
     cpu_ext._remove_stale_lock(tmp_path)
     assert not lock.exists()
+
+
+# ----------------------------------------------------------------------------- ISA paths
+#: Every instruction-set path of the binary this CPU can run (scalar always).
+ISAS_HERE = cpu_ext.supported_isas()
+
+
+@pytest.fixture(params=ISAS_HERE)
+def isa(request, monkeypatch):
+    """Run the test once per ISA path this CPU supports (SPARSE_ATTN_CPU_ISA forces it)."""
+    monkeypatch.setenv(cpu_ext.ISA_ENV, request.param)
+    assert cpu_ext.isa() == request.param
+    return request.param
+
+
+def test_isa_reported_and_forced(monkeypatch):
+    assert "scalar" in ISAS_HERE and set(ISAS_HERE) <= set(cpu_ext.ISAS)
+    monkeypatch.delenv(cpu_ext.ISA_ENV, raising=False)
+    assert cpu_ext.isa() == ISAS_HERE[-1], "auto must pick the best ISA this CPU runs"
+    monkeypatch.setenv(cpu_ext.ISA_ENV, "sse9")
+    with pytest.raises(UnsupportedEnvironmentError, match="not one of"):
+        cpu_ext.isa()
+    q, k, v, arrs = _good()
+    with pytest.raises(UnsupportedEnvironmentError, match=cpu_ext.ISA_ENV):
+        cpu_ext.attention_arrays(q, k, v, *arrs, None, 16, 0.3)
+    missing = [i for i in cpu_ext.ISAS if i not in ISAS_HERE]
+    if missing:  # an ISA this CPU lacks is refused, never run
+        monkeypatch.setenv(cpu_ext.ISA_ENV, missing[0])
+        with pytest.raises(UnsupportedEnvironmentError, match="this CPU runs only"):
+            cpu_ext.attention_arrays(q, k, v, *arrs, None, 16, 0.3)
+
+
+# (B, H, Hkv, S, D, Dv, block, causal, dtype): every GQA ratio in {1, 2, 4, 8} (Hkv = 1
+# included), every head dim in {16, 40, 64, 80, 128, 256} as D and as Dv, S not a multiple
+# of the block, S = 1.
+GQA_GRID = [
+    (1, 2, 2, 50, 16, 40, 16, False, torch.float32),
+    (2, 4, 2, 70, 40, 16, 32, True, torch.float32),
+    (1, 4, 1, 100, 256, 256, 64, True, torch.float32),
+    (1, 8, 1, 37, 80, 64, 16, False, torch.float32),
+    (1, 8, 2, 45, 64, 80, 16, True, torch.float16),
+    (1, 8, 4, 33, 128, 128, 16, False, torch.bfloat16),
+    (2, 4, 1, 1, 64, 64, 64, True, torch.float32),
+    (1, 2, 1, 90, 128, 256, 32, False, torch.float16),
+    (1, 6, 3, 81, 256, 40, 32, True, torch.bfloat16),
+]
+TOL = {torch.float32: 2e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2}
+
+
+@pytest.mark.parametrize("b,h,hkv,s,d,dv,bs,causal,dtype", GQA_GRID)
+def test_grouped_kv_grid(isa, b, h, hkv, s, d, dv, bs, causal, dtype):
+    """Grouped K/V, wide/odd head dims, padding with NaN/Inf in padded K/V, vs float64."""
+    mask = band_global(s, 9, 2)
+    if causal:
+        mask = mask & np.tri(s, dtype=bool)
+    mask = np.broadcast_to(mask, (h, s, s))
+    layout = BlockLayout.from_token_mask(mask, bs)
+    q = rand(b, h, s, d, dtype=dtype, seed=1)
+    k = rand(b, hkv, s, d, dtype=dtype, seed=2)
+    v = rand(b, hkv, s, dv, dtype=dtype, seed=3)
+    kpm = torch.ones(b, s, dtype=torch.bool)
+    if s > 4:
+        kpm[0, s - 3 :] = False
+        kpm[-1, 1] = False
+        for bb in range(b):
+            k[bb, :, ~kpm[bb]] = math.nan
+            v[bb, :, ~kpm[bb]] = math.inf
+    out = run(q, k, v, layout, kpm)
+    assert out.dtype == dtype and out.shape == (b, h, s, dv)
+    assert torch.isfinite(out).all(), "NaN/Inf of padded keys leaked"
+    exp = reference(q, k, v, mask, kpm, d**-0.5, exact_nan=False)
+    assert_close(out, exp, TOL[dtype], TOL[dtype], f"GQA {h}/{hkv} D={d} Dv={dv} {dtype} {isa}")
+
+
+def test_grouped_equals_repeated_kv_bitwise(isa):
+    """Processing the query heads of a K/V head together must not change any bit."""
+    h, hkv, s, d = 8, 2, 150, 48
+    mask = np.stack([band_global(s, 5 + 7 * (i // 2), 1) for i in range(h)])  # pairs differ
+    layout = BlockLayout.from_token_mask(mask, 32)
+    q, k, v = rand(2, h, s, d, seed=4), rand(2, hkv, s, d, seed=5), rand(2, hkv, s, 24, seed=6)
+    grouped = run(q, k, v, layout)
+    repeated = run(q, k.repeat_interleave(4, 1), v.repeat_interleave(4, 1), layout)
+    assert torch.equal(grouped, repeated)
+    assert_close(grouped, reference(q, k, v, mask, None, d**-0.5), 2e-5, 2e-5, "per-head rows")
+
+
+def test_layout_shared_by_all_heads(isa):
+    """row_ptr / col_idx / mask_idx with one row set ([1, ...]) serve every query head."""
+    s, h = 70, 4
+    mask1 = band_global(s, 6, 3) & np.tri(s, dtype=bool)
+    layout = BlockLayout.from_token_mask(mask1[None], 16)
+    q, k, v = rand(1, h, s, 32, seed=7), rand(1, 1, s, 32, seed=8), rand(1, 1, s, 32, seed=9)
+    out = run(q, k, v, layout)
+    exp = reference(q, k, v, np.broadcast_to(mask1, (h, s, s)), None, 32**-0.5)
+    assert_close(out, exp, 2e-5, 2e-5, "layout [1, ...]")
+
+
+def test_every_path_on_random_masks(isa):
+    """Arbitrary partial tiles per head, padding, NaN-visible-to-one-query, per ISA path."""
+    rng = np.random.default_rng(3)
+    b, h, s, d, bs = 2, 4, 77, 20, 16
+    mask = rng.random((h, s, s)) < np.array([0.1, 0.5, 0.9, 0.3])[:, None, None]
+    mask[3, 40:50] = False  # empty rows
+    layout = BlockLayout.from_token_mask(mask, bs)
+    kpm = torch.ones(b, s, dtype=torch.bool)
+    kpm[1, 60:] = False
+    q, k, v = rand(b, h, s, d, seed=1), rand(b, 2, s, d, seed=2), rand(b, 2, s, 12, seed=3)
+    out = run(q, k, v, layout, kpm, scale=0.4)
+    assert torch.all(out[:, 3, 40:50] == 0)
+    assert_close(out, reference(q, k, v, mask, kpm, 0.4), 2e-5, 2e-5, f"random masks {isa}")
+
+
+def test_fp16_values_near_overflow(isa):
+    """V near the fp16 maximum and scores beyond it: finite, accurate fp16 output."""
+    s, d = 40, 16
+    mask = band_global(s, 6, 1)[None].repeat(2, axis=0)
+    layout = BlockLayout.from_token_mask(mask, 16)
+    q = (rand(1, 2, s, d, seed=1) * 120).half()
+    k = (rand(1, 1, s, d, seed=2) * 120).half()
+    v = (torch.rand(1, 1, s, d, generator=torch.Generator().manual_seed(3)) * 6e4).half()
+    out = run(q, k, v, layout, scale=1.0 / 256)
+    assert out.dtype == torch.float16 and torch.isfinite(out).all()
+    exp = reference(q, k, v, mask, None, 1.0 / 256)
+    assert_close(out, exp, 1.0, 2e-3, f"fp16 near overflow {isa}")
+
+
+def test_head_dim_and_group_limits_are_reported():
+    q = rand(1, 4, 8, 300)
+    assert "300" in cpu_ext.not_supported_reason(q, q[:, :1], q[:, :1], 16)
+    q = rand(1, 4, 8, 16)
+    assert "multiple" in cpu_ext.not_supported_reason(q, q[:, :3], q[:, :3], 16)
+    assert cpu_ext.not_supported_reason(q, q[:, :1], rand(1, 1, 8, 256), 16) is None
+    layout = BlockLayout.from_token_mask(band_global(8, 2, 0)[None].repeat(4, 0), 4)
+    with pytest.raises(InvalidInputError, match="multiple of key/value heads"):
+        run(q, q[:, :3], q[:, :3], layout)
+    with pytest.raises(InvalidInputError, match="Dv=257"):
+        run(q, q[:, :1], rand(1, 1, 8, 257), layout)

@@ -81,6 +81,7 @@ def _source_digest() -> str:
         h.update(path.read_bytes())
     return h.hexdigest()
 
+
 _lock = threading.Lock()
 _state: dict[str, object] = {}
 
@@ -460,8 +461,7 @@ def _main(argv: list[str] | None = None) -> int:
         print(f"warning: {exc}", file=sys.stderr)
         return 1
     print(
-        f"sparse_attn CPU extension ready in {path} ({time.perf_counter() - t0:.1f} s; "
-        f"isa {isa()})"
+        f"sparse_attn CPU extension ready in {path} ({time.perf_counter() - t0:.1f} s; isa {isa()})"
     )
     return 0
 
