@@ -94,6 +94,7 @@ FAMILIES = {
     "bigbird": "sparse_attn.export.bigbird",
     "longformer": "sparse_attn.export.longformer",
     "mistral": "sparse_attn.export.mistral",
+    "hf": "sparse_attn.models.family",
 }
 
 #: Metadata key naming the family of an exported model.
