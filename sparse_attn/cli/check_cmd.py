@@ -39,8 +39,21 @@ from sparse_attn.runtime.runtime import BACKENDS
     help="Write the reference outputs in Polygraphy's JSON format (inputs to F.inputs.json).",
 )
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of random inputs.")
-def command(model, backend, as_json, save_outputs, seed):
-    """Check MODEL's accuracy on BACKEND against the PyTorch reference."""
+@click.option(
+    "--text", "texts", multiple=True, help="Text models: a text to check on (repeatable)."
+)
+@click.option(
+    "--input-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Text models: texts to check on, one per line or JSON lines.",
+)
+def command(model, backend, as_json, save_outputs, seed, texts, input_file):
+    """Check MODEL's accuracy on BACKEND against the PyTorch reference.
+
+    A checkpoint export (sparse-attn export --model PATH) is checked against the unmodified
+    Hugging Face model (transformers' eager attention and its own masks), by default on a long
+    text cut beyond the model's largest window.
+    """
     from sparse_attn.fileio import atomic_output, check_output_path
     from sparse_attn.runtime.compare import (
         check_model,
@@ -56,7 +69,12 @@ def command(model, backend, as_json, save_outputs, seed):
         check_output_path(
             polygraphy_inputs_path(save_outputs), what="--save-outputs inputs", inputs=[model]
         )
-    report, feeds, _, reference = check_model(model, backend, seed=seed)
+    all_texts = list(texts)
+    if input_file is not None:
+        from sparse_attn.runtime.text import read_text_file
+
+        all_texts += read_text_file(input_file)
+    report, feeds, _, reference = check_model(model, backend, seed=seed, texts=all_texts or None)
     if save_outputs is not None:
         out_path, in_path = Path(save_outputs), polygraphy_inputs_path(save_outputs)
         with atomic_output(out_path, suffix=".json") as tmp_out:
@@ -81,5 +99,5 @@ def command(model, backend, as_json, save_outputs, seed):
         failed = [k for k, v in report["outputs"].items() if not v.get("passed")]
         raise CheckFailedError(
             f"accuracy check failed: output(s) {failed} of {model} on {report['backend']} are "
-            f"outside the {report['dtype']} tolerance of the PyTorch reference"
+            f"outside the {report['dtype']} tolerance of the reference ({report['reference']})"
         )

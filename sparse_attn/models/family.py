@@ -104,11 +104,7 @@ def _module_class():
             self.patterns = list(patterns)
             self.layer_layouts = list(layouts)
             self.calls = list(calls)
-            cores, index = attn.layer_cores(layouts)
-            self.cores = nn.ModuleList(cores)
-            attn.attach(hf, calls, cores, index)
-            attn.register()
-            hf.set_attn_implementation(attn.ATTN_IMPLEMENTATION)
+            self.cores, _ = attn.install(hf, layouts, calls)
             self.num_heads = calls[0].num_heads
             self.num_kv_heads = calls[0].num_kv_heads
             self.head_dim = calls[0].head_dim
@@ -219,7 +215,9 @@ def _check_calls(calls, patterns) -> None:
 
     n = len(patterns)
     for c in calls:
-        _refuse_unsupported(c.module, c.extra.get("softcap"), {"s_aux": c.extra.get("s_aux") or None})
+        _refuse_unsupported(
+            c.module, c.extra.get("softcap"), {"s_aux": c.extra.get("s_aux") or None}
+        )
         if not 0 <= c.layer_idx < n:
             raise InvalidInputError(
                 f"the model runs attention layer {c.layer_idx} but its config has {n} layers"
@@ -261,15 +259,28 @@ def print_table(model, file=None) -> None:
 
 
 # ----------------------------------------------------------------------------- checks
-def check_length(model) -> int:
-    """A length longer than the largest window (plus a block) and not a multiple of the block,
-    capped at ``max_seq_len``."""
-    windows = [lp.window for lp in model.patterns if lp.window]
-    want = (max(windows) if windows else 2 * model.block_size) + model.block_size + 5
-    s = min(model.max_seq_len, want)
-    if s % model.block_size == 0 and s > 2:
+def check_length_for(windows, block_size: int, max_seq_len: int) -> int:
+    """A length longer than the largest window plus a block (two blocks without a window),
+    not a multiple of the block, capped at ``max_seq_len``."""
+    windows = [w for w in windows if w]
+    want = (max(windows) if windows else 2 * block_size) + block_size + 5
+    s = min(int(max_seq_len), want)
+    if s % block_size == 0 and s > 2:
         s -= 1
     return max(2, s)
+
+
+def check_length(model) -> int:
+    """:func:`check_length_for` of a built model."""
+    return check_length_for(
+        [lp.window for lp in model.patterns], model.block_size, model.max_seq_len
+    )
+
+
+def long_text() -> str:
+    """The project's own long English text (about 1,500 words, 1,750 Gemma tokens) used by
+    ``check`` to cross every window."""
+    return (Path(__file__).parent / "data" / "long_text.txt").read_text(encoding="utf-8")
 
 
 def hf_reference_outputs(model, inputs: dict) -> dict:

@@ -319,14 +319,20 @@ def layer_patterns(
         if i in chosen:
             if kind == SLIDING and user != own:
                 overridden.append(i)
-            out.append(LayerPattern(i, kind, user, own, "user", window if kind == SLIDING else None, causal))
+            out.append(
+                LayerPattern(
+                    i, kind, user, own, "user", window if kind == SLIDING else None, causal
+                )
+            )
             continue
         if kind == SLIDING and window > max_seq_len:
             raise InvalidInputError(
                 f"layer {i}: the model's sliding window of {window} tokens exceeds "
                 f"max_seq_len={max_seq_len}; export with --max-seq-len {window} or more"
             )
-        out.append(LayerPattern(i, kind, own, own, "config", window if kind == SLIDING else None, causal))
+        out.append(
+            LayerPattern(i, kind, own, own, "config", window if kind == SLIDING else None, causal)
+        )
     if overridden and warn:
         warnings.warn(
             f"--pattern {user!r} replaces the model's own sliding window "
@@ -372,5 +378,8 @@ def format_table(patterns: Sequence[LayerPattern], densities: Sequence[float] | 
     header = ("layers", "kind", "pattern", "density", "source")
     body = [(_ranges(ls), *row) for ls, row in merged]
     widths = [max(len(str(r[c])) for r in [header, *body]) for c in range(len(header))]
-    lines = ["  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in [header, *body]]
+    lines = [
+        "  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)).rstrip()
+        for r in [header, *body]
+    ]
     return "\n".join(lines)

@@ -206,6 +206,8 @@ def check_inputs(rt, *, seed: int = 0, texts: Sequence[str] | None = None) -> di
         rt: a :class:`~sparse_attn.runtime.Runtime`.
     """
     if checks_with_texts(rt):
+        if not texts and rt.metadata.get("sparse_attn.layer_patterns"):
+            return _window_crossing_feeds(rt)
         return rt.encode(list(texts or CHECK_TEXTS))
     vocab = getattr(rt.info, "vocab_size", None) or 2
     rng = np.random.default_rng(seed)
@@ -237,6 +239,37 @@ def check_inputs(rt, *, seed: int = 0, texts: Sequence[str] | None = None) -> di
     return feeds
 
 
+def _window_crossing_feeds(rt) -> dict:
+    """A checkpoint export's default check inputs: the project's long text, tokenized with the
+    model's own tokenizer, cut to a length longer than the model's largest window plus a
+    block and not a multiple of the block (:func:`sparse_attn.models.family.check_length_for`),
+    and a second row two thirds as long (right padding)."""
+    from sparse_attn.models.family import check_length_for, long_text
+
+    table = json.loads(rt.metadata["sparse_attn.layer_patterns"])
+    block = int(rt.metadata.get("sparse_attn.block_size", 64))
+    length = check_length_for([r.get("window") for r in table], block, rt.max_seq_len or 512)
+    tok = rt.encoder.tokenizer
+    ids: list[int] = []
+    text = long_text()
+    while len(ids) < length:
+        more = tok.encode(text).ids
+        if not more:
+            break
+        ids = ids + more if ids else more
+    ids = ids[:length]
+    rows = [ids, ids[: max(1, 2 * len(ids) // 3)]]
+    s = len(ids)
+    input_ids = np.full((2, s), rt.encoder.pad_id, dtype=np.int64)
+    mask = np.zeros((2, s), dtype=np.int64)
+    for i, r in enumerate(rows):
+        input_ids[i, : len(r)] = r
+        mask[i, : len(r)] = 1
+    feeds = {"input_ids": input_ids, "attention_mask": mask}
+    specs = {sp.name: sp for sp in rt.inputs}
+    return {k: v.astype(specs[k].dtype) for k, v in feeds.items() if k in specs}
+
+
 def check_model(
     path: str | os.PathLike,
     backend: str = "auto",
@@ -266,11 +299,16 @@ def check_model(
     from sparse_attn.runtime.runtime import Runtime
 
     rt = runtime if runtime is not None else Runtime(path, backend=backend)
+    ref_name = "torch"
+    if reference is None:
+        reference, ref_name = _unmodified_reference(rt)
     ref = reference if reference is not None else Runtime(path, backend="torch")
     feeds = check_inputs(rt, seed=seed, texts=texts)
     from_texts = checks_with_texts(rt)
     got = rt.run(feeds)
     exp = ref.run(feeds)
+    if ref_name != "torch":
+        got, exp = _zero_padded_rows(got, feeds), _zero_padded_rows(exp, feeds)
     tol = tolerance_for(rt.info.dtype)
     per_output = compare_outputs(got, exp, tol)
     report = {
@@ -278,7 +316,7 @@ def check_model(
         "family": rt.info.family,
         "pattern": rt.metadata.get("sparse_attn.pattern"),
         "backend": rt.backend,
-        "reference": "torch",
+        "reference": ref_name,
         "dtype": rt.info.dtype or "float32",
         "seed": None if from_texts else seed,
         "num_texts": len(next(iter(feeds.values()))) if from_texts else None,
@@ -287,6 +325,64 @@ def check_model(
         "passed": bool(per_output) and all(v.get("passed") for v in per_output.values()),
     }
     return report, feeds, got, exp
+
+
+def _unmodified_reference(rt):
+    """The unmodified upstream model of a checkpoint export (the family's
+    ``build_reference_model``), as ``(runner, name)``; ``(None, "torch")`` for other families.
+
+    The runner has ``run(feeds) -> {name: numpy}``; the name says what it is (e.g.
+    ``"transformers eager (unmodified)"``).
+    """
+    if not rt.info.family:
+        return None, "torch"
+    from sparse_attn.export import get_family
+
+    try:
+        builder = getattr(get_family(rt.info.family), "build_reference_model", None)
+    except Exception:  # noqa: BLE001 - an unknown family falls back to the torch rebuild
+        builder = None
+    if builder is None:
+        return None, "torch"
+    module = builder(rt.info.model_config)
+    return _ModuleRunner(module, [o.name for o in rt.outputs]), module.outputs_of
+
+
+class _ModuleRunner:
+    """``run(feeds)`` of an eager module returning ``{output: tensor}`` (numpy in and out)."""
+
+    def __init__(self, module, order) -> None:
+        self.module = module
+        self.order = list(order)
+
+    def run(self, feeds):
+        import torch
+
+        tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in feeds.items()}
+        with torch.inference_mode():
+            out = self.module(**tensors)
+        res = {k: v.detach().float().numpy() for k, v in out.items()}
+        return {k: res[k] for k in self.order if k in res} | {
+            k: v for k, v in res.items() if k not in self.order
+        }
+
+
+def _zero_padded_rows(outputs, feeds):
+    """Outputs with rows of padded positions (``attention_mask == 0``) set to 0.
+
+    A padded query may see no key at all: the op returns 0 there, transformers' eager softmax
+    a uniform average of masked values; neither is meaningful, so only real tokens compare.
+    """
+    mask = feeds.get("attention_mask")
+    if mask is None:
+        return outputs
+    keep = np.asarray(mask) != 0
+    out = {}
+    for k, v in outputs.items():
+        if v.ndim >= 3 and v.shape[:2] == keep.shape:
+            v = np.where(keep.reshape(keep.shape + (1,) * (v.ndim - 2)), v, 0).astype(v.dtype)
+        out[k] = v
+    return out
 
 
 def save_polygraphy_outputs(
