@@ -40,20 +40,6 @@ CORE_ATTR = "_sparse_attn_core"
 
 
 # ----------------------------------------------------------------------------- registry
-def _expand_kv(key: torch.Tensor, value: torch.Tensor, num_heads: int):
-    """Repeat grouped K/V heads to ``num_heads`` (query head ``h`` reads ``h // groups``).
-
-    TEMPORARY, export only: the op and its PyTorch backends take ``key [B, Hkv, S, D]``
-    directly; the ONNX function body does not yet, so under ``torch.onnx.export`` (only) K/V
-    are repeated here. This is the only place K/V are copied per query head.
-    """
-    hkv = key.shape[1]
-    if hkv == num_heads:
-        return key, value
-    groups = num_heads // hkv
-    return key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
-
-
 def attention_forward(
     module,
     query: torch.Tensor,
@@ -112,8 +98,6 @@ def attention_forward(
     if not torch.compiler.is_compiling() and not torch.onnx.is_in_onnx_export():
         core._check(query)
     scale = float(scaling) if scaling is not None else query.shape[-1] ** -0.5
-    if torch.onnx.is_in_onnx_export():
-        key, value = _expand_kv(key, value, query.shape[1])
     out = sparse_attention(
         query,
         key.to(query.dtype),
