@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import os
+from dataclasses import dataclass
 
 import triton
 import triton.language as tl
@@ -39,6 +40,7 @@ POINTER_INPUTS = ("Q", "K", "V", "RowPtr", "ColIdx", "MaskIdx", "Masks", "Kpm")
 INT_ARGS = (
     "seq_len",
     "num_heads",
+    "kv_group",
     "stride_qb",
     "stride_qh",
     "stride_qs",
@@ -61,7 +63,9 @@ OUTPUT_ARGS = ("Out",)
 CONST_ARGS = (
     "scale",
     "BS",
-    "BLOCK",
+    "BLOCK_M",
+    "BLOCK_N",
+    "M_SPLIT",
     "D",
     "D_PAD",
     "DV",
@@ -95,6 +99,7 @@ def _block_sparse_attn_fwd(
     Kpm,
     seq_len,
     num_heads,
+    kv_group,
     stride_qb,
     stride_qh,
     stride_qs,
@@ -113,7 +118,9 @@ def _block_sparse_attn_fwd(
     Out,
     scale,
     BS: tl.constexpr,
-    BLOCK: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    M_SPLIT: tl.constexpr,
     D: tl.constexpr,
     D_PAD: tl.constexpr,
     DV: tl.constexpr,
@@ -123,26 +130,30 @@ def _block_sparse_attn_fwd(
     PV_SPLIT: tl.constexpr,
     NONFINITE_V: tl.constexpr,
 ):
-    qblk = tl.program_id(0)
+    # program: one query tile (BLOCK_M rows of query block qblk) of one (batch, query head)
+    pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
+    qblk = pid_m // M_SPLIT
+    sub = pid_m % M_SPLIT
     b = pid_bh // num_heads
     h = pid_bh % num_heads
+    hk = h // kv_group  # grouped-query attention: the K/V head this query head reads
     # 64-bit offsets: B*H*S*D may exceed 2**31 elements.
     b64 = b.to(tl.int64)
     h64 = h.to(tl.int64)
+    hk64 = hk.to(tl.int64)
 
-    loc = tl.arange(0, BLOCK)  # position inside a tile (padded to a power of two)
-    loc_ok = loc < BS
-    offs_m = qblk * BS + loc
-    row_ok = loc_ok & (offs_m < seq_len)
+    loc_m = sub * BLOCK_M + tl.arange(0, BLOCK_M)  # row inside the layout block
+    offs_m = qblk * BS + loc_m
+    row_ok = (loc_m < BS) & (offs_m < seq_len)
     offs_d = tl.arange(0, D_PAD)
     offs_dv = tl.arange(0, DV_PAD)
     d_ok = offs_d < D
     dv_ok = offs_dv < DV
 
     q_base = Q + b64 * stride_qb + h64 * stride_qh
-    k_base = K + b64 * stride_kb + h64 * stride_kh
-    v_base = V + b64 * stride_vb + h64 * stride_vh
+    k_base = K + b64 * stride_kb + hk64 * stride_kh
+    v_base = V + b64 * stride_vb + hk64 * stride_vh
     q = tl.load(
         q_base + offs_m.to(tl.int64)[:, None] * stride_qs + offs_d[None, :],
         mask=row_ok[:, None] & d_ok[None, :],
@@ -150,9 +161,9 @@ def _block_sparse_attn_fwd(
     )
 
     qk_scale = scale * 1.4426950408889634  # softmax in base 2
-    m_i = tl.full([BLOCK], float("-inf"), dtype=tl.float32)
-    l_i = tl.full([BLOCK], 0.0, dtype=tl.float32)
-    acc = tl.full([BLOCK, DV_PAD], 0.0, dtype=tl.float32)
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.full([BLOCK_M], 0.0, dtype=tl.float32)
+    acc = tl.full([BLOCK_M, DV_PAD], 0.0, dtype=tl.float32)
 
     rp = RowPtr + h * layout_stride_rp + qblk
     start = tl.load(rp)
@@ -164,82 +175,106 @@ def _block_sparse_attn_fwd(
         kb = tl.load(ci + e)
         if kb < n_kblocks:  # crop: key blocks past the request's length are never read
             midx = tl.load(mi_base + e)
-            offs_n = kb * BS + loc
-            key_ok = loc_ok & (offs_n < seq_len)
-            if HAS_KPM:
-                pad = tl.load(Kpm + b64 * stride_kpm_b + offs_n, mask=key_ok, other=0)
-                key_ok = key_ok & (pad != 0)
-            visible = row_ok[:, None] & key_ok[None, :]
-            if midx >= 0:  # partial tile: apply its mask
-                tmask = tl.load(
-                    Masks + midx.to(tl.int64) * (BS * BS) + loc[:, None] * BS + loc[None, :],
-                    mask=loc_ok[:, None] & loc_ok[None, :],
-                    other=0,
+            # the key block in chunks of BLOCK_N keys (one chunk when BLOCK_N covers it)
+            for n0 in range(0, BS, BLOCK_N):
+                loc_n = n0 + tl.arange(0, BLOCK_N)
+                offs_n = kb * BS + loc_n
+                key_ok = (loc_n < BS) & (offs_n < seq_len)
+                if HAS_KPM:
+                    pad = tl.load(Kpm + b64 * stride_kpm_b + offs_n, mask=key_ok, other=0)
+                    key_ok = key_ok & (pad != 0)
+                visible = row_ok[:, None] & key_ok[None, :]
+                if midx >= 0:  # partial tile: apply its mask
+                    tmask = tl.load(
+                        Masks
+                        + midx.to(tl.int64) * (BS * BS)
+                        + loc_m[:, None] * BS
+                        + loc_n[None, :],
+                        mask=(loc_m < BS)[:, None] & (loc_n < BS)[None, :],
+                        other=0,
+                    )
+                    visible = visible & (tmask != 0)
+                # keys that no query of this tile sees: zero K and V so NaN/Inf cannot leak
+                col_used = tl.reduce(visible.to(tl.int32), 0, _MAX_COMBINE) > 0
+                k = tl.load(
+                    k_base + offs_n.to(tl.int64)[:, None] * stride_ks + offs_d[None, :],
+                    mask=key_ok[:, None] & d_ok[None, :],
+                    other=0.0,
                 )
-                visible = visible & (tmask != 0)
-            # keys that no query of this tile sees: zero K and V so NaN/Inf cannot leak
-            col_used = tl.reduce(visible.to(tl.int32), 0, _MAX_COMBINE) > 0
-            k = tl.load(
-                k_base + offs_n.to(tl.int64)[:, None] * stride_ks + offs_d[None, :],
-                mask=key_ok[:, None] & d_ok[None, :],
-                other=0.0,
-            )
-            k = tl.where(col_used[:, None], k, 0.0)
-            v_ptrs = v_base + offs_n.to(tl.int64)[:, None] * stride_vs + offs_dv[None, :]
-            v_mask = key_ok[:, None] & dv_ok[None, :]
-            v = tl.load(v_ptrs, mask=v_mask, other=0.0)
-            v = tl.where(col_used[:, None], v, 0.0)
-            # Non-finite V of a key that only some rows of the tile see: p = 0 for the other
-            # rows, but 0 * NaN = NaN inside the dot. Clean V, then restore NaN/Inf exactly
-            # for the rows that do see such a key (rare branch).
-            if NONFINITE_V:
-                v32 = v.to(tl.float32)  # (the interpreter compares bf16 as raw bits)
-                v_bad = (v32 != v32) | (tl.abs(v32) == float("inf"))
-                n_bad = tl.reduce(tl.reduce(v_bad.to(tl.int32), 1, _MAX_COMBINE), 0, _MAX_COMBINE)
-                v = tl.where(v_bad, 0.0, v)
-            if UPCAST_DOT:  # interpreter: its tl.dot multiplies bf16 bit patterns as integers
-                s = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)), input_precision="ieee")
-            else:
-                s = tl.dot(q, tl.trans(k), input_precision="ieee")
-            s = s * qk_scale
-            s = tl.where(visible, s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.reduce(s, 1, _MAX_COMBINE))
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-            alpha = tl.exp2(m_i - m_safe)
-            p = tl.exp2(s - m_safe[:, None])
-            p = tl.where(visible, p, 0.0)
-            l_i = l_i * alpha + tl.reduce(p, 1, _SUM_COMBINE)
-            # P @ V with P rounded to V's dtype (tensor cores). With PV_SPLIT the rounding
-            # error of P is carried by a second product: P = P_hi + P_lo, both in V's dtype,
-            # which keeps 16-bit outputs within their own rounding even when |V| is large.
-            p_hi = p.to(v.dtype)
-            if UPCAST_DOT:  # same rounding of p as the compiled kernel, fp32 product
-                pv = tl.dot(p_hi.to(tl.float32), v.to(tl.float32), input_precision="ieee")
-            else:
-                pv = tl.dot(p_hi, v, input_precision="ieee")
-            if PV_SPLIT:
-                p_lo = (p - p_hi.to(tl.float32)).to(v.dtype)
-                if UPCAST_DOT:
-                    pv += tl.dot(p_lo.to(tl.float32), v.to(tl.float32), input_precision="ieee")
+                k = tl.where(col_used[:, None], k, 0.0)
+                v_ptrs = v_base + offs_n.to(tl.int64)[:, None] * stride_vs + offs_dv[None, :]
+                v_mask = key_ok[:, None] & dv_ok[None, :]
+                v = tl.load(v_ptrs, mask=v_mask, other=0.0)
+                v = tl.where(col_used[:, None], v, 0.0)
+                # Non-finite V of a key that only some rows of the tile see: p = 0 for the
+                # other rows, but 0 * NaN = NaN inside the dot. Clean V, then restore NaN/Inf
+                # exactly for the rows that do see such a key (rare branch).
+                if NONFINITE_V:
+                    v32 = v.to(tl.float32)  # (the interpreter compares bf16 as raw bits)
+                    v_bad = (v32 != v32) | (tl.abs(v32) == float("inf"))
+                    n_bad = tl.reduce(
+                        tl.reduce(v_bad.to(tl.int32), 1, _MAX_COMBINE), 0, _MAX_COMBINE
+                    )
+                    v = tl.where(v_bad, 0.0, v)
+                if UPCAST_DOT:  # interpreter: its tl.dot multiplies bf16 bit patterns as ints
+                    s = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)), input_precision="ieee")
                 else:
-                    pv += tl.dot(p_lo, v, input_precision="ieee")
-            if NONFINITE_V and n_bad > 0:
-                # reload V (nothing kept live across the main path); count, per output
-                # element, the visible keys holding +Inf (weight 1) / -Inf (weight 256) and
-                # NaN: exact small integers in fp16 x fp16 -> fp32 products
-                vr = tl.load(v_ptrs, mask=v_mask, other=0.0).to(tl.float32)
-                vr = tl.where(col_used[:, None], vr, 0.0)
-                seen = visible.to(tl.float16)
-                code = tl.where(vr == float("inf"), 1.0, tl.where(vr == float("-inf"), 256.0, 0.0))
-                n_inf = tl.dot(seen, code.to(tl.float16), out_dtype=tl.float32)
-                has_ninf = n_inf >= 256.0
-                has_pinf = (n_inf - 256.0 * tl.floor(n_inf / 256.0)) > 0.0
-                pv = tl.where(has_pinf, float("inf"), pv)
-                pv = tl.where(has_ninf, tl.where(has_pinf, float("nan"), float("-inf")), pv)
-                n_nan = tl.dot(seen, (vr != vr).to(tl.float16), out_dtype=tl.float32)
-                pv = tl.where(n_nan > 0.0, float("nan"), pv)
-            acc = acc * alpha[:, None] + pv
-            m_i = m_new
+                    s = tl.dot(q, tl.trans(k), input_precision="ieee")
+                s = s * qk_scale
+                s = tl.where(visible, s, float("-inf"))
+                m_new = tl.maximum(m_i, tl.reduce(s, 1, _MAX_COMBINE))
+                m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+                alpha = tl.exp2(m_i - m_safe)
+                p = tl.exp2(s - m_safe[:, None])
+                p = tl.where(visible, p, 0.0)
+                l_i = l_i * alpha + tl.reduce(p, 1, _SUM_COMBINE)
+                # P @ V with P rounded to V's dtype (tensor cores). With PV_SPLIT the rounding
+                # error of P is carried by a second product: P = P_hi + P_lo, both in V's
+                # dtype, which keeps 16-bit outputs within their own rounding for large |V|.
+                p_hi = p.to(v.dtype)
+                if UPCAST_DOT:  # same rounding of p as the compiled kernel, fp32 product
+                    pv = tl.dot(p_hi.to(tl.float32), v.to(tl.float32), input_precision="ieee")
+                else:
+                    pv = tl.dot(p_hi, v, input_precision="ieee")
+                if PV_SPLIT:
+                    p_lo = (p - p_hi.to(tl.float32)).to(v.dtype)
+                    if UPCAST_DOT:
+                        pv += tl.dot(p_lo.to(tl.float32), v.to(tl.float32), input_precision="ieee")
+                    else:
+                        pv += tl.dot(p_lo, v, input_precision="ieee")
+                acc = acc * alpha[:, None] + pv
+                m_i = m_new
+                if NONFINITE_V and n_bad > 0:
+                    # Rare branch: put back what cleaning V removed. For each visible key j,
+                    # add V[j] where it is non-finite (0 elsewhere): +Inf, -Inf and NaN then
+                    # combine as they would in the product (Inf - Inf = NaN). One key at a
+                    # time, visibility recomputed from the masks (a tile of booleans reshaped
+                    # for a dot product cannot be staged by Triton 3.9 for some tile shapes).
+                    for j in range(0, BLOCK_N):
+                        nj = n0 + j
+                        key = kb * BS + nj
+                        # (per-row and per-column copies of the key's checks: masks of loads
+                        # stay vectors, which the interpreter needs)
+                        key_m = loc_m * 0 + key
+                        seen_j = row_ok & (key_m < seq_len) & (key_m < kb * BS + BS)
+                        if HAS_KPM:
+                            kp = tl.load(Kpm + b64 * stride_kpm_b + key_m, mask=seen_j, other=0)
+                            seen_j = seen_j & (kp != 0)
+                        if midx >= 0:
+                            col = tl.load(
+                                Masks + midx.to(tl.int64) * (BS * BS) + loc_m * BS + nj,
+                                mask=seen_j,
+                                other=0,
+                            )
+                            seen_j = seen_j & (col != 0)
+                        key_d = offs_dv * 0 + key
+                        vj = tl.load(
+                            v_base + key_d.to(tl.int64) * stride_vs + offs_dv,
+                            mask=dv_ok & (key_d < seq_len) & (key_d < kb * BS + BS),
+                            other=0.0,
+                        ).to(tl.float32)
+                        nonfinite_j = tl.where((vj != vj) | (tl.abs(vj) == float("inf")), vj, 0.0)
+                        acc += tl.where(seen_j[:, None], nonfinite_j[None, :], 0.0)
 
     # l == 0: no visible key -> exactly 0; l = NaN (a visible key held NaN) stays NaN
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
@@ -303,13 +338,70 @@ def padded_dim(n: int) -> int:
     return p
 
 
-def num_warps_for(block: int, d_pad: int) -> int:
-    """Warps per program: 8 when a tile holds >= 64 x 128 elements, else 4.
+#: Largest head dim ``D`` / ``Dv`` the kernel takes (padded inside to a power of two).
+MAX_HEAD_DIM = 256
+#: Element size in bytes of each input dtype the kernel takes.
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 
-    Chosen from ``ptxas -v`` on the AOT PTX (sm_80/sm_90): with 4 warps, 64 x 128 and
-    128 x 64 tiles spill hundreds of bytes per thread; with 8 they fit in 255 registers.
-    ``d_pad`` is the larger padded head dim (D or Dv).
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    """Tiling and launch parameters of one specialisation.
+
+    Attributes:
+        block_m: query rows per program (a power of two, 16..padded block size); a layout
+            block of ``bs`` rows is covered by ``ceil(bs / block_m)`` programs.
+        block_n: keys per inner step (a power of two, 16..padded block size); each stored
+            key block is processed in ``ceil(bs / block_n)`` steps.
+        num_warps: warps per program (threads = 32 x num_warps).
+        num_stages: Triton's software-pipelining depth.
     """
+
+    block_m: int
+    block_n: int
+    num_warps: int
+    num_stages: int = 2
+
+
+def _dtype_name(dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def launch_config(dtype, block_size: int, head_dim: int, value_dim: int) -> LaunchConfig:
+    """The launch configuration used for ``(dtype, block_size, D, Dv)`` (one rule for the
+    launcher, the AOT compiler and the report of ``python -m sparse_attn.plugins.aot
+    --report``).
+
+    Chosen from ``ptxas -v`` on the AOT PTX for sm_80 and sm_90 (the table in docs/gpu.md):
+    the fp32 accumulator ``[block_m, Dv]`` and the query tile ``[block_m, D]`` live in
+    registers, the K/V tiles ``[block_n, D]`` / ``[block_n, Dv]`` in shared memory. Wide
+    heads take fewer rows and keys per step so that neither spills nor outgrows shared
+    memory; tiles of >= 64 x 128 elements take 8 warps.
+
+    Args:
+        dtype: ``torch.dtype`` or its name (float32, float16, bfloat16).
+        block_size: layout block size (tokens); D, Dv: head dims (1..:data:`MAX_HEAD_DIM`).
+
+    Raises:
+        ValueError: a dtype or head dim the kernel does not take.
+    """
+    name = _dtype_name(dtype)
+    if name not in DTYPE_BYTES:
+        raise ValueError(f"dtype {name} not supported (float32, float16, bfloat16 are)")
+    for what, n in (("head_dim", head_dim), ("value head_dim", value_dim)):
+        if not 1 <= int(n) <= MAX_HEAD_DIM:
+            raise ValueError(f"{what} {n} not supported (1..{MAX_HEAD_DIM})")
+    block = padded_dim(block_size)
+    dp = max(padded_dim(head_dim), padded_dim(value_dim))
+    wide = DTYPE_BYTES[name] * dp  # bytes of one K/V row
+    block_m = min(block, 64 if wide <= 256 else 32 if wide <= 512 else 16)
+    block_n = min(block, 64 if wide <= 128 else 32 if wide <= 512 else 16)
+    num_warps = 8 if block_m * dp >= 64 * 128 else 4
+    return LaunchConfig(block_m, block_n, num_warps, 2)
+
+
+def num_warps_for(block: int, d_pad: int) -> int:
+    """Warps per program for a ``block x d_pad`` tile (see :func:`launch_config`)."""
     return 8 if block * d_pad >= 64 * 128 else 4
 
 
@@ -321,6 +413,8 @@ def compile_constants(
     upcast_dot: bool = False,
     pv_split: bool = False,
     nonfinite_v: bool = True,
+    config: LaunchConfig | None = None,
+    dtype="float16",
 ) -> dict:
     """Compile-time constants of one specialisation (shared by the launcher and AOT).
 
@@ -328,10 +422,18 @@ def compile_constants(
     (for bf16, whose ``tl.dot`` Triton 3.9's interpreter computes on the raw uint16 bits).
     ``pv_split`` computes ``P @ V`` as ``P_hi @ V + P_lo @ V`` (one more tensor-core product
     per tile) so that rounding P to fp16/bf16 does not cost accuracy; useless for fp32.
+    ``config`` defaults to :func:`launch_config` for ``dtype``.
     """
+    cfg = config or launch_config(dtype, block_size, head_dim, value_dim)
+    block = padded_dim(block_size)
+    for what, n in (("block_m", cfg.block_m), ("block_n", cfg.block_n)):
+        if n < 16 or n & (n - 1) or n > block:
+            raise ValueError(f"{what}={n} must be a power of two in 16..{block}")
     return {
         "BS": int(block_size),
-        "BLOCK": padded_dim(block_size),
+        "BLOCK_M": int(cfg.block_m),
+        "BLOCK_N": int(cfg.block_n),
+        "M_SPLIT": -(-int(block_size) // int(cfg.block_m)),
         "D": int(head_dim),
         "D_PAD": padded_dim(head_dim),
         "DV": int(value_dim),
@@ -368,15 +470,19 @@ def attention_arrays(
     out=None,
     precise_pv: bool | None = None,
     assume_finite_v: bool | None = None,
+    config: LaunchConfig | None = None,
 ):
     """Launch the kernel on arrays (the array-level contract of the kernels package).
 
     Args:
         query: ``[B, H, S, D]`` fp32/fp16/bf16, CUDA (compiled) or CPU (Triton interpreter,
-            needs ``TRITON_INTERPRET=1``).
-        key: ``[B, H, S, D]``, same dtype and device.
-        value: ``[B, H, S, Dv]``, same dtype and device.
-        row_ptr: int32 ``[LH, nQB_max + 1]`` (LH = H, or 1 for one layout shared by all heads).
+            needs ``TRITON_INTERPRET=1``); D in 1..:data:`MAX_HEAD_DIM`.
+        key: ``[B, Hkv, S, D]``, same dtype and device, ``H % Hkv == 0``: query head ``h``
+            reads K/V head ``h // (H // Hkv)`` (grouped-query attention; K/V are read in
+            place, never repeated per query head).
+        value: ``[B, Hkv, S, Dv]``, same dtype and device; Dv in 1..:data:`MAX_HEAD_DIM`.
+        row_ptr: int32 ``[LH, nQB_max + 1]`` (LH = H, or 1 for one layout shared by all
+            query heads).
         col_idx: int32 ``[LH, nnz]`` key-block columns, ``mask_idx`` int32 ``[LH, nnz]``
             (-1 = full tile), ``masks`` uint8 ``[M >= 1, bs, bs]``: the FULL layout for its
             max length; the kernel crops by bounds.
@@ -392,16 +498,26 @@ def attention_arrays(
             ``torch.isfinite(value).all()`` (one pass over V and, on CUDA, a host sync; during
             CUDA graph capture the safe variant is used without checking). Keys that no row of a
             tile sees (padding, keys >= S) are always safe.
+        config: tiling/launch parameters (default :func:`launch_config`); tests use it to
+            exercise split query blocks and chunked key blocks.
 
     Returns:
         ``[B, H, S, Dv]`` in ``query``'s dtype.
 
-    No validation beyond what the launch needs: the backend module validates first.
+    Raises:
+        ValueError: ``H`` not a multiple of ``Hkv``, or a wrong ``out`` buffer (the backend
+            module validates everything else before calling).
     """
     import torch
 
     bsz, nh, slen, hd = query.shape
+    nkv = key.shape[1]
     dv = value.shape[-1]
+    if nkv < 1 or nh % nkv or value.shape[1] != nkv:
+        raise ValueError(
+            f"key/value must have Hkv heads with H % Hkv == 0 (H={nh}), got key "
+            f"{list(key.shape)}, value {list(value.shape)}"
+        )
 
     def last_contig(t):
         return t if t.stride(-1) == 1 else t.contiguous()
@@ -442,6 +558,7 @@ def attention_arrays(
     if out.numel() == 0:
         return out
     interpret = dev.type == "cpu"
+    cfg = config or launch_config(query.dtype, block_size, hd, dv)
     consts = compile_constants(
         block_size,
         hd,
@@ -451,14 +568,11 @@ def attention_arrays(
         pv_split=(PRECISE_PV if precise_pv is None else precise_pv)
         and query.dtype in (torch.float16, torch.bfloat16),
         nonfinite_v=_needs_nonfinite_variant(value, assume_finite_v),
+        config=cfg,
     )
-    grid = (-(-slen // block_size), bsz * nh)
+    grid = (-(-slen // block_size) * consts["M_SPLIT"], bsz * nh)
     kernel = get_kernel(interpret)
-    extra = (
-        {}
-        if interpret
-        else {"num_warps": num_warps_for(consts["BLOCK"], max(consts["D_PAD"], consts["DV_PAD"]))}
-    )
+    extra = {} if interpret else {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
     kernel[grid](
         query,
         key,
@@ -470,6 +584,7 @@ def attention_arrays(
         kpm,
         slen,
         nh,
+        nh // nkv,
         query.stride(0),
         query.stride(1),
         query.stride(2),
@@ -495,14 +610,17 @@ def attention_arrays(
 
 __all__ = [
     "CONST_ARGS",
+    "DTYPE_BYTES",
     "INT_ARGS",
+    "MAX_HEAD_DIM",
     "OUTPUT_ARGS",
     "POINTER_INPUTS",
+    "LaunchConfig",
     "attention_arrays",
     "compile_constants",
     "get_kernel",
     "interpreter_enabled",
-    "num_warps_for",
+    "launch_config",
     "padded_dim",
     "triton",
 ]

@@ -81,8 +81,8 @@ class KernelSpec:
     Attributes:
         dtype: ``"float32" | "float16" | "bfloat16"`` of query/key/value/output.
         block_size: layout block size (tokens, 16..128).
-        num_heads: H of query/key/value.
-        head_dim: D; value_dim: Dv (1..128).
+        num_heads: H of query (and of the output).
+        head_dim: D; value_dim: Dv (1..256).
         layout_heads: rows of ``row_ptr`` (H, or 1 for a layout shared by all heads).
         row_ptr_len: ``nQB_max + 1`` (second dim of ``row_ptr``).
         nnz: second dim of ``col_idx`` / ``mask_idx``.
@@ -90,6 +90,8 @@ class KernelSpec:
         kpm_dtype: dtype of ``key_padding_mask`` or None when absent.
         masks_dtype: dtype of the ``masks`` table (uint8 in an export; the TensorRT engine
             builder widens it to int32).
+        num_kv_heads: Hkv of key/value (grouped-query attention, ``num_heads % Hkv == 0``;
+            query head ``h`` reads K/V head ``h // (H // Hkv)``); None means ``num_heads``.
     """
 
     dtype: str
@@ -103,6 +105,19 @@ class KernelSpec:
     scale: float
     kpm_dtype: str | None = "bool"
     masks_dtype: str = "uint8"
+    num_kv_heads: int | None = None
+
+    @property
+    def kv_heads(self) -> int:
+        """Hkv (``num_kv_heads``, or ``num_heads`` when it is None)."""
+        return self.num_heads if self.num_kv_heads is None else int(self.num_kv_heads)
+
+    @property
+    def config(self):
+        """The :class:`~sparse_attn.kernels.triton_kernel.LaunchConfig` of this spec."""
+        from sparse_attn.kernels.triton_kernel import launch_config
+
+        return launch_config(self.dtype, self.block_size, self.head_dim, self.value_dim)
 
     def validate(self) -> None:
         """Raise InvalidInputError on values the kernel does not support."""
@@ -117,9 +132,18 @@ class KernelSpec:
                 f"block_size must be in {opspec.MIN_BLOCK_SIZE}..{opspec.MAX_BLOCK_SIZE}, "
                 f"got {self.block_size}"
             )
+        from sparse_attn.kernels.triton_kernel import MAX_HEAD_DIM
+
         for name in ("head_dim", "value_dim"):
-            if not 1 <= getattr(self, name) <= 128:
-                raise InvalidInputError(f"{name} must be in 1..128, got {getattr(self, name)}")
+            if not 1 <= getattr(self, name) <= MAX_HEAD_DIM:
+                raise InvalidInputError(
+                    f"{name} must be in 1..{MAX_HEAD_DIM}, got {getattr(self, name)}"
+                )
+        if self.num_heads < 1 or self.kv_heads < 1 or self.num_heads % self.kv_heads:
+            raise InvalidInputError(
+                f"num_heads={self.num_heads} must be a positive multiple of "
+                f"num_kv_heads={self.kv_heads}"
+            )
         if self.layout_heads not in (1, self.num_heads):
             raise InvalidInputError(
                 f"layout has {self.layout_heads} heads; expected 1 or num_heads={self.num_heads}"
@@ -186,10 +210,13 @@ def signature_and_constants(spec: KernelSpec) -> tuple[dict, dict]:
         spec.kpm_dtype is not None,
         pv_split=tk.PRECISE_PV and spec.dtype in ("float16", "bfloat16"),
         nonfinite_v=True,  # an engine cannot look at V before launching: always safe
+        config=spec.config,
+        dtype=spec.dtype,
     )
     consts.update(
         scale=float(spec.scale),
         num_heads=int(spec.num_heads),
+        kv_group=int(spec.num_heads // spec.kv_heads),
         stride_qs=int(spec.head_dim),
         stride_ks=int(spec.head_dim),
         stride_vs=int(spec.value_dim),
@@ -233,13 +260,17 @@ def divisibility_hints(spec: KernelSpec) -> list[str]:
     names = [*tk.POINTER_INPUTS, *tk.OUTPUT_ARGS]
     if spec.kpm_dtype is None:
         names.remove("Kpm")
-    h, d, dv = spec.num_heads, spec.head_dim, spec.value_dim
+    h, hkv, d, dv = spec.num_heads, spec.kv_heads, spec.head_dim, spec.value_dim
     if (h * d) % 16 == 0:
-        names += ["stride_qb", "stride_kb"]
+        names.append("stride_qb")
+    if (hkv * d) % 16 == 0:
+        names.append("stride_kb")
     if d % 16 == 0:
         names += ["stride_qh", "stride_kh"]
+    if (hkv * dv) % 16 == 0:
+        names.append("stride_vb")
     if (h * dv) % 16 == 0:
-        names += ["stride_vb", "stride_ob"]
+        names.append("stride_ob")
     if dv % 16 == 0:
         names += ["stride_vh", "stride_oh"]
     return names
@@ -251,15 +282,15 @@ def runtime_int_values(spec: KernelSpec, seq_len):
     ``seq_len`` may be an int or a symbolic expression that supports ``*`` with ints on
     its left operand (TensorRT's ``ShapeExpr``); strides are written ``S * const``.
     """
-    h, d, dv = spec.num_heads, spec.head_dim, spec.value_dim
+    h, hkv, d, dv = spec.num_heads, spec.kv_heads, spec.head_dim, spec.value_dim
     s = seq_len
     return (
         s,  # seq_len
         s * (h * d),  # stride_qb
         s * d,  # stride_qh
-        s * (h * d),  # stride_kb
+        s * (hkv * d),  # stride_kb   (key [B, Hkv, S, D])
         s * d,  # stride_kh
-        s * (h * dv),  # stride_vb
+        s * (hkv * dv),  # stride_vb   (value [B, Hkv, S, Dv])
         s * dv,  # stride_vh
         s * (h * dv),  # stride_ob
         s * dv,  # stride_oh
@@ -268,9 +299,16 @@ def runtime_int_values(spec: KernelSpec, seq_len):
 
 
 def launch_grid(spec: KernelSpec, batch, seq_len, cdiv=None):
-    """Grid ``(ceil(S / block_size), B * H, 1)``; ``cdiv`` for symbolic sizes."""
+    """Grid ``(ceil(S / block_size) * M_SPLIT, B * H, 1)``; ``cdiv`` for symbolic sizes.
+
+    ``M_SPLIT = ceil(block_size / block_m)`` programs share one query block (wide heads).
+    """
     cdiv = cdiv or (lambda a, b: -(-a // b))
-    return cdiv(seq_len, spec.block_size), batch * spec.num_heads, 1
+    m_split = -(-spec.block_size // spec.config.block_m)
+    gx = cdiv(seq_len, spec.block_size)
+    if m_split != 1:
+        gx = gx * m_split
+    return gx, batch * spec.num_heads, 1
 
 
 _ENTRY_RE = re.compile(r"\.entry\s+(?P<name>[A-Za-z_$][\w$]*)\s*\((?P<params>[^)]*)\)", re.S)
@@ -321,7 +359,7 @@ def compile_kernel(
     arch: int = 90,
     ptx_version: int | None = None,
     num_warps: int | None = None,
-    num_stages: int = 2,
+    num_stages: int | None = None,
     strip_hidden: bool = True,
 ) -> CompiledKernel:
     """Compile ``spec`` for ``sm_<arch>`` without a GPU.
@@ -331,8 +369,8 @@ def compile_kernel(
         arch: compute capability x 10 (80 = A100, 90 = H100/H200).
         ptx_version: PTX ISA version x 10 (90 -> ``.version 9.0``); default
             :func:`default_ptx_version`.
-        num_warps: default from :func:`triton_kernel.num_warps_for`.
-        num_stages: software pipelining depth (2 keeps shared memory low).
+        num_warps, num_stages: default from the spec's launch configuration
+            (:func:`sparse_attn.kernels.triton_kernel.launch_config`).
         strip_hidden: remove Triton's unused hidden scratch parameters (see module docstring).
 
     Raises:
@@ -346,7 +384,9 @@ def compile_kernel(
     if ptx_version is None:
         ptx_version = default_ptx_version(arch)
     sig, consts = signature_and_constants(spec)
-    nw = num_warps or tk.num_warps_for(consts["BLOCK"], max(consts["D_PAD"], consts["DV_PAD"]))
+    cfg = spec.config
+    nw = num_warps or cfg.num_warps
+    num_stages = num_stages or cfg.num_stages
     fn = tk.get_kernel(False)
     attrs = {(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n in divisibility_hints(spec)}
     src = ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs)
