@@ -6,8 +6,9 @@ root is put on ``sys.path``). Budget: under 8 minutes on one H100/H200-class GPU
 
 1. Correctness: ``block_sparse_attention(..., backend="triton")`` against the float64 dense
    reference over a grid of fp16/bf16 cases (ragged S, S < layout length, key padding with
-   NaN/Inf behind it, causal and per-head patterns, empty rows, head dims 32..128 incl. 80,
-   block sizes 16..128, fp16 near overflow).
+   NaN/Inf behind it, causal and per-head patterns, empty rows, head dims 32..256 incl. 80,
+   block sizes 16..128, fp16 near overflow, grouped-query K/V: 4 query heads over 1 K/V head
+   at D = 256 as Gemma 3, 8 over 2 at D = 128).
 2. Speed at S = 4k..32k (B=1, H=16, D=64, fp16, ``band(w=256) | global(n=64)``, block 64):
    the Triton kernel (``triton_ms``: P @ V as two 16-bit products, V known finite;
    ``triton_fast_pv_ms``: FlashAttention's single product; ``triton_nonfinite_safe_ms``: the
@@ -15,7 +16,8 @@ root is put on ``sys.path``). Budget: under 8 minutes on one H100/H200-class GPU
    ``block_sparse_attention``, with validation and the isfinite(V) check), PyTorch SDPA dense (flash
    backend: the dense lower bound to beat), and
    FlexAttention (compiled) given the same token mask through ``mask_mod``. Median of CUDA
-   event timings.
+   event timings. Then the same at S = 4k..16k for grouped K/V with wide heads (H=8 over
+   Hkv=2, D=256; ``--wide-seq-lens``), SDPA and FlexAttention with ``enable_gqa=True``.
 
 Writes ``<out>/gpu_check.json`` and prints a table. Exit codes: 0 all correct, 3 a
 correctness case failed, 1 no CUDA GPU (one line on stderr), 2 bad arguments.
@@ -68,8 +70,14 @@ def correctness_cases(quick: bool) -> list[dict]:
                  spec="block_local(b=256)", causal=True, pad=True),
             dict(dtype=dt, b=1, h=1, s=500, smax=512, d=64, dv=64, bs=64,
                  spec="band(w=1)", causal=False, pad=True, big=True),
+            dict(dtype=dt, b=2, h=4, hkv=1, s=1000, smax=1024, d=256, dv=256, bs=64,
+                 spec="band(w=100) | global(n=16)", causal=True, pad=True),
+            dict(dtype=dt, b=1, h=8, hkv=2, s=1500, smax=2048, d=128, dv=128, bs=128,
+                 spec="band(w=300)", causal=True, pad=True),
+            dict(dtype=dt, b=1, h=4, hkv=2, s=333, smax=400, d=256, dv=80, bs=16,
+                 spec="dilated(w=4, d=2) | global(n=3)", causal=False, pad=True),
         ]  # fmt: skip
-    return cases[:4] if quick else cases
+    return [c for i, c in enumerate(cases) if i % 8 in (0, 1, 2, 3, 5)] if quick else cases
 
 
 def self_test_shrink(c: dict) -> dict:
@@ -89,11 +97,10 @@ def run_case(c: dict, dev: str = "cuda") -> dict:
         zlib.crc32(json.dumps(c, sort_keys=True).encode())
     )
     scale_in = 40.0 if c.get("big") else 1.0
-    q, k = (
-        (torch.randn(c["b"], c["h"], c["s"], c["d"], generator=g) * scale_in).to(dev, dtype)
-        for _ in range(2)
-    )
-    v = torch.randn(c["b"], c["h"], c["s"], c["dv"], generator=g)
+    hkv = c.get("hkv", c["h"])
+    q = (torch.randn(c["b"], c["h"], c["s"], c["d"], generator=g) * scale_in).to(dev, dtype)
+    k = (torch.randn(c["b"], hkv, c["s"], c["d"], generator=g) * scale_in).to(dev, dtype)
+    v = torch.randn(c["b"], hkv, c["s"], c["dv"], generator=g)
     if c.get("big"):
         v = v.sign() * 6.0e4
     v = v.to(dev, dtype)
@@ -109,7 +116,14 @@ def run_case(c: dict, dev: str = "cuda") -> dict:
     out = block_sparse_attention(q, k, v, layout, kpm, backend="triton")
     _sync(dev)
     t_run = time.perf_counter() - t0
-    ref = reference_attention(q.double(), k.double(), v.double(), layout, kpm)
+    group = c["h"] // hkv  # the float64 oracle may repeat K/V per query head; the kernel never
+    ref = reference_attention(
+        q.double(),
+        k.double().repeat_interleave(group, dim=1),
+        v.double().repeat_interleave(group, dim=1),
+        layout,
+        kpm,
+    )
     atol, rtol = TOL[c["dtype"]]
     o = out.double()
     diff = (o - ref).abs()
@@ -160,7 +174,17 @@ def _time(fn, iters: int, dev: str = "cuda") -> float:
 
 
 def run_timings(
-    seq_lens, heads, head_dim, bs, band, glob, iters, deadline, dev="cuda", use_flex=True
+    seq_lens,
+    heads,
+    head_dim,
+    bs,
+    band,
+    glob,
+    iters,
+    deadline,
+    dev="cuda",
+    use_flex=True,
+    kv_heads=None,
 ) -> list[dict]:
     import torch
     import torch.nn.functional as F
@@ -186,14 +210,21 @@ def run_timings(
 
     rows = []
     spec = f"band(w={band}) | global(n={glob})"
+    hkv = kv_heads or heads
+    gqa = {"enable_gqa": True} if hkv != heads else {}
     for s in seq_lens:
         if time.perf_counter() > deadline:
             rows.append({"seq_len": s, "skipped": "time budget"})
             continue
-        row = {"seq_len": s, "heads": heads, "head_dim": head_dim, "block_size": bs}
-        q, k, v = (
-            torch.randn(1, heads, s, head_dim, device=dev, dtype=torch.float16) for _ in range(3)
-        )
+        row = {
+            "seq_len": s,
+            "heads": heads,
+            "kv_heads": hkv,
+            "head_dim": head_dim,
+            "block_size": bs,
+        }
+        q = torch.randn(1, heads, s, head_dim, device=dev, dtype=torch.float16)
+        k, v = (torch.randn(1, hkv, s, head_dim, device=dev, dtype=torch.float16) for _ in range(2))
         layout = _layout(spec, s, bs, heads)
         st = layout.stats()
         row["density_tokens"] = st["density_tokens"]
@@ -237,7 +268,9 @@ def run_timings(
             try:
                 with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
                     row["sdpa_flash_dense_ms"] = _time(
-                        lambda q=q, k=k, v=v: F.scaled_dot_product_attention(q, k, v), iters, dev
+                        lambda q=q, k=k, v=v: F.scaled_dot_product_attention(q, k, v, **gqa),
+                        iters,
+                        dev,
                     )
             except Exception as exc:  # noqa: BLE001 - record, keep going
                 row["sdpa_flash_dense_error"] = str(exc)[:200]
@@ -245,17 +278,17 @@ def run_timings(
             try:
                 bm = create_block_mask(mask_mod, 1, 1, s, s, device="cuda", BLOCK_SIZE=128)
                 row["flex_ms"] = _time(
-                    lambda q=q, k=k, v=v, bm=bm: flex(q, k, v, block_mask=bm), iters
+                    lambda q=q, k=k, v=v, bm=bm: flex(q, k, v, block_mask=bm, **gqa), iters
                 )
                 if s == seq_lens[0]:
                     ot = attention_arrays(q, k, v, *arr, None, bs, scale).float()
-                    of = flex(q, k, v, block_mask=bm).float()
+                    of = flex(q, k, v, block_mask=bm, **gqa).float()
                     row["triton_vs_flex_max_abs"] = float((ot - of).abs().max())
             except Exception as exc:  # noqa: BLE001
                 row["flex_error"] = str(exc)[:200]
         rows.append(row)
         print(
-            f"S={s:>6}  triton {row['triton_ms']:8.3f} ms  "
+            f"S={s:>6} H={heads}/{hkv} D={head_dim}  triton {row['triton_ms']:8.3f} ms  "
             f"(P in one 16-bit product: {row['triton_fast_pv_ms']:8.3f} ms)  "
             f"sdpa-flash(dense) {row.get('sdpa_flash_dense_ms', float('nan')):8.3f} ms  "
             f"flex {row.get('flex_ms', float('nan')):8.3f} ms  "
@@ -280,6 +313,11 @@ def main(argv=None) -> int:
     p.add_argument("--global-tokens", type=int, default=64)
     p.add_argument("--iters", type=int, default=20)
     p.add_argument(
+        "--wide-seq-lens",
+        default="4096,16384",
+        help="sequence lengths of the grouped-query, D=256 timings (H=8 over Hkv=2); '' skips",
+    )
+    p.add_argument(
         "--self-test",
         action="store_true",
         help="exercise this script on CPU under Triton's interpreter (tiny sizes, no timings "
@@ -288,10 +326,11 @@ def main(argv=None) -> int:
     try:
         args = p.parse_args(argv)
         seq_lens = [int(x) for x in args.seq_lens.split(",") if x]
+        wide_seq_lens = [int(x) for x in args.wide_seq_lens.split(",") if x]
     except SystemExit as exc:
         return int(exc.code or 0) and 2
     except ValueError:
-        return _fail(f"--seq-lens must be comma-separated integers, got {args.seq_lens!r}", 2)
+        return _fail("--seq-lens / --wide-seq-lens must be comma-separated integers", 2)
     if not args.self_test:  # the compiled kernel: Triton must not start in interpreter mode
         os.environ.pop("TRITON_INTERPRET", None)
     try:
@@ -316,6 +355,7 @@ def main(argv=None) -> int:
     deadline = start + BUDGET_S
     if args.quick:
         seq_lens = [s for s in seq_lens if s <= 8192]
+        wide_seq_lens = [s for s in wide_seq_lens if s <= 8192]
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     report = {
@@ -336,6 +376,7 @@ def main(argv=None) -> int:
     if args.self_test:
         cases = [self_test_shrink(c) for c in cases[:2]] + [self_test_shrink(cases[4])]
         seq_lens = [128]
+        wide_seq_lens = []
         args.heads = 2
     for c in cases:
         try:
@@ -345,7 +386,8 @@ def main(argv=None) -> int:
         report["correctness"].append(r)
         status = "ok  " if r["passed"] else "FAIL"
         print(
-            f"{status} {c['dtype']:8} B={c['b']} H={c['h']} S={c['s']:>5}/{c['smax']:<5} "
+            f"{status} {c['dtype']:8} B={c['b']} H={c['h']}/{c.get('hkv', c['h'])} "
+            f"S={c['s']:>5}/{c['smax']:<5} "
             f"D={c['d']:>3} bs={c['bs']:>3} {c['spec']}{' causal' if c['causal'] else ''}: "
             f"max_abs_err={r.get('max_abs_err', float('nan')):.3g} {r.get('error', '')}",
             flush=True,
@@ -362,6 +404,20 @@ def main(argv=None) -> int:
         dev,
         use_flex=not args.self_test,
     )
+    if wide_seq_lens:
+        report["timings"] += run_timings(
+            wide_seq_lens,
+            8,
+            256,
+            args.block_size,
+            args.band,
+            args.global_tokens,
+            args.iters,
+            deadline,
+            dev,
+            use_flex=True,
+            kv_heads=2,
+        )
     report["wall_seconds"] = round(time.perf_counter() - start, 1)
     (out_dir / "gpu_check.json").write_text(json.dumps(report, indent=2) + "\n")
     n_fail = sum(not r["passed"] for r in report["correctness"])

@@ -78,21 +78,86 @@ def test_system_ptxas_assembles_stripped_ptx(compiled, tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("ptxas") is None, reason="CUDA ptxas not installed")
-def test_sm90_kernel_is_vectorised_and_does_not_spill(tmp_path):
+def test_sm90_kernel_is_vectorised_and_does_not_spill(compiled):
     """Register budget guard (the only performance signal available without a GPU): with the
-    divisibility hints the loads are 128-bit vectors and ptxas reports no spills on sm_90."""
-    ck = aot.compile_kernel(SPEC, arch=90)
-    assert "ld.global.v4" in ck.ptx
-    src = tmp_path / "k.ptx"
-    src.write_text(ck.ptx)
-    res = subprocess.run(
-        ["ptxas", "-v", "-arch=sm_90a", str(src), "-o", str(tmp_path / "k.cubin")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert res.returncode == 0, res.stderr[-2000:]
-    assert "0 bytes spill stores" in res.stderr, res.stderr
+    divisibility hints the loads are 128-bit vectors and ptxas reports no spills."""
+    assert "ld.global.v4" in compiled.ptx
+    use = aot.ptxas_usage(compiled.ptx, compiled.arch)
+    assert use["spill_stores"] == 0 and use["registers"] <= 255, use
+
+
+#: Gemma-3-like: 4 query heads over 1 K/V head, D = Dv = 256.
+WIDE_GQA = aot.KernelSpec(
+    dtype="bfloat16",
+    block_size=64,
+    num_heads=4,
+    head_dim=256,
+    value_dim=256,
+    layout_heads=4,
+    row_ptr_len=9,
+    nnz=30,
+    scale=256**-0.5,
+    kpm_dtype="bool",
+    num_kv_heads=1,
+)
+
+
+@pytest.fixture(scope="module", params=[80, 90])
+def compiled_wide(request):
+    return aot.compile_kernel(WIDE_GQA, arch=request.param)
+
+
+@pytest.mark.skipif(shutil.which("ptxas") is None, reason="CUDA ptxas not installed")
+def test_wide_grouped_kernel_assembles_without_spills(compiled_wide):
+    """D = 256 with grouped K/V: CUDA 13's ptxas assembles it for sm_80 / sm_90 without
+    spills, within the registers and the shared memory bound the backend checks."""
+    from sparse_attn.kernels.triton_kernel import shared_memory_bound
+
+    use = aot.ptxas_usage(compiled_wide.ptx, compiled_wide.arch)
+    assert use["spill_stores"] == 0 and use["spill_loads"] == 0, use
+    cfg = WIDE_GQA.config
+    assert compiled_wide.num_warps == cfg.num_warps
+    assert compiled_wide.shared <= shared_memory_bound("bfloat16", cfg, 256, 256)
+    assert compiled_wide.shared <= aot.MAX_SHARED_MEM
+    _, params = aot.entry_params(compiled_wide.ptx)
+    assert len(params) == 8 + len(aot.RUNTIME_INT_ARGS) + 1, params
+
+
+def test_grouped_runtime_ints_and_grid():
+    """Runtime ints for key/value of Hkv heads; wide heads split a query block over programs."""
+    b, s = 2, 77
+    k = torch.empty(b, WIDE_GQA.kv_heads, s, WIDE_GQA.head_dim)
+    q = torch.empty(b, WIDE_GQA.num_heads, s, WIDE_GQA.head_dim)
+    vals = dict(zip(aot.RUNTIME_INT_ARGS, aot.runtime_int_values(WIDE_GQA, s), strict=True))
+    assert (vals["stride_kb"], vals["stride_kh"]) == k.stride()[:2]
+    assert (vals["stride_vb"], vals["stride_vh"]) == k.stride()[:2]
+    assert (vals["stride_qb"], vals["stride_qh"]) == q.stride()[:2]
+    assert (vals["stride_ob"], vals["stride_oh"]) == q.stride()[:2]
+    cfg = WIDE_GQA.config
+    split = -(-WIDE_GQA.block_size // cfg.block_m)
+    assert aot.launch_grid(WIDE_GQA, b, s) == (2 * split, b * 4, 1)
+    _, consts = aot.signature_and_constants(WIDE_GQA)
+    assert consts["kv_group"] == 4 and consts["M_SPLIT"] == split
+
+
+def test_bad_grouping_is_refused():
+    with pytest.raises(InvalidInputError, match="num_kv_heads"):
+        aot.KernelSpec("float16", 64, 6, 64, 64, 6, 3, 3, 1.0, num_kv_heads=4).validate()
+    with pytest.raises(InvalidInputError, match="head_dim"):
+        aot.KernelSpec("float16", 64, 4, 320, 64, 4, 3, 3, 1.0).validate()
+
+
+def test_report_table_format():
+    """The Markdown table of ``python -m sparse_attn.plugins.aot --report`` (fake rows)."""
+    rows = [
+        dict(dtype="float16", block_size=64, head_dim=256, arch=a, block_m=32, block_n=32,
+             num_warps=8, num_stages=2, registers=200 + a, spill_stores=0, spill_loads=0,
+             shared=51200, needs_shared_opt_in=True, ptxas="Cuda compilation tools 13.0")
+        for a in (80, 90)
+    ]  # fmt: skip
+    md = aot.report_markdown(rows).splitlines()
+    assert md[0].count("|") == md[2].count("|") and "sm_90 regs" in md[0]
+    assert md[2].startswith("| float16 | 64 | 256 | 32 x 32 | 8 | 2 | 280 | 0/0 | 50 |")
 
 
 def test_no_key_padding_mask_variant_has_seven_inputs():

@@ -277,3 +277,174 @@ def test_bigger_grid(dtype, block_size, seq_len):
     q, k, v = random_qkv(2, 3, seq_len, 40, value_dim=24, dtype=dtype, seed=seq_len)
     kpm = random_padding_mask(2, seq_len, seed=block_size, min_len=1)
     _check(q, k, v, layout, kpm)
+
+
+# ------------------------------------------------------------ grouped-query K/V, wide heads
+def _gqa_inputs(b, h, hkv, s, d, dv, dtype, seed=0):
+    """query ``[B, H, S, D]``; key ``[B, Hkv, S, D]``, value ``[B, Hkv, S, Dv]``."""
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(b, h, s, d, generator=g, dtype=torch.float64).to(dtype)
+    k = torch.randn(b, hkv, s, d, generator=g, dtype=torch.float64).to(dtype)
+    v = torch.randn(b, hkv, s, dv, generator=g, dtype=torch.float64).to(dtype)
+    return q, k, v
+
+
+def _gqa_expected(q, k, v, layout, kpm=None, scale=None):
+    """float64 reference; K/V repeated per query head here only (the oracle may copy)."""
+    group = q.shape[1] // k.shape[1]
+    kk = k.double().repeat_interleave(group, dim=1)
+    vv = v.double().repeat_interleave(group, dim=1)
+    return reference_attention(q.double(), kk, vv, layout, kpm, scale)
+
+
+def _gqa_check(q, k, v, layout, kpm=None, scale=None, config=None, name="triton gqa"):
+    """Run the Triton backend on grouped K/V (support check first) against float64."""
+    from sparse_attn.kernels._validate import resolve_scale
+
+    assert triton_backend.not_supported_reasons(q, k, v, layout, kpm) == []
+    sc = resolve_scale(scale, q.shape[-1])
+    if config is None:
+        out = triton_backend.attention(q, k, v, layout, kpm, sc)
+    else:
+        from sparse_attn.kernels.torch_backend import layout_arrays
+        from sparse_attn.kernels.triton_kernel import attention_arrays
+
+        a = layout_arrays(layout, "cpu")
+        out = attention_arrays(
+            q, k, v, *(a[n] for n in ("row_ptr", "col_idx", "mask_idx", "masks")), kpm,
+            layout.block_size, sc, config=config,
+        )  # fmt: skip
+    assert out.dtype == q.dtype and out.shape == (*q.shape[:3], v.shape[-1])
+    assert_close(out, _gqa_expected(q, k, v, layout, kpm, scale), name=name, dtype=q.dtype)
+    return out
+
+
+def _poison_padding(k, v, kpm):
+    """NaN in padded K, +Inf/-Inf in padded V (masked keys must not matter)."""
+    pad = ~kpm  # [B, S]
+    k[pad[:, None, :, None].expand_as(k)] = float("nan")
+    vv = v.clone()
+    vv[pad[:, None, :, None].expand_as(v)] = float("inf")
+    vv[..., ::2][pad[:, None, :, None].expand_as(v[..., ::2])] = float("-inf")
+    v.copy_(vv)
+
+
+# (H, Hkv, D, Dv, dtype, block, S, causal): every GQA ratio (Hkv = 1 included) and every head
+# dim of the contract's grid appears at least once; S is never a multiple of the block.
+GQA_CASES = [
+    (2, 2, 16, 40, torch.float32, 16, 37, False),
+    (4, 2, 40, 80, torch.float16, 32, 45, True),
+    (4, 1, 80, 64, torch.bfloat16, 16, 29, False),
+    (8, 1, 128, 16, torch.float16, 48, 61, True),
+    (8, 2, 64, 128, torch.float32, 20, 33, True),
+    (4, 1, 256, 256, torch.float16, 32, 41, True),
+]
+
+
+@pytest.mark.parametrize("h,hkv,d,dv,dtype,bs,s,causal", GQA_CASES)
+def test_grouped_kv_and_head_dims(h, hkv, d, dv, dtype, bs, s, causal):
+    """Grouped K/V read in place, per-head patterns, padding with NaN/Inf in padded K/V."""
+    pats = [band_mask(s, 3 + i) | global_mask(s, i % 3) for i in range(h)]
+    if causal:
+        pats = [p & causal_mask(s) for p in pats]
+    layout = layout_from_masks(np.stack(pats), bs)
+    q, k, v = _gqa_inputs(2, h, hkv, s, d, dv, dtype, seed=h * 7 + d)
+    kpm = torch.ones(2, s, dtype=torch.bool)
+    kpm[1, s - 9 :] = False
+    kpm[1, 1] = False
+    _poison_padding(k, v, kpm)
+    out = _gqa_check(q, k, v, layout, kpm)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_head_dim_256_grouped(dtype):
+    """D = Dv = 256 in fp32 and bf16 with one K/V head for four query heads, causal."""
+    s = 23
+    layout = layout_from_masks(np.stack([causal_mask(s) & band_mask(s, 9)] * 4), 16)
+    q, k, v = _gqa_inputs(1, 4, 1, s, 256, 256, dtype, seed=3)
+    _gqa_check(q, k, v, layout, scale=0.05)
+
+
+def test_grouped_seq_len_one_and_empty_rows():
+    """S = 1 (one query, one key) and rows with no visible key (exactly 0) under GQA."""
+    layout = layout_from_masks(np.stack([band_mask(40, 2)] * 4), 16)
+    q, k, v = _gqa_inputs(2, 4, 2, 1, 24, 24, torch.float16, seed=1)
+    _gqa_check(q, k, v, layout)
+    s = 40
+    m = band_mask(s, 2)
+    m[16:32, :] = False  # query block 1 stores nothing
+    layout = layout_from_masks(np.stack([m] * 4), 16)
+    q, k, v = _gqa_inputs(2, 4, 1, s, 40, 40, torch.float32, seed=2)
+    kpm = torch.ones(2, s, dtype=torch.bool)
+    kpm[1, 0:10] = False  # rows 0..7 of batch 1 see only padded keys
+    _poison_padding(k, v, kpm)
+    out = _gqa_check(q, k, v, layout, kpm)
+    assert (out[:, :, 16:32] == 0).all()
+    assert (out[1, :, 0:8] == 0).all()
+
+
+def test_split_query_blocks_and_key_chunks():
+    """A tiling smaller than the block (16 x 16 inside blocks of 48): query blocks split over
+    three programs, key blocks in three chunks, partial tiles, NaN/Inf V seen by some rows."""
+    from sparse_attn.kernels.triton_kernel import LaunchConfig
+
+    s = 100
+    pats = [causal_mask(s) & dilated_mask(s, 9, 2), random_token_mask(1, s, 0.3, seed=1)[0]]
+    layout = layout_from_masks(np.stack(pats), 48)
+    q, k, v = _gqa_inputs(1, 2, 1, s, 40, 24, torch.float16, seed=5)
+    v[0, 0, 50, 3] = float("nan")
+    v[0, 0, 70, 5] = float("inf")
+    v[0, 0, 71, 5] = float("-inf")
+    out = _gqa_check(q, k, v, layout, config=LaunchConfig(16, 16, 4))
+    assert torch.isfinite(out[0, 0, :50, 3]).all() and torch.isnan(out[0, 0, 50:, 3]).any()
+
+
+def test_grouped_and_wide_refusals():
+    """H not a multiple of Hkv, head dims above 256: reasons, never a launch."""
+    s = 20
+    layout = layout_from_masks(np.stack([band_mask(s, 2)] * 3), 16)
+    q, k, v = _gqa_inputs(1, 3, 2, s, 16, 16, torch.float32)
+    r = triton_backend.not_supported_reasons(q, k, v, layout, None)
+    assert any("H % Hkv" in x for x in r), r
+    q, k, v = _gqa_inputs(1, 3, 1, s, 257, 16, torch.float32)
+    r = triton_backend.not_supported_reasons(q, k, v, layout, None)
+    assert any("head_dim 257" in x for x in r), r
+
+
+def test_launch_config_rule():
+    """One rule for launcher and AOT: tiles shrink as heads widen, and stay legal."""
+    from sparse_attn.kernels.triton_kernel import launch_config, padded_dim
+
+    for dtype in ("float32", "float16", "bfloat16"):
+        for bs in (16, 20, 48, 64, 128):
+            for d in (1, 16, 40, 64, 80, 128, 200, 256):
+                cfg = launch_config(dtype, bs, d, d)
+                for n in (cfg.block_m, cfg.block_n):
+                    assert 16 <= n <= padded_dim(bs) and n & (n - 1) == 0, (dtype, bs, d, cfg)
+                assert cfg.num_warps in (4, 8) and cfg.num_stages in (1, 2, 3)
+    assert launch_config("float16", 128, 256, 256).block_m < 128
+    with pytest.raises(ValueError, match="head_dim 300"):
+        launch_config("float16", 64, 300, 64)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ratio", [1, 2, 4, 8])
+@pytest.mark.parametrize("d", [16, 40, 64, 80, 128, 256])
+def test_grouped_grid_slow(ratio, d):
+    """Slow: every GQA ratio x head dim; dtype and causal vary with the case; Dv differs."""
+    dtypes = [torch.float32, torch.float16, torch.bfloat16]
+    dtype = dtypes[(ratio + d) % 3]
+    causal = (d // 8 + ratio) % 2 == 0
+    hkv = 2 if ratio <= 2 else 1
+    h = hkv * ratio
+    dv = {16: 80, 40: 16, 64: 256, 80: 40, 128: 64, 256: 128}[d]
+    s, bs = 70, 32
+    pats = [band_mask(s, 5 + 2 * i) | global_mask(s, 1) for i in range(h)]
+    if causal:
+        pats = [p & causal_mask(s) for p in pats]
+    layout = layout_from_masks(np.stack(pats), bs)
+    q, k, v = _gqa_inputs(2, h, hkv, s, d, dv, dtype, seed=ratio * 100 + d)
+    kpm = random_padding_mask(2, s, seed=d, min_len=30)
+    _poison_padding(k, v, kpm)
+    _gqa_check(q, k, v, layout, kpm)

@@ -5,9 +5,12 @@ compiled for CUDA tensors, and through Triton's CPU interpreter for CPU tensors 
 environment variable ``TRITON_INTERPRET=1`` is set (slow: for tests and checks only).
 
 Supported (see :func:`not_supported_reasons`): float32, float16, bfloat16 (bfloat16 on CUDA
-needs compute capability >= 8.0); head dims ``D`` and ``Dv`` of 1..128 (padded inside to a power
-of two >= 16); block sizes ``opspec.MIN_BLOCK_SIZE..opspec.MAX_BLOCK_SIZE`` (16..128, any
-integer: non powers of two are padded inside); layouts with one pattern per head.
+needs compute capability >= 8.0); head dims ``D`` and ``Dv`` of 1..256 (padded inside to a power
+of two >= 16); grouped-query K/V (``key``/``value`` with ``Hkv`` heads, ``H % Hkv == 0``, read in
+place); block sizes ``opspec.MIN_BLOCK_SIZE..opspec.MAX_BLOCK_SIZE`` (16..128, any integer: non
+powers of two are padded inside); layouts with one pattern per query head, or one for all. On a
+CUDA device the launch configuration of :func:`~sparse_attn.kernels.triton_kernel.launch_config`
+must fit the device's shared memory per block.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from sparse_attn import opspec
 NAME = "triton"
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-MAX_HEAD_DIM = 128
+#: Largest head dim D / Dv (the kernel module's limit).
+MAX_HEAD_DIM = 256
 #: Environment variable that turns on Triton's CPU interpreter (read by Triton itself).
 INTERPRET_ENV = "TRITON_INTERPRET"
 
@@ -71,23 +75,48 @@ def not_supported_reasons(query, key, value, layout, key_padding_mask) -> list[s
     for name, n in (("head_dim", d), ("value head_dim", dv)):
         if not 1 <= n <= MAX_HEAD_DIM:
             reasons.append(f"{name} {n} not supported (1..{MAX_HEAD_DIM})")
+    h, hkv = int(query.shape[1]), int(key.shape[1])
+    if hkv < 1 or h % hkv or int(value.shape[1]) != hkv:
+        reasons.append(
+            f"key/value heads must divide the query heads (H % Hkv == 0), got H={h}, key "
+            f"{hkv}, value {int(value.shape[1])} heads"
+        )
     bs = int(layout.block_size)
     if not opspec.MIN_BLOCK_SIZE <= bs <= opspec.MAX_BLOCK_SIZE:
         reasons.append(
             f"block_size {bs} not supported ({opspec.MIN_BLOCK_SIZE}..{opspec.MAX_BLOCK_SIZE})"
         )
-    if layout.num_heads not in (1, int(query.shape[1])):
-        reasons.append(
-            f"layout has {layout.num_heads} heads, query has {int(query.shape[1])} (need equal)"
-        )
+    if layout.num_heads not in (1, h):
+        reasons.append(f"layout has {layout.num_heads} heads, query has {h} (need equal)")
+    if not reasons and dev.type == "cuda":
+        reasons += _device_fit_reasons(query.dtype, bs, d, dv, dev)
     return reasons
+
+
+def _device_fit_reasons(dtype, block_size: int, d: int, dv: int, dev) -> list[str]:
+    """The launch configuration's shared memory against the device's per-block opt-in limit."""
+    from sparse_attn.kernels.triton_kernel import launch_config, shared_memory_bound
+
+    cfg = launch_config(dtype, block_size, d, dv)
+    need = shared_memory_bound(dtype, cfg, d, dv)
+    props = torch.cuda.get_device_properties(dev)
+    have = int(getattr(props, "shared_memory_per_block_optin", 0) or 0)
+    if have and need > have:
+        return [
+            f"tiles {cfg.block_m}x{cfg.block_n} for head dims D={d}, Dv={dv} "
+            f"({str(dtype).replace('torch.', '')}) need up to {need} bytes of shared memory, "
+            f"device {props.name} offers {have} per block; use a smaller head dim or block "
+            "size, or the torch backend"
+        ]
+    return []
 
 
 def attention(query, key, value, layout, key_padding_mask, scale: float) -> torch.Tensor:
     """Run the Triton kernel (inputs validated by the dispatcher, ``scale`` resolved).
 
     Args:
-        query: ``[B, H, S, D]``; key ``[B, H, S, D]``; value ``[B, H, S, Dv]``; same dtype.
+        query: ``[B, H, S, D]``; key ``[B, Hkv, S, D]``; value ``[B, Hkv, S, Dv]``; same
+            dtype; ``H % Hkv == 0`` (query head ``h`` reads K/V head ``h // (H // Hkv)``).
         layout: :class:`~sparse_attn.layout.BlockLayout` for ``seq_len >= S`` (cropped by
             bounds inside the kernel).
         key_padding_mask: ``[B, S]`` bool (True = real token) or None.

@@ -400,9 +400,18 @@ def launch_config(dtype, block_size: int, head_dim: int, value_dim: int) -> Laun
     return LaunchConfig(block_m, block_n, num_warps, 2)
 
 
-def num_warps_for(block: int, d_pad: int) -> int:
-    """Warps per program for a ``block x d_pad`` tile (see :func:`launch_config`)."""
-    return 8 if block * d_pad >= 64 * 128 else 4
+def shared_memory_bound(dtype, config: LaunchConfig, head_dim: int, value_dim: int) -> int:
+    """Upper bound (bytes) of the dynamic shared memory of one program with ``config``.
+
+    The query tile and ``num_stages`` copies of the K and V tiles:
+    ``bytes * (block_m * D_pad + num_stages * block_n * (D_pad + Dv_pad))``. Triton 3.9
+    needs at most this for every configuration in the table of docs/gpu.md (checked by
+    ``tests/test_ptx.py`` against the compiled kernels); the backend compares it with the
+    device's per-block limit before launching.
+    """
+    e = DTYPE_BYTES[_dtype_name(dtype)]
+    dp, dvp = padded_dim(head_dim), padded_dim(value_dim)
+    return e * (config.block_m * dp + config.num_stages * config.block_n * (dp + dvp))
 
 
 def compile_constants(
@@ -622,5 +631,6 @@ __all__ = [
     "interpreter_enabled",
     "launch_config",
     "padded_dim",
+    "shared_memory_bound",
     "triton",
 ]

@@ -197,8 +197,10 @@ def _import_triton():
     return triton, GPUTarget, ASTSource
 
 
-def signature_and_constants(spec: KernelSpec) -> tuple[dict, dict]:
-    """Triton ``signature`` (name -> type or "constexpr") and constexpr values for ``spec``."""
+def signature_and_constants(spec: KernelSpec, config=None) -> tuple[dict, dict]:
+    """Triton ``signature`` (name -> type or "constexpr") and constexpr values for ``spec``
+    (``config``: a :class:`~sparse_attn.kernels.triton_kernel.LaunchConfig`, default the
+    spec's own)."""
     from sparse_attn.kernels import triton_kernel as tk
 
     spec.validate()
@@ -210,7 +212,7 @@ def signature_and_constants(spec: KernelSpec) -> tuple[dict, dict]:
         spec.kpm_dtype is not None,
         pv_split=tk.PRECISE_PV and spec.dtype in ("float16", "bfloat16"),
         nonfinite_v=True,  # an engine cannot look at V before launching: always safe
-        config=spec.config,
+        config=config or spec.config,
         dtype=spec.dtype,
     )
     consts.update(
@@ -361,6 +363,7 @@ def compile_kernel(
     num_warps: int | None = None,
     num_stages: int | None = None,
     strip_hidden: bool = True,
+    config=None,
 ) -> CompiledKernel:
     """Compile ``spec`` for ``sm_<arch>`` without a GPU.
 
@@ -372,6 +375,8 @@ def compile_kernel(
         num_warps, num_stages: default from the spec's launch configuration
             (:func:`sparse_attn.kernels.triton_kernel.launch_config`).
         strip_hidden: remove Triton's unused hidden scratch parameters (see module docstring).
+        config: a :class:`~sparse_attn.kernels.triton_kernel.LaunchConfig` other than the
+            spec's own (to compare tilings; a launcher must then use the same one).
 
     Raises:
         InvalidInputError: unsupported spec.
@@ -383,27 +388,24 @@ def compile_kernel(
     triton, GPUTarget, ASTSource = _import_triton()
     if ptx_version is None:
         ptx_version = default_ptx_version(arch)
-    sig, consts = signature_and_constants(spec)
-    cfg = spec.config
+    cfg = config or spec.config
+    sig, consts = signature_and_constants(spec, cfg)
     nw = num_warps or cfg.num_warps
     num_stages = num_stages or cfg.num_stages
     fn = tk.get_kernel(False)
     attrs = {(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n in divisibility_hints(spec)}
     src = ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs)
-    ck = None
-    for stages in dict.fromkeys((num_stages, 1)):  # fewer stages = less shared memory
-        ck = triton.compile(
-            src,
-            target=GPUTarget("cuda", int(arch), 32),
-            options={
-                "ptx_version": int(ptx_version),
-                "num_warps": nw,
-                "num_stages": stages,
-                "enable_fp_fusion": True,
-            },
-        )
-        if int(ck.metadata.shared) <= SHARED_MEM_LIMIT:
-            break
+    # exactly the launcher's configuration (the JIT launch uses the same num_warps/num_stages)
+    ck = triton.compile(
+        src,
+        target=GPUTarget("cuda", int(arch), 32),
+        options={
+            "ptx_version": int(ptx_version),
+            "num_warps": nw,
+            "num_stages": num_stages,
+            "enable_fp_fusion": True,
+        },
+    )
     md = ck.metadata
     for attr in ("global_scratch_size", "profile_scratch_size"):
         if int(getattr(md, attr, 0) or 0) != 0:
@@ -432,3 +434,185 @@ def compile_kernel(
         needs_shared_opt_in=int(md.shared) > SHARED_MEM_LIMIT,
         metadata={k: getattr(md, k) for k in ("name", "num_warps", "num_stages", "shared")},
     )
+
+
+_PTXAS_RE = {
+    "registers": re.compile(r"Used (\d+) registers"),
+    "spill_stores": re.compile(r"(\d+) bytes spill stores"),
+    "spill_loads": re.compile(r"(\d+) bytes spill loads"),
+    "stack": re.compile(r"(\d+) bytes stack frame"),
+}
+
+
+def find_ptxas() -> str | None:
+    """Path of the CUDA toolkit's ``ptxas`` on ``PATH`` (None when absent)."""
+    import shutil
+
+    return shutil.which("ptxas")
+
+
+def ptxas_usage(ptx: str, arch: int, ptxas: str | None = None) -> dict:
+    """Assemble ``ptx`` with ``ptxas -v`` and parse its resource line.
+
+    Returns:
+        ``{"registers", "spill_stores", "spill_loads", "stack"}`` (per thread; bytes for the
+        last three) and ``"ptxas"`` (the version line of the assembler used).
+
+    Raises:
+        UnsupportedEnvironmentError: no ``ptxas`` on PATH; RuntimeError: ptxas failed.
+    """
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    exe = ptxas or find_ptxas()
+    if exe is None:
+        raise UnsupportedEnvironmentError(
+            "ptxas (CUDA toolkit) is not on PATH; install the CUDA toolkit to assemble PTX"
+        )
+    target = "sm_90a" if int(arch) == 90 else f"sm_{int(arch)}"
+    with tempfile.TemporaryDirectory() as td:
+        src = Path(td) / "k.ptx"
+        src.write_text(ptx)
+        res = subprocess.run(
+            [exe, "-v", f"-arch={target}", str(src), "-o", str(Path(td) / "k.cubin")],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        if res.returncode != 0:
+            raise RuntimeError(f"ptxas failed for {target}: {res.stderr.strip()[-2000:]}")
+    out = {}
+    for key, rx in _PTXAS_RE.items():
+        m = rx.search(res.stderr)
+        out[key] = int(m.group(1)) if m else 0
+    ver = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=60)
+    out["ptxas"] = (ver.stdout.strip().splitlines() or ["?"])[-1]
+    return out
+
+
+#: The grid of ``--report``: dtypes, block sizes, head dims (D = Dv) and targets.
+REPORT_DTYPES = ("float16", "bfloat16", "float32")
+REPORT_BLOCKS = (16, 32, 64, 128)
+REPORT_DIMS = (64, 128, 256)
+
+
+def report_rows(
+    dtypes=REPORT_DTYPES, blocks=REPORT_BLOCKS, dims=REPORT_DIMS, archs=DEFAULT_ARCHS
+) -> list[dict]:
+    """Compile every (dtype, block, D) of the grid for each arch and measure it.
+
+    Each row: ``dtype, block_size, head_dim, arch, block_m, block_n, num_warps, num_stages,
+    registers, spill_stores, spill_loads, shared`` (bytes of dynamic shared memory, from
+    Triton), ``needs_shared_opt_in``. The AOT variant is measured (with the non-finite-V
+    handling and a key padding mask, GQA 8 query heads over 2 K/V heads): the one TensorRT
+    engines run, and the largest.
+    """
+    rows = []
+    for dtype in dtypes:
+        for bs in blocks:
+            for d in dims:
+                spec = KernelSpec(dtype, bs, 8, d, d, 8, 65, 300, d**-0.5, num_kv_heads=2)
+                cfg = spec.config
+                for arch in archs:
+                    ck = compile_kernel(spec, arch=arch)
+                    use = ptxas_usage(ck.ptx, arch)
+                    rows.append(
+                        {
+                            "dtype": dtype,
+                            "block_size": bs,
+                            "head_dim": d,
+                            "arch": arch,
+                            "block_m": cfg.block_m,
+                            "block_n": cfg.block_n,
+                            "num_warps": cfg.num_warps,
+                            "num_stages": cfg.num_stages,
+                            "registers": use["registers"],
+                            "spill_stores": use["spill_stores"],
+                            "spill_loads": use["spill_loads"],
+                            "shared": ck.shared,
+                            "needs_shared_opt_in": ck.needs_shared_opt_in,
+                            "ptxas": use["ptxas"],
+                        }
+                    )
+    return rows
+
+
+def report_markdown(rows: list[dict]) -> str:
+    """The rows of :func:`report_rows` as a Markdown table (one line per dtype/block/D,
+    sm_80 and sm_90 side by side)."""
+    by = {}
+    for r in rows:
+        by.setdefault((r["dtype"], r["block_size"], r["head_dim"]), {})[r["arch"]] = r
+    archs = sorted({r["arch"] for r in rows})
+    head = "| dtype | block | D = Dv | block_m x block_n | warps | stages |"
+    sep = "|---|---|---|---|---|---|"
+    for a in archs:
+        head += f" sm_{a} regs | sm_{a} spill st/ld (B) | sm_{a} smem (KiB) |"
+        sep += "---|---|---|"
+    lines = [head, sep]
+    for (dtype, bs, d), per in by.items():
+        r0 = next(iter(per.values()))
+        line = (
+            f"| {dtype} | {bs} | {d} | {r0['block_m']} x {r0['block_n']} | {r0['num_warps']} "
+            f"| {r0['num_stages']} |"
+        )
+        for a in archs:
+            r = per.get(a)
+            if r is None:
+                line += " - | - | - |"
+                continue
+            line += (
+                f" {r['registers']} | {r['spill_stores']}/{r['spill_loads']} | "
+                f"{r['shared'] / 1024:.0f} |"
+            )
+        lines.append(line)
+    ptxas = sorted({r["ptxas"] for r in rows})
+    lines.append("")
+    lines.append(f"Assembled with: {'; '.join(ptxas)}.")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    """``python -m sparse_attn.plugins.aot --report [--json FILE]``: print the resource table."""
+    import argparse
+    import json
+    import sys
+
+    ap = argparse.ArgumentParser(
+        prog="python -m sparse_attn.plugins.aot",
+        description="Compile the Triton kernel ahead of time (no GPU needed) and report "
+        "registers, spills and shared memory per (dtype, block size, head dim).",
+    )
+    ap.add_argument("--report", action="store_true", help="print the Markdown table")
+    ap.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+    ap.add_argument("--dtypes", default=",".join(REPORT_DTYPES))
+    ap.add_argument("--blocks", default=",".join(map(str, REPORT_BLOCKS)))
+    ap.add_argument("--dims", default=",".join(map(str, REPORT_DIMS)))
+    ap.add_argument("--archs", default=",".join(map(str, DEFAULT_ARCHS)))
+    args = ap.parse_args(argv)
+    if not args.report:
+        ap.print_help()
+        return 2
+    try:
+        rows = report_rows(
+            tuple(args.dtypes.split(",")),
+            tuple(int(x) for x in args.blocks.split(",")),
+            tuple(int(x) for x in args.dims.split(",")),
+            tuple(int(x) for x in args.archs.split(",")),
+        )
+    except (InvalidInputError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except UnsupportedEnvironmentError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(report_markdown(rows))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(rows, fh, indent=1)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
