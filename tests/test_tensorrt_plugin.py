@@ -193,3 +193,29 @@ def test_real_tensorrt_registry_has_the_creator():
         opspec.OP_TYPE, opspec.PLUGIN_VERSION, opspec.PLUGIN_NAMESPACE
     )
     assert creator is not None
+
+
+def test_aot_glue_grouped_kv_and_wide_heads(stand_in):
+    """Key/value with Hkv < H heads and D = 256: output [B, H, S, Dv]; K/V strides of Hkv."""
+    from sparse_attn.plugins import aot
+
+    trt, trtp = stand_in
+    tp.register()
+    b, h, hkv, s, d, dv, nqb, nnz = 2, 4, 1, 100, 256, 128, 2, 3
+    q = _Desc([b, h, s, d], trt.bfloat16)
+    k = _Desc([b, hkv, s, d], trt.bfloat16)
+    v = _Desc([b, hkv, s, dv], trt.bfloat16)
+    rp, ci, mi = (
+        _Desc([h, nqb + 1], trt.int32),
+        _Desc([h, nnz], trt.int32),
+        _Desc([h, nnz], trt.int32),
+    )
+    mk, kpm = _Desc([1, 64, 64], trt.int32), _Desc([b, s], trt.bool)
+    out = trtp.recorded["register"][1](q, k, v, rp, ci, mi, mk, kpm, 64, 0.0625)
+    assert list(out.shape_expr) == [b, h, s, dv] and out.dtype == trt.bfloat16
+    _, _, params, extra = trtp.recorded["aot_impl"][1](
+        q, k, v, rp, ci, mi, mk, kpm, 64, 0.0625, (out,), 0
+    )
+    spec = aot.KernelSpec("bfloat16", 64, h, d, dv, h, nqb + 1, nnz, 0.0625, "bool", "int32", hkv)
+    assert list(extra) == list(aot.runtime_int_values(spec, s))
+    assert (params.grid_x, params.grid_y) == aot.launch_grid(spec, b, s)[:2]

@@ -298,13 +298,14 @@ def _gqa_expected(q, k, v, layout, kpm=None, scale=None):
 
 
 def _gqa_check(q, k, v, layout, kpm=None, scale=None, config=None, name="triton gqa"):
-    """Run the Triton backend on grouped K/V (support check first) against float64."""
+    """Run the Triton backend on grouped K/V (public entry, or the array entry with a given
+    tiling) against float64."""
     from sparse_attn.kernels._validate import resolve_scale
 
     assert triton_backend.not_supported_reasons(q, k, v, layout, kpm) == []
     sc = resolve_scale(scale, q.shape[-1])
     if config is None:
-        out = triton_backend.attention(q, k, v, layout, kpm, sc)
+        out = block_sparse_attention(q, k, v, layout, kpm, scale, backend="triton")
     else:
         from sparse_attn.kernels.torch_backend import layout_arrays
         from sparse_attn.kernels.triton_kernel import attention_arrays

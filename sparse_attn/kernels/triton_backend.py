@@ -24,8 +24,8 @@ from sparse_attn import opspec
 NAME = "triton"
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-#: Largest head dim D / Dv (the kernel module's limit).
-MAX_HEAD_DIM = 256
+#: Largest head dim D / Dv (the op's limit, which the kernel takes whole).
+MAX_HEAD_DIM = opspec.MAX_HEAD_DIM
 #: Environment variable that turns on Triton's CPU interpreter (read by Triton itself).
 INTERPRET_ENV = "TRITON_INTERPRET"
 

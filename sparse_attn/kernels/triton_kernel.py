@@ -3,7 +3,11 @@
 This module knows nothing of TensorRT or of :class:`~sparse_attn.layout.BlockLayout`: it takes
 the layout as tensors (SPEC section 2: CSR ``row_ptr [LH, nQB+1]``, ``col_idx [LH, nnz]``,
 ``mask_idx [LH, nnz]``, ``masks [M, bs, bs]``) and launches one program per
-(query block, batch x head).
+(query tile, batch x query head). A query tile is ``block_m`` rows of a layout block, and each
+stored key block is consumed ``block_n`` keys at a time (:func:`launch_config`), so head dims
+up to 256 fit in registers and shared memory. Grouped-query K/V (``key``/``value`` with
+``Hkv`` heads, ``H % Hkv == 0``): query head ``h`` reads K/V head ``h // (H // Hkv)`` through
+its pointer, nothing is copied.
 
 Algorithm: FlashAttention's tiled online softmax (Dao et al., "FlashAttention: Fast and
 Memory-Efficient Exact Attention with IO-Awareness", NeurIPS 2022, Algorithm 1; forward pass
@@ -33,6 +37,8 @@ from dataclasses import dataclass
 
 import triton
 import triton.language as tl
+
+from sparse_attn import opspec
 
 #: Pointer arguments of the kernel that are op inputs, in op input order.
 POINTER_INPUTS = ("Q", "K", "V", "RowPtr", "ColIdx", "MaskIdx", "Masks", "Kpm")
@@ -338,8 +344,8 @@ def padded_dim(n: int) -> int:
     return p
 
 
-#: Largest head dim ``D`` / ``Dv`` the kernel takes (padded inside to a power of two).
-MAX_HEAD_DIM = 256
+#: Largest head dim ``D`` / ``Dv`` the kernel takes (padded inside to a power of two): the op's.
+MAX_HEAD_DIM = opspec.MAX_HEAD_DIM
 #: Element size in bytes of each input dtype the kernel takes.
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 
@@ -367,20 +373,35 @@ def _dtype_name(dtype) -> str:
     return str(dtype).replace("torch.", "")
 
 
-def launch_config(dtype, block_size: int, head_dim: int, value_dim: int) -> LaunchConfig:
-    """The launch configuration used for ``(dtype, block_size, D, Dv)`` (one rule for the
-    launcher, the AOT compiler and the report of ``python -m sparse_attn.plugins.aot
-    --report``).
+#: ``(element bytes, padded head dim) -> (block_m, block_n, num_warps, num_stages)``; the
+#: padded head dim is the larger of D and Dv rounded up to a power of two (64 covers 16..64).
+#: Chosen from ``ptxas -v`` (CUDA 13.0) on the AOT PTX for sm_80 and sm_90 over candidate
+#: tilings of blocks of 128 with the non-finite-V branch: the largest tiles without spills on
+#: either target. fp32 gets small tiles and 8 warps: its IEEE dot products run on the FMA
+#: units and keep operand copies in registers. Smaller blocks use ``min(block, tile)``.
+_CONFIG_TABLE = {
+    (2, 64): (32, 64, 4, 2),
+    (2, 128): (32, 64, 8, 2),
+    (2, 256): (32, 16, 8, 2),
+    (4, 64): (16, 16, 8, 2),
+    (4, 128): (16, 16, 8, 2),
+    (4, 256): (16, 16, 8, 2),
+}
 
-    Chosen from ``ptxas -v`` on the AOT PTX for sm_80 and sm_90 (the table in docs/gpu.md):
-    the fp32 accumulator ``[block_m, Dv]`` and the query tile ``[block_m, D]`` live in
-    registers, the K/V tiles ``[block_n, D]`` / ``[block_n, Dv]`` in shared memory. Wide
-    heads take fewer rows and keys per step so that neither spills nor outgrows shared
-    memory; tiles of >= 64 x 128 elements take 8 warps.
+
+def launch_config(dtype, block_size: int, head_dim: int, value_dim: int) -> LaunchConfig:
+    """The launch configuration used for ``(dtype, block_size, D, Dv)``: one rule for the
+    launcher, the AOT compiler and ``python -m sparse_attn.plugins.aot --report``.
+
+    The query tile ``[block_m, D]`` and the fp32 accumulator ``[block_m, Dv]`` live in
+    registers, the K/V tiles ``[block_n, D]`` / ``[block_n, Dv]`` in shared memory, so wider
+    heads take fewer rows and keys per step (:data:`_CONFIG_TABLE`; registers, spills and
+    shared memory of each entry are tabled in docs/gpu.md).
 
     Args:
         dtype: ``torch.dtype`` or its name (float32, float16, bfloat16).
-        block_size: layout block size (tokens); D, Dv: head dims (1..:data:`MAX_HEAD_DIM`).
+        block_size: layout block size (tokens); head_dim, value_dim: D and Dv
+            (1..:data:`MAX_HEAD_DIM`).
 
     Raises:
         ValueError: a dtype or head dim the kernel does not take.
@@ -392,12 +413,9 @@ def launch_config(dtype, block_size: int, head_dim: int, value_dim: int) -> Laun
         if not 1 <= int(n) <= MAX_HEAD_DIM:
             raise ValueError(f"{what} {n} not supported (1..{MAX_HEAD_DIM})")
     block = padded_dim(block_size)
-    dp = max(padded_dim(head_dim), padded_dim(value_dim))
-    wide = DTYPE_BYTES[name] * dp  # bytes of one K/V row
-    block_m = min(block, 64 if wide <= 256 else 32 if wide <= 512 else 16)
-    block_n = min(block, 64 if wide <= 128 else 32 if wide <= 512 else 16)
-    num_warps = 8 if block_m * dp >= 64 * 128 else 4
-    return LaunchConfig(block_m, block_n, num_warps, 2)
+    dp = max(64, padded_dim(head_dim), padded_dim(value_dim))
+    bm, bn, warps, stages = _CONFIG_TABLE[(DTYPE_BYTES[name], dp)]
+    return LaunchConfig(min(block, bm), min(block, bn), warps, stages)
 
 
 def shared_memory_bound(dtype, config: LaunchConfig, head_dim: int, value_dim: int) -> int:

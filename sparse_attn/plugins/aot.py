@@ -388,6 +388,7 @@ def compile_kernel(
     triton, GPUTarget, ASTSource = _import_triton()
     if ptx_version is None:
         ptx_version = default_ptx_version(arch)
+    spec.validate()
     cfg = config or spec.config
     sig, consts = signature_and_constants(spec, cfg)
     nw = num_warps or cfg.num_warps

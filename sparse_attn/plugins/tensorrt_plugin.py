@@ -12,8 +12,9 @@ Importing this module never needs TensorRT; :func:`register` does, and raises
 Plugin contract (TensorRT's ONNX parser maps the node here because the node carries
 ``plugin_namespace``/``plugin_version`` attributes, SPEC section 2):
 
-* inputs, in :data:`opspec.INPUT_NAMES` order: ``query [B,H,S,D]``, ``key [B,H,S,D]``,
-  ``value [B,H,S,Dv]`` (float32 | float16 | bfloat16, all the same), ``row_ptr``, ``col_idx``,
+* inputs, in :data:`opspec.INPUT_NAMES` order: ``query [B,H,S,D]``, ``key [B,Hkv,S,D]``,
+  ``value [B,Hkv,S,Dv]`` (``H % Hkv == 0``; float32 | float16 | bfloat16, all the same),
+  ``row_ptr``, ``col_idx``,
   ``mask_idx`` (int32), ``masks`` (uint8), ``key_padding_mask [B,S]`` (bool). The plugin
   always takes the 8 inputs: :func:`sparse_attn.engines.prepare_onnx_for_tensorrt` adds an
   all-true ``key_padding_mask`` to nodes exported without one (``tensorrt.plugin``
@@ -22,7 +23,7 @@ Plugin contract (TensorRT's ONNX parser maps the node here because the node carr
   ``scale`` (float32).
 * output: ``[B,H,S,Dv]`` in the query dtype.
 * AOT: runtime int32 extra arguments are :data:`sparse_attn.plugins.aot.RUNTIME_INT_ARGS`
-  (all functions of S); H, D, Dv, layout sizes, block size and scale are baked into the
+  (all functions of S); H, Hkv, D, Dv, layout sizes, block size and scale are baked into the
   PTX. The PTX targets the compute capability of the GPU that builds the engine.
 """
 
@@ -99,10 +100,13 @@ def _constant(expr, what: str) -> int:
     return int(expr.constant_value())
 
 
-def kernel_spec_from_descs(trt, query, value, row_ptr, col_idx, kpm, block_size, scale, masks=None):
+def kernel_spec_from_descs(
+    trt, query, value, row_ptr, col_idx, kpm, block_size, scale, masks=None, key=None
+):
     """The :class:`sparse_attn.plugins.aot.KernelSpec` of one plugin instance.
 
-    Args are ``trtp.TensorDesc`` objects (shape expressions) and the plugin fields.
+    Args are ``trtp.TensorDesc`` objects (shape expressions) and the plugin fields; ``key``
+    gives Hkv (grouped-query K/V; without it Hkv = H).
     Raises ValueError when a dimension that must be static is dynamic.
     """
     from sparse_attn.plugins.aot import KernelSpec
@@ -120,6 +124,7 @@ def kernel_spec_from_descs(trt, query, value, row_ptr, col_idx, kpm, block_size,
         scale=float(scale),
         kpm_dtype=None if kpm is None else trt_dtype_name(trt, kpm.dtype),
         masks_dtype="uint8" if masks is None else trt_dtype_name(trt, masks.dtype),
+        num_kv_heads=None if key is None else _constant(key.shape_expr[1], "Hkv (key dim 1)"),
     )
 
 
@@ -171,8 +176,10 @@ def register() -> None:
         block_size: int,
         scale: float,
     ) -> trtp.TensorDesc:
-        # output [B, H, S, Dv] of the query dtype (value has both in a consistent graph)
-        return value.like()
+        # output [B, H, S, Dv] in the query dtype: H from query (value has Hkv heads)
+        out = query.like()
+        out.shape_expr[3] = value.shape_expr[3]
+        return out
 
     @trtp.aot_impl(PLUGIN_ID)
     def _aot(
@@ -192,7 +199,7 @@ def register() -> None:
         from sparse_attn.plugins.aot import launch_grid, runtime_int_values
 
         spec = kernel_spec_from_descs(
-            trt, query, value, row_ptr, col_idx, key_padding_mask, block_size, scale, masks
+            trt, query, value, row_ptr, col_idx, key_padding_mask, block_size, scale, masks, key
         )
         ck = _compile_cached(spec, _current_arch())
         batch, seq = query.shape_expr[0], query.shape_expr[2]
