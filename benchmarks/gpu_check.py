@@ -82,8 +82,11 @@ def correctness_cases(quick: bool) -> list[dict]:
 
 def self_test_shrink(c: dict) -> dict:
     """A CPU-sized copy of a case (same features, small S) for ``--self-test``."""
-    return {**c, "s": min(c["s"], 45), "smax": min(c["smax"], 50), "bs": min(c["bs"], 32),
-            "b": min(c["b"], 2), "h": min(c["h"], 2), "spec": c["spec"].replace("256", "16")}  # fmt: skip
+    small = {**c, "s": min(c["s"], 45), "smax": min(c["smax"], 50), "bs": min(c["bs"], 32),
+             "b": min(c["b"], 2), "h": min(c["h"], 2), "spec": c["spec"].replace("256", "16")}  # fmt: skip
+    if "hkv" in c:  # keep a grouping: 2 query heads over 1 K/V head when grouped
+        small["hkv"] = 1 if c["hkv"] < c["h"] else small["h"]
+    return small
 
 
 def run_case(c: dict, dev: str = "cuda") -> dict:
@@ -374,7 +377,7 @@ def main(argv=None) -> int:
           f"{triton.__version__})", flush=True)  # fmt: skip
     cases = correctness_cases(args.quick)
     if args.self_test:
-        cases = [self_test_shrink(c) for c in cases[:2]] + [self_test_shrink(cases[4])]
+        cases = [self_test_shrink(c) for c in (*cases[:2], cases[4], cases[5])]
         seq_lens = [128]
         wide_seq_lens = []
         args.heads = 2

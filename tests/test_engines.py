@@ -237,7 +237,8 @@ def test_gpu_check_self_test_on_cpu(tmp_path):
     )  # fmt: skip
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     report = json.loads((tmp_path / "gpu_check.json").read_text())
-    assert len(report["correctness"]) == 3 and all(r["passed"] for r in report["correctness"])
+    assert len(report["correctness"]) == 4 and all(r["passed"] for r in report["correctness"])
+    assert any(r.get("hkv", r["h"]) < r["h"] and r["d"] == 256 for r in report["correctness"])
     assert report["timings"][0]["triton_ms"] > 0
 
 
