@@ -235,8 +235,42 @@ def test_merged_requests_equal_each_request_alone(rt):
         assert_close(out["output"], rt.run(r)["output"], f"request {i}")
 
 
+def test_batches_group_similar_lengths(rt):
+    """A merged call carries at most ``max_padding`` padding: short requests wait for peers."""
+    from sparse_attn.serving.batching import DynamicBatcher, _Item
+
+    b = DynamicBatcher(rt, BatchPolicy(max_batch_size=8, max_padding=0.25))
+    for i, s in enumerate((64, 4, 60, 5, 56, 3)):
+        f = rt.validate(qkv(i, s)).feeds
+        b._queue.append(_Item(f, 1, b.plan.seq_of(f), b.plan.key_of(f), None, 0.0))
+    assert [it.length for it in b._take_batch()] == [64, 60, 56]
+    assert [it.length for it in b._take_batch()] == [4, 5, 3]
+    assert not b._queue
+
+
+def test_serve_bench_report_and_plot(tmp_path):
+    from sparse_attn.bench import serve as serve_bench
+
+    cells = [
+        {"path": p, "batching": bt, "concurrency": c, "rps": 10.0 * c, "p50_ms": 5.0,
+         "p99_ms": 9.0, "errors": 0, "max_abs_err": 0.0, "mean_batch_rows": 2.0 if bt else None}
+        for p, bt in (("in-process", None), ("http", True)) for c in (1, 8)
+    ]  # fmt: skip
+    table = serve_bench.markdown_table({"cells": cells})
+    assert table.count("\n") == 5 and "| http | on | 8 | 80.0 |" in table
+    png = serve_bench.plot({"cells": cells}, tmp_path / "p.png")
+    assert png is not None and png.stat().st_size > 1000
+    assert serve_bench.markdown_table({"cells": []}) == ""
+
+
 def test_batch_policy_refuses_bad_values():
-    for kw in ({"max_batch_size": 0}, {"max_queue": -1}, {"workers": 0}, {"max_delay_ms": -1}):
+    for kw in (
+        {"max_batch_size": 0},
+        {"max_queue": -1},
+        {"workers": 0},
+        {"max_delay_ms": -1},
+        {"max_padding": -0.1},
+    ):
         with pytest.raises(InvalidInputError, match=next(iter(kw))):
             BatchPolicy(**kw)
 

@@ -97,3 +97,21 @@ def test_two_replicas_answer_like_the_runtime(ray_server):
     code, meta = get(f"{url}/v2/models/att")
     assert code == 200 and json.loads(meta)["inputs"][0]["shape"] == [-1, 2, -1, 8]
     assert np.isfinite(output_of(answers[0][1])).all()
+
+
+def test_serve_run_builder_arguments(tmp_path):
+    """``serve run sparse_attn.serving.ray_app:app_builder model=... key=value`` (no Ray start)."""
+    from sparse_attn.serving import ray_app
+
+    path = export_attention_model(tmp_path / "att.onnx")
+    app = ray_app.app_builder({"model": str(path), "replicas": "1", "max_replicas": "3"})
+    assert type(app).__name__ == "Application"
+    for args, msg in (
+        ({}, "model=PATH"),
+        ({"model": str(path), "replica": "2"}, "unknown argument"),
+        ({"model": str(path), "replicas": "two"}, "malformed"),
+        ({"model": str(path), "replicas": "3", "max_replicas": "2"}, "below replicas"),
+        ({"model": str(tmp_path / "nope.onnx")}, "does not exist"),
+    ):
+        with pytest.raises(InvalidInputError, match=msg):
+            ray_app.app_builder(args)

@@ -10,6 +10,8 @@ Three suites (see ``docs/bench.md`` for every definition):
   export against a dense export.
 * ``layout`` (:mod:`sparse_attn.bench.layout_suite`): layout compile time and memory at
   S = 65,536.
+* ``serve`` (:mod:`sparse_attn.bench.serve`, only when named): MiniLM served in-process, over
+  HTTP (``sparse-attn serve``) and on Ray Serve, batching on and off, 1/8/32 clients.
 
 :func:`run_bench` returns one JSON-serialisable dict (schema
 :data:`sparse_attn.bench.report.SCHEMA`) and writes ``bench.json``, ``bench.md`` and
@@ -34,7 +36,9 @@ from sparse_attn.bench.attention import (
     TimingPolicy,
 )
 
-SUITES = ("attention", "model", "layout")
+SUITES = ("attention", "model", "layout", "serve")
+#: Suites run when none is named (``serve`` starts servers and Ray: ask for it).
+DEFAULT_SUITES = ("attention", "model", "layout")
 
 
 @dataclass
@@ -65,7 +69,7 @@ class BenchConfig:
     threads: int = 2
     policy: TimingPolicy = field(default_factory=TimingPolicy)
     max_cell_gib: float = 6.0
-    suites: tuple[str, ...] = SUITES
+    suites: tuple[str, ...] = DEFAULT_SUITES
     minilm_seq_len: int = 512
     long_seq_len: int = 4096
     long_layers: int = 2
@@ -147,6 +151,8 @@ def estimate_duration_s(cfg: BenchConfig, gemm_gflops: float = 150.0) -> float:
         )
     if "layout" in cfg.suites:
         total += 5.0 * len(cfg.layout_patterns)
+    if "serve" in cfg.suites:
+        total += 60.0 if cfg.quick else 300.0
     return total
 
 
@@ -267,6 +273,17 @@ def run_bench(
         result["layout_compile"]["duration_s"] = time.perf_counter() - t_suite
     else:
         result["layout_compile"] = {"cells": [], "reason": "suite not selected"}
+    if "serve" in cfg.suites:
+        from sparse_attn.bench import serve as serve_suite
+
+        t_suite = time.perf_counter()
+        result["serve"] = serve_suite.run_serve_suite(
+            workdir=workdir, threads=cfg.threads, quick=cfg.quick, log=log
+        )
+        result["serve"]["duration_s"] = time.perf_counter() - t_suite
+        if plot:
+            png = serve_suite.plot(result["serve"], out_dir / "serve_throughput.png")
+            result["serve"]["plot"] = str(png) if png else None
     result["loadavg_end"] = list(os.getloadavg())
     result["duration_s"] = time.perf_counter() - t_start
     result["plot"] = result["plot_cpu"] = None

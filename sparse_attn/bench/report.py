@@ -345,6 +345,15 @@ def markdown_report(result: dict) -> str:
         lt or f"n/a ({result.get('layout_compile', {}).get('reason', 'not run')})",
         "",
     ]
+    if result.get("serve"):
+        from sparse_attn.bench.serve import markdown_table as serve_table
+
+        parts += [
+            "## Serving (MiniLM, requests/s and latency)",
+            "",
+            serve_table(result["serve"]),
+            "",
+        ]
     return "\n".join(parts)
 
 

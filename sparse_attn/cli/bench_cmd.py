@@ -70,7 +70,10 @@ def _name_list(name: str, text: str | None, known) -> tuple[str, ...] | None:
     "--impls",
     help="Comma-separated implementations (default: all): " + ", ".join(IMPLS) + ".",
 )
-@click.option("--suites", help="Comma-separated suites: attention,model,layout (default: all).")
+@click.option(
+    "--suites",
+    help="Comma-separated suites: attention,model,layout,serve (default: all but serve).",
+)
 @click.option("--num-heads", type=int, help="Heads H (default 8).")
 @click.option("--head-dim", type=int, help="Head dim D (default 64).")
 @click.option("--block-size", type=int, help="Layout block size (default 64).")

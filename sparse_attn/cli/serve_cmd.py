@@ -51,6 +51,13 @@ def _is_loopback(host: str) -> bool:
     help="Longest wait of a queued request for others to join its batch (ms).",
 )
 @click.option(
+    "--max-padding",
+    type=click.FloatRange(min=0),
+    default=0.5,
+    show_default=True,
+    help="Most padding per merged call, as a fraction of its real tokens.",
+)
+@click.option(
     "--max-queue",
     type=click.IntRange(min=1),
     default=256,
@@ -108,6 +115,7 @@ def command(
     name,
     max_batch_size,
     max_delay_ms,
+    max_padding,
     max_queue,
     max_request_mb,
     workers,
@@ -141,6 +149,7 @@ def command(
         max_delay_ms=max_delay_ms,
         max_queue=max_queue,
         workers=workers,
+        max_padding=max_padding,
     )
     max_bytes = int(max_request_mb * (1 << 20))
     if use_ray:

@@ -64,12 +64,16 @@ class BatchPolicy:
             to join its batch.
         max_queue: most requests waiting (not yet running); more are refused (HTTP 503).
         workers: batches run at once (each in its own thread).
+        max_padding: most padding a merged call may carry, as a fraction of its real tokens
+            (``rows x longest S <= (1 + max_padding) x sum of rows x S``). Requests of very
+            different lengths then go to different calls instead of paying for the longest.
     """
 
     max_batch_size: int = 8
     max_delay_ms: float = 5.0
     max_queue: int = 256
     workers: int = 1
+    max_padding: float = 0.5
 
     def __post_init__(self) -> None:
         for name in ("max_batch_size", "max_queue", "workers"):
@@ -80,6 +84,8 @@ class BatchPolicy:
             raise InvalidInputError(
                 f"max_delay_ms must be between 0 and 60000 milliseconds, got {self.max_delay_ms!r}"
             )
+        if not (isinstance(self.max_padding, (int, float)) and self.max_padding >= 0):
+            raise InvalidInputError(f"max_padding must be >= 0, got {self.max_padding!r}")
 
 
 @dataclass
@@ -90,6 +96,11 @@ class _Item:
     key: tuple  # requests with equal keys may share a batch
     future: asyncio.Future
     enqueued: float
+
+    @property
+    def length(self) -> int:
+        """The request's longest sequence axis (1 when it has none)."""
+        return max((n for axes in self.seq.values() for n in axes.values()), default=1)
 
 
 class BatchPlan:
@@ -312,16 +323,20 @@ class DynamicBatcher:
     def _take_batch(self) -> list[_Item]:
         first = self._queue.popleft()
         batch, rows = [first], first.rows
+        longest, real = first.length, first.rows * first.length
+        limit = 1.0 + self.policy.max_padding
         if self.policy.max_batch_size > 1:
             keep: deque[_Item] = deque()
             while self._queue:
                 it = self._queue.popleft()
                 if it.key == first.key and rows + it.rows <= self.policy.max_batch_size:
-                    batch.append(it)
-                    rows += it.rows
-                else:
-                    keep.append(it)
-            keep.extend(self._queue)
+                    new_longest = max(longest, it.length)
+                    new_real = real + it.rows * it.length
+                    if (rows + it.rows) * new_longest <= limit * new_real:
+                        batch.append(it)
+                        rows, longest, real = rows + it.rows, new_longest, new_real
+                        continue
+                keep.append(it)
             self._queue = keep
         return batch
 

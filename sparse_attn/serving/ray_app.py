@@ -136,6 +136,7 @@ def build_deployment(
             "max_delay_ms": pol.max_delay_ms,
             "max_queue": pol.max_queue,
             "workers": pol.workers,
+            "max_padding": pol.max_padding,
         },
         backend=backend,
         threads=threads,
@@ -147,8 +148,8 @@ def app_builder(args: dict[str, str]):
     """Entry of ``serve run sparse_attn.serving.ray_app:app_builder model=PATH [key=value...]``.
 
     Keys: ``model`` (required), ``name``, ``replicas``, ``max_replicas``, ``replica_cpus``,
-    ``max_batch_size``, ``max_delay_ms``, ``max_queue``, ``workers``, ``backend``,
-    ``threads``.
+    ``max_batch_size``, ``max_delay_ms``, ``max_queue``, ``workers``, ``max_padding``,
+    ``backend``, ``threads``.
 
     Raises:
         InvalidInputError: missing ``model``, an unknown key or a malformed number.
@@ -163,6 +164,7 @@ def app_builder(args: dict[str, str]):
         "max_delay_ms": float,
         "max_queue": int,
         "workers": int,
+        "max_padding": float,
         "backend": str,
         "threads": int,
     }
