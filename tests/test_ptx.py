@@ -200,3 +200,20 @@ def test_bad_spec_is_refused_before_compiling():
         aot.compile_kernel(aot.KernelSpec("float16", 8, 1, 16, 16, 1, 3, 3, 1.0))
     with pytest.raises(InvalidInputError, match="dtype"):
         aot.compile_kernel(aot.KernelSpec("float64", 16, 1, 16, 16, 1, 3, 3, 1.0))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("ptxas") is None, reason="CUDA ptxas not installed")
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+@pytest.mark.parametrize("block_size", [32, 128])
+def test_report_rows_fit(dtype, block_size):
+    """Slow: rows of the docs/gpu.md table (both targets): within the shared-memory bound,
+    spill-free for 16-bit heads of 128 and 256, registers <= 255."""
+    from sparse_attn.kernels.triton_kernel import launch_config, shared_memory_bound
+
+    for r in aot.report_rows((dtype,), (block_size,), (128, 256)):
+        cfg = launch_config(dtype, block_size, r["head_dim"], r["head_dim"])
+        assert r["shared"] <= shared_memory_bound(dtype, cfg, r["head_dim"], r["head_dim"]), r
+        assert r["registers"] <= 255, r
+        if dtype == "float16":
+            assert r["spill_stores"] == 0, r
