@@ -449,3 +449,13 @@ def test_grouped_grid_slow(ratio, d):
     kpm = random_padding_mask(2, s, seed=d, min_len=30)
     _poison_padding(k, v, kpm)
     _gqa_check(q, k, v, layout, kpm)
+
+
+def test_array_level_reason_for_the_op_route():
+    """``not_supported_reason`` (the custom op's CUDA route) accepts grouped K/V and D = 256,
+    and names what it refuses."""
+    q, k, v = _gqa_inputs(1, 8, 2, 5, 256, 256, torch.float16)
+    assert triton_backend.not_supported_reason(q, k, v, 64) is None
+    assert "block_size 8" in triton_backend.not_supported_reason(q, k, v, 8)
+    q3, k3, v3 = _gqa_inputs(1, 3, 2, 5, 16, 16, torch.float16)
+    assert "H % Hkv" in triton_backend.not_supported_reason(q3, k3, v3, 16)

@@ -36,23 +36,17 @@ def _triton_missing() -> str | None:
     return None
 
 
-def not_supported_reasons(query, key, value, layout, key_padding_mask) -> list[str]:
-    """Why this backend cannot take these (validated) inputs; an empty list = supported.
-
-    Args: as :func:`sparse_attn.kernels.block_sparse_attention` (already validated there).
-
-    Returns:
-        Readable reasons, e.g. ``"CPU tensors need TRITON_INTERPRET=1 ..."``.
-    """
-    reasons: list[str] = []
+def _array_reasons(query, key, value, block_size: int, cpu_needs_interpreter: bool) -> list[str]:
+    """Reasons that depend only on the tensors and the block size (see the two entries below)."""
     missing = _triton_missing()
     if missing:
         return [missing]
     from sparse_attn.kernels.triton_kernel import interpreter_enabled
 
+    reasons: list[str] = []
     dev = query.device
     if dev.type == "cpu":
-        if not interpreter_enabled():
+        if cpu_needs_interpreter and not interpreter_enabled():
             reasons.append(
                 f"CPU tensors run only under Triton's interpreter: set {INTERPRET_ENV}=1 "
                 "(slow; for tests) or move the tensors to a CUDA device"
@@ -81,16 +75,39 @@ def not_supported_reasons(query, key, value, layout, key_padding_mask) -> list[s
             f"key/value heads must divide the query heads (H % Hkv == 0), got H={h}, key "
             f"{hkv}, value {int(value.shape[1])} heads"
         )
-    bs = int(layout.block_size)
+    bs = int(block_size)
     if not opspec.MIN_BLOCK_SIZE <= bs <= opspec.MAX_BLOCK_SIZE:
         reasons.append(
             f"block_size {bs} not supported ({opspec.MIN_BLOCK_SIZE}..{opspec.MAX_BLOCK_SIZE})"
         )
-    if layout.num_heads not in (1, h):
-        reasons.append(f"layout has {layout.num_heads} heads, query has {h} (need equal)")
     if not reasons and dev.type == "cuda":
         reasons += _device_fit_reasons(query.dtype, bs, d, dv, dev)
     return reasons
+
+
+def not_supported_reasons(query, key, value, layout, key_padding_mask) -> list[str]:
+    """Why this backend cannot take these (validated) inputs; an empty list = supported.
+
+    Args: as :func:`sparse_attn.kernels.block_sparse_attention` (already validated there).
+
+    Returns:
+        Readable reasons, e.g. ``"CPU tensors need TRITON_INTERPRET=1 ..."``.
+    """
+    reasons = _array_reasons(query, key, value, int(layout.block_size), True)
+    h = int(query.shape[1])
+    if layout.num_heads not in (1, h):
+        reasons.append(f"layout has {layout.num_heads} heads, query has {h} (need equal)")
+    return reasons
+
+
+def not_supported_reason(query, key, value, block_size: int) -> str | None:
+    """The array-level check used by the custom op's CUDA route: None when the kernel takes
+    ``query [B, H, S, D]``, ``key [B, Hkv, S, D]``, ``value [B, Hkv, S, Dv]`` with this
+    ``block_size``, else the reasons joined into one line. What the kernel takes, not where it
+    runs: CPU tensors are not refused here for want of ``TRITON_INTERPRET`` (the op's route is
+    for CUDA tensors; the dispatcher's :func:`not_supported_reasons` says it)."""
+    reasons = _array_reasons(query, key, value, block_size, False)
+    return "; ".join(reasons) if reasons else None
 
 
 def _device_fit_reasons(dtype, block_size: int, d: int, dv: int, dev) -> list[str]:
