@@ -299,10 +299,12 @@ class _Views:
     s1: str  # [1] S
     nb1: str  # [1] query/key blocks of the request
     nbx1: str  # [1] nb + 1 (with the all-invalid block)
-    n_out: str  # [1] H * nb output rows
-    qb: str  # [B, H*nbx, bs, D+1] scaled Q with the ones column
-    kb: str  # [B, Hkv*nbx, bs, D+1] sanitised K with the key-bias column
-    vb: str  # [B, Hkv*nbx, bs, Dv] V (zeros at padded keys)
+    hkv1: str  # [1] Hkv of the key input
+    batch_ids: str  # [B, 1, 1] int64 0..B-1
+    n_out: str  # [1] B * H * nb output block rows
+    qb: str  # [B*H*nbx, bs, D+1] Q with the ones column
+    kb: str  # [B*Hkv*nbx, bs, D+1] sanitised K with the key-bias column
+    vb: str  # [B*Hkv*nbx, bs, Dv] V (zeros at padded keys)
     d_aug: str  # [1] D + 1
     kp: str  # [B, Hkv, Sp, D+1] (non-finite check)
     vp: str  # [B, Hkv, Sp, Dv]
@@ -371,8 +373,8 @@ def _views(
         "q_aug",
     )
     qb = g.op(
-        "Reshape", [q_aug, g.op("Concat", [zero1, m1, bs1, d_aug], axis=0)], "qblk"
-    )  # [B, H*nbx, bs, D+1]
+        "Reshape", [q_aug, g.op("Concat", [m1, bs1, d_aug], axis=0)], "qblk"
+    )  # [B*H*nbx, bs, D+1]
     # K and V: zeros beyond S; with a key padding mask, Where zeroes padded keys (their
     # slots may hold NaN/Inf: selected away, never multiplied). K gets the key-bias column
     # (0 for valid keys, a huge negative number for invalid ones; after the scale).
@@ -393,20 +395,30 @@ def _views(
     )
     kp = g.op("Concat", [kp, bias_col], "k_aug", axis=-1)  # [B, Hkv, Sp_ext, D+1]
     # block views of K/V: [B, Hkv, nbx, bs, d] (a baked Hkv that differs fails here)
-    # then [B, Hkv*nbx, bs, d]
+    # then [B*Hkv*nbx, bs, d]
     kb, vb = (
         g.op(
             "Reshape",
             [
                 g.op("Reshape", [x, g.op("Concat", [zero1, hkv_shape, nbx1, bs1, dim], axis=0)]),
-                g.op("Concat", [zero1, m1, bs1, dim], axis=0),
+                g.op("Concat", [m1, bs1, dim], axis=0),
             ],
             hint,
         )
         for x, dim, hint in ((kp, d_aug, "kblk"), (vp, dv1, "vblk"))
     )
-    n_out = g.op("Mul", [nb1, g.i64(n_heads)], "n_out")
-    return _Views(b1, d1, dv1, s1, nb1, nbx1, n_out, qb, kb, vb, d_aug, kp, vp, group)
+    n_out = g.op("Mul", [b1, g.op("Mul", [nb1, g.i64(n_heads)])], "n_out")  # B * H * nb
+    batch_ids = g.op(
+        "Unsqueeze",
+        [
+            g.op("Range", [g.const(np.int64(0)), g.op("Squeeze", [b1]), g.const(np.int64(1))]),
+            g.i64(1, 2),
+        ],
+        "batch_ids",
+    )
+    return _Views(
+        b1, d1, dv1, s1, nb1, nbx1, hkv1, batch_ids, n_out, qb, kb, vb, d_aug, kp, vp, group
+    )
 
 
 def _prepare(
@@ -416,14 +428,15 @@ def _prepare(
     v: _Views,
     *,
     bs: int,
+    n_heads: int,
     budget: int,
     num_blocks: int,
     table: np.ndarray,
 ) -> dict:
-    """Step 3, outer part: the bucket's units inside the request, chunk size and indices."""
+    """Step 3, outer part: the bucket's units inside the request (for every batch item),
+    the chunk size and the flat gather indices."""
     p = f"b{bi}_"
     zero1, one1 = g.i64(0), g.i64(1)
-    n = bk.width
     # units inside the request: a prefix (units sorted by query block). At least one unit
     # is always computed (a zero-unit batch trips Reshape); extra units are clamped onto
     # the all-invalid block and dropped from the output. Count table indexed by nb
@@ -431,69 +444,83 @@ def _prepare(
     in_req = np.searchsorted(bk.rows, np.arange(num_blocks + 1), side="left")
     count_tab = g.const(np.maximum(in_req, 1).astype(np.int64), p + "count_tab")
     count = g.op("Gather", [count_tab, v.nb1], p + "count")
-    # chunk = clamp(budget / (B * unit elements), 1, count); n_iter = ceil(count / chunk)
-    c0, cd, cdv = unit_work_elements(bk, bs)
-    elems = g.op(
-        "Add",
-        [
-            g.op("Add", [g.op("Mul", [v.d1, g.i64(cd)]), g.op("Mul", [v.dv1, g.i64(cdv)])]),
-            g.i64(c0),
-        ],
-    )
-    chunk = g.op("Div", [g.i64(max(1, budget // 4)), g.op("Mul", [v.b1, elems])])
-    chunk = g.op("Max", [g.op("Min", [chunk, count]), one1], p + "chunk")
-    n_iter = g.op("Div", [g.op("Sub", [g.op("Add", [count, chunk]), one1]), chunk], p + "n_iter")
-    extra = g.op("Sub", [g.op("Mul", [n_iter, chunk]), count], p + "extra")
 
-    def rows_of(arr: np.ndarray, fill, hint: str) -> str:
-        """``arr[:count]`` padded with ``fill`` to ``n_iter * chunk`` entries along axis 0."""
-        c = g.op("Slice", [g.const(arr, p + hint + "_all"), zero1, count, zero1], p + hint)
-        pads = g.op(
-            "Concat", [g.i64(*([0] * arr.ndim)), extra, g.i64(*([0] * (arr.ndim - 1)))], axis=0
-        )
-        return g.op("Pad", [c, pads, g.const(np.array(fill, dtype=arr.dtype))], p + hint + "_pad")
+    def first(arr: np.ndarray, hint: str) -> str:  # arr[:count]
+        return g.op("Slice", [g.const(arr, p + hint + "_all"), zero1, count, zero1], p + hint)
 
-    item = {"p": p, "bk": bk, "chunk": chunk, "n_iter": n_iter}
-    rows_u = g.op("Unsqueeze", [rows_of(bk.rows, _FAR, "rows"), one1])  # [P, 1]
-    heads_p = rows_of(bk.heads, 0, "heads")  # [P, m]
-    real = g.op("Less", [rows_u, v.nb1], p + "real")  # [P, 1]
-    row_id = g.op("Add", [g.op("Mul", [heads_p, v.nb1]), rows_u])
-    # rows of padding units and of units beyond the request go to the trash slot H * nb
-    item["row_ids"] = g.op(
-        "Reshape", [g.op("Where", [real, row_id, v.n_out]), g.i64(-1)], p + "row_ids"
-    )
-    if not n:
-        return item
+    def per_batch(x: str, stride: str, hint: str) -> str:
+        """``b * stride + x`` for every batch item b: ``[count, k]`` -> ``[B*count, k]``."""
+        y = g.op("Add", [g.op("Mul", [v.batch_ids, stride]), x])  # [B, count, k]
+        shape = g.op("Concat", [g.i64(-1), g.op("Shape", [x], start=1)], axis=0)
+        return g.op("Reshape", [y, shape], p + hint)
+
+    rows_u = g.op("Unsqueeze", [first(bk.rows, "rows"), one1])  # [count, 1]
+    heads = first(bk.heads, "heads")  # [count, m]
+    # output block row of each (unit, head) and batch item; beyond the request -> trash
+    row_id = g.op("Add", [g.op("Mul", [heads, v.nb1]), rows_u])
+    row_id = per_batch(row_id, g.op("Mul", [v.nb1, g.i64(n_heads)]), "row_id")  # [U, m]
+    real = g.op("Less", [per_batch(rows_u, zero1, "rows_b"), v.nb1])  # [U, 1]
+    row_id = g.op("Where", [real, row_id, v.n_out], p + "row_id_t")
     clamped = g.op("Min", [rows_u, v.nb1])
-    item["qidx"] = g.op("Add", [g.op("Mul", [heads_p, v.nbx1]), clamped], p + "qidx")  # [P, m]
+    qidx = g.op("Add", [g.op("Mul", [heads, v.nbx1]), clamped])  # [count, m]
+    qidx = per_batch(qidx, g.op("Mul", [v.nbx1, g.i64(n_heads)]), "qidx")  # [U, m]
     if bk.grouped:
-        kvh = rows_of(bk.kv_heads, 0, "kvh")
+        kvh = first(bk.kv_heads, "kvh")
     else:  # K/V head from the key's head count at run time
-        first = g.op("Squeeze", [g.op("Slice", [heads_p, zero1, one1, one1]), one1])
-        kvh = g.op("Div", [first, v.group], p + "kvh")
-    cols_p = rows_of(bk.cols, _FAR, "cols")
-    item["kidx"] = g.op(
-        "Add",
-        [g.op("Unsqueeze", [g.op("Mul", [kvh, v.nbx1]), one1]), g.op("Min", [cols_p, v.nb1])],
-        p + "kidx",
-    )  # [P, n]; key blocks beyond the request -> the all-invalid block nb
+        lead = g.op("Squeeze", [g.op("Slice", [heads, zero1, one1, one1]), one1])
+        kvh = g.op("Div", [lead, v.group], p + "kvh")
+    cols = g.op("Min", [first(bk.cols, "cols"), v.nb1])  # beyond the request -> block nb
+    kidx = g.op("Add", [g.op("Unsqueeze", [g.op("Mul", [kvh, v.nbx1]), one1]), cols])
+    kidx = per_batch(kidx, g.op("Mul", [v.nbx1, v.hkv1]), "kidx")  # [U, n]
+    units = g.op("Shape", [qidx], p + "U", end=1)
+
+    # chunk = clamp(budget / unit elements, 1, U); n_iter = ceil(U / chunk); the index
+    # arrays are padded to n_iter * chunk units (padding units compute unit 0 again and
+    # land in the trash slot)
+    c0, cd, cdv = unit_work_elements(bk, bs)
+    elems = g.op("Add", [g.op("Mul", [v.d1, g.i64(cd)]), g.op("Mul", [v.dv1, g.i64(cdv)])])
+    chunk = g.op("Div", [g.i64(max(1, budget // 4)), g.op("Add", [elems, g.i64(c0)])])
+    chunk = g.op("Max", [g.op("Min", [chunk, units]), one1], p + "chunk")
+    n_iter = g.op("Div", [g.op("Sub", [g.op("Add", [units, chunk]), one1]), chunk], p + "n_iter")
+    pads = g.op(
+        "Concat", [g.i64(0, 0), g.op("Sub", [g.op("Mul", [n_iter, chunk]), units]), zero1], axis=0
+    )  # [0, 0, extra, 0]: pads of a [U, k] array
+
+    def padded(x: str, fill: str, hint: str) -> str:
+        return g.op("Pad", [x, pads, fill], p + hint)
+
+    zero_i = g.const(np.int64(0), "zero_i")
+    item = {"p": p, "bk": bk, "chunk": chunk, "n_iter": n_iter}
+    trash = g.op("Squeeze", [v.n_out], "trash")
+    item["row_ids"] = g.op(
+        "Reshape", [padded(row_id, trash, "row_id_p"), g.i64(-1)], p + "row_ids"
+    )  # [n_iter * chunk * m]
+    item["qidx"] = padded(qidx, zero_i, "qidx_p")
+    item["kidx"] = padded(kidx, zero_i, "kidx_p")
+
+    def tiled(arr: np.ndarray, fill, hint: str) -> str:  # arr[:count] for every batch item
+        x = first(arr, hint)
+        y = g.op("Expand", [x, g.op("Concat", [v.b1, g.op("Shape", [x])], axis=0)])
+        y = g.op("Reshape", [y, g.op("Concat", [g.i64(-1), g.op("Shape", [x], start=1)], axis=0)])
+        return padded(y, g.const(np.array(fill, dtype=arr.dtype)), hint + "_p")
+
     if bk.has_partial and not bk.uniform:
-        item["mids"] = rows_of(bk.mask_ids, 1, "mids")
+        item["mids"] = tiled(bk.mask_ids, 1, "mids")
     dead = ~table[bk.mask_ids].any(axis=(1, 3))  # [R, bs] query rows with no visible key
     if dead.any() and not bk.uniform:
-        item["dead"] = rows_of(dead, False, "dead")
+        item["dead"] = tiled(dead, False, "dead")
     elif dead.any():
         item["dead_uniform"] = dead[0]
     return item
 
 
 def _loop(g: _Graph, item: dict, v: _Views, *, bs: int, exact: bool, tabs: dict) -> str:
-    """Step 3, the ``Loop`` over chunks of one bucket; returns ``[B, P*m, bs, Dv]``.
+    """Step 3, the ``Loop`` over chunks of one bucket; returns ``[P*m*bs, Dv]`` (token rows).
 
     ``exact``: tile masks applied with ``Where`` (a NaN/Inf K hidden by a partial tile
     cannot reach a score) and ``P @ V`` without ``0 * NaN`` from hidden non-finite V.
-    Scores are ``[B, c, bs, n*bs]`` for units of one head and ``[B, c, m, bs, n*bs]``
-    (a free view) for units of ``m`` heads, so that tile masks broadcast over the heads.
+    Scores are ``[c, bs, n*bs]`` for units of one head and ``[c, m, bs, n*bs]`` (a free
+    view) for units of ``m`` heads, so that tile masks broadcast over the heads.
     Loop-invariant shapes are computed outside the loop body.
     """
     bk: Bucket = item["bk"]
@@ -502,12 +529,11 @@ def _loop(g: _Graph, item: dict, v: _Views, *, bs: int, exact: bool, tabs: dict)
     f32 = TensorProto.FLOAT
     table = tabs["table"]
     # shapes (outer graph)
-    q_shape = g.op("Concat", [g.i64(0, 0, m * bs), v.d_aug], axis=0)
-    k_shape = g.op("Concat", [g.i64(0, 0, n * bs), v.d_aug], axis=0)
-    v_shape = g.op("Concat", [g.i64(0, 0, n * bs), v.dv1], axis=0)
-    out_shape = g.op("Concat", [g.i64(1, 0, -1, bs), v.dv1], axis=0)
-    unit = (m, bs) if m > 1 else (bs,)  # query rows of a unit, as axes
-    o_unit_shape = g.op("Concat", [g.i64(0, 0, *unit), v.dv1], axis=0) if m > 1 else None
+    q_shape = g.op("Concat", [g.i64(-1, m * bs), v.d_aug], axis=0)
+    k_shape = g.op("Concat", [g.i64(-1, n * bs), v.d_aug], axis=0)
+    v_shape = g.op("Concat", [g.i64(-1, n * bs), v.dv1], axis=0)
+    out_shape = g.op("Concat", [g.i64(1, -1), v.dv1], axis=0)
+    o_unit_shape = g.op("Concat", [g.i64(-1, m, bs), v.dv1], axis=0) if m > 1 else None
 
     body = _Graph(prefix=p + "it_")
     it_in, cond_in = p + "iter", p + "cond_in"
@@ -519,25 +545,23 @@ def _loop(g: _Graph, item: dict, v: _Views, *, bs: int, exact: bool, tabs: dict)
         return body.op("Slice", [x, start, stop, axis0], hint)
 
     def gathered(src: str, idx: str, shape: str, hint: str) -> str:
-        return body.op("Reshape", [body.op("Gather", [src, idx], hint + "5", axis=1), shape], hint)
+        return body.op("Reshape", [body.op("Gather", [src, idx], hint + "4"), shape], hint)
 
     kidx = chunk_of(item["kidx"], "kidx")
-    qg = gathered(v.qb, chunk_of(item["qidx"], "qidx"), q_shape, "qg")  # [B, c, m*bs, D+1]
-    kg = gathered(v.kb, kidx, k_shape, "kg")  # [B, c, n*bs, D+1]
-    vg = gathered(v.vb, kidx, v_shape, "vg")  # [B, c, n*bs, Dv]
+    qg = gathered(v.qb, chunk_of(item["qidx"], "qidx"), q_shape, "qg")  # [c, m*bs, D+1]
+    kg = gathered(v.kb, kidx, k_shape, "kg")  # [c, n*bs, D+1]
+    vg = gathered(v.vb, kidx, v_shape, "vg")  # [c, n*bs, Dv]
     scores = body.op(
         "Mul",
-        [
-            body.op("MatMul", [qg, body.op("Transpose", [kg], "kT", perm=[0, 1, 3, 2])]),
-            tabs["scale"],
-        ],
+        [body.op("MatMul", [qg, body.op("Transpose", [kg], "kT", perm=[0, 2, 1])]), tabs["scale"]],
         "scores",
-    )  # [B, c, m*bs, n*bs]; invalid keys carry the key bias via the augmented column
+    )  # [c, m*bs, n*bs]; invalid keys carry the key bias via the augmented column
     if m > 1:
-        scores = body.op("Reshape", [scores, body.i64(0, 0, m, bs, n * bs)], "scores5")
+        scores = body.op("Reshape", [scores, body.i64(-1, m, bs, n * bs)], "scores4")
     vis = None
+    mid = (1,) if m > 1 else ()  # the heads axis of a per-unit mask
     if bk.has_partial:
-        if bk.uniform:  # one constant [bs, n*bs] broadcast over batch, units and heads
+        if bk.uniform:  # one constant [bs, n*bs] broadcast over units and heads
             tiles = table[bk.mask_ids[0]].transpose(1, 0, 2).reshape(bs, n * bs)
             tb = body.const(
                 tiles if exact else np.where(tiles, 0.0, -np.inf).astype(np.float32), "tmask"
@@ -547,10 +571,7 @@ def _loop(g: _Graph, item: dict, v: _Views, *, bs: int, exact: bool, tabs: dict)
             tiles = body.op("Gather", [src, chunk_of(item["mids"], "mids")])  # [c, n, bs, bs]
             tb = body.op(
                 "Reshape",
-                [
-                    body.op("Transpose", [tiles], perm=[0, 2, 1, 3]),
-                    body.i64(-1, *((1,) if m > 1 else ()), bs, n * bs),
-                ],
+                [body.op("Transpose", [tiles], perm=[0, 2, 1, 3]), body.i64(-1, *mid, bs, n * bs)],
                 "tmask",
             )  # [c, (1,) bs, n*bs]
         if exact:
@@ -560,12 +581,12 @@ def _loop(g: _Graph, item: dict, v: _Views, *, bs: int, exact: bool, tabs: dict)
             scores = body.op("Add", [scores, tb], "masked")
     probs = body.op("Softmax", [scores], "probs", axis=-1)
     if m > 1:
-        probs = body.op("Reshape", [probs, body.i64(0, 0, m * bs, n * bs)], "probs4")
+        probs = body.op("Reshape", [probs, body.i64(-1, m * bs, n * bs)], "probs3")
 
-    def per_unit(x: str, hint: str) -> str:  # [B, c, m*bs, Dv] -> [B, c, (m,) bs, Dv]
+    def per_unit(x: str, hint: str) -> str:  # [c, m*bs, Dv] -> [c, (m,) bs, Dv]
         return body.op("Reshape", [x, o_unit_shape], hint) if m > 1 else x
 
-    o = per_unit(body.op("MatMul", [probs, vg], "pv"), "pv5")
+    o = per_unit(body.op("MatMul", [probs, vg], "pv"), "pv4")
     fzero = tabs["fzero"]
     if vis is not None:
         # keep 0 * NaN of hidden keys out: P @ finite(V), unless a visible V is
@@ -575,20 +596,17 @@ def _loop(g: _Graph, item: dict, v: _Views, *, bs: int, exact: bool, tabs: dict)
         o_fin = per_unit(body.op("MatMul", [probs, vfin]), "pv_fin")
         nonfin = body.op("Cast", [nonfin], to=f32)
         if m > 1:
-            nonfin = body.op("Unsqueeze", [nonfin, body.i64(2)])  # [B, c, 1, n*bs, Dv]
+            nonfin = body.op("Unsqueeze", [nonfin, body.i64(1)])  # [c, 1, n*bs, Dv]
         cnt = body.op(
             "MatMul", [body.op("Cast", [vis], to=f32), nonfin], "nonfinite_visible"
-        )  # [B, c, (1,) bs, Dv]
+        )  # [c, (1,) bs, Dv]
         o = body.op("Where", [body.op("Greater", [cnt, fzero]), o, o_fin], "pv_exact")
     if "dead_uniform" in item:
         o = body.op("Where", [body.const(item["dead_uniform"][:, None], "dead"), fzero, o], "o")
     elif "dead" in item:
-        dead = body.op(
-            "Reshape",
-            [chunk_of(item["dead"], "dead"), body.i64(-1, *((1,) if m > 1 else ()), bs, 1)],
-        )
+        dead = body.op("Reshape", [chunk_of(item["dead"], "dead"), body.i64(-1, *mid, bs, 1)])
         o = body.op("Where", [dead, fzero, o], "o")
-    # [1, B, c*m, bs, Dv]: a leading axis of 1, so that stacking the iterations (ONNX
+    # [1, c*m*bs, Dv]: a leading axis of 1, so that stacking the iterations (ONNX
     # Runtime) and concatenating them along axis 0 (onnx.reference) give the same values
     out = body.op("Reshape", [o, out_shape], "chunk_out")
     cond_out = body.op("Identity", [cond_in], "cond_out")
@@ -609,33 +627,24 @@ def _loop(g: _Graph, item: dict, v: _Views, *, bs: int, exact: bool, tabs: dict)
         [g.op("Squeeze", [item["n_iter"]]), g.const(np.array(True), "true")],
         "loop",
         body=graph,
-    )  # [n_iter, 1, B, c*m, bs, Dv] or [n_iter, B, c*m, bs, Dv]
-    cm = g.op("Mul", [item["chunk"], g.i64(m)])
-    stacked = g.op(
-        "Reshape", [stacked, g.op("Concat", [g.i64(-1), v.b1, cm, g.i64(bs), v.dv1], axis=0)]
-    )
-    return g.op(
-        "Reshape",
-        [
-            g.op("Transpose", [stacked], perm=[1, 0, 2, 3, 4]),
-            g.op("Concat", [g.i64(0, -1, bs), v.dv1], axis=0),
-        ],
-        "out",
-    )  # [B, P*m, bs, Dv]
+    )  # [n_iter, 1, c*m*bs, Dv] or [n_iter, c*m*bs, Dv]
+    return g.op("Reshape", [stacked, g.op("Concat", [g.i64(-1), v.dv1], axis=0)], "out")
 
 
 def _assemble(
     g: _Graph, v: _Views, cat: str, row_ids: list[str], *, bs: int, n_heads: int, max_s: int
 ) -> None:
-    """Step 4: rows back in order (empty rows read the zero row), crop, guard, cast."""
+    """Step 4: one token-level Gather puts the computed rows in ``[B, H, S, Dv]`` order
+    (rows never computed read the zero block), then the length guard and the cast."""
     zero1, one1 = g.i64(0), g.i64(1)
-    if not row_ids:  # a layout without any tile: every row reads the zero row
+    if not row_ids:  # a layout without any tile: every row reads the zero block
         ids = g.const(np.zeros(0, np.int64), "no_rows")
     elif len(row_ids) == 1:
         ids = row_ids[0]
     else:
         ids = g.op("Concat", row_ids, "row_ids", axis=0)
-    n_ids = g.op("Shape", [ids], "n_ids")  # computed rows; the zero row sits at n_ids
+    n_ids = g.op("Shape", [ids], "n_ids")  # computed block rows; the zero block sits at n_ids
+    # inverse permutation over the B*H*nb output block rows (+ a trash slot)
     inv = g.op(
         "ScatterElements",
         [
@@ -647,17 +656,23 @@ def _assemble(
         axis=0,
     )
     inv = g.op("Slice", [inv, zero1, v.n_out], "inv_real")  # drop the trash slot
-    ordered = g.op("Gather", [cat, inv], "ordered", axis=1)  # [B, H*nb, bs, Dv]
-    shp = g.op("Concat", [zero1, g.i64(n_heads), g.i64(-1), v.dv1], "out_shape", axis=0)
-    full = g.op("Reshape", [ordered, shp], "out_full")  # [B, H, Sp, Dv]
-    cropped = g.op("Slice", [full, zero1, v.s1, g.i64(2)], "out_crop")
+    tokens = g.op(
+        "Add",
+        [
+            g.op("Unsqueeze", [g.op("Mul", [inv, g.i64(bs)]), one1]),
+            g.const(np.arange(bs, dtype=np.int64)),
+        ],
+    )  # [B*H*nb, bs]
+    tokens = g.op("Reshape", [tokens, g.op("Concat", [v.b1, g.i64(n_heads, -1)], axis=0)])
+    tokens = g.op("Slice", [tokens, zero1, v.s1, g.i64(2)], "tokens")  # [B, H, S]
+    out = g.op("Gather", [cat, tokens], "ordered", axis=0)  # [B, H, S, Dv]
     # no-op for S <= max_seq_len; a request longer than the layout fails here, loudly
     too_long = g.op("Cast", [g.op("Greater", [v.s1, g.i64(max_s)])], to=TensorProto.INT64)
     s_guard = g.op("Add", [v.s1, too_long], "S_guard")  # S + 1 when S > max_seq_len
     guard = g.op("Concat", [v.b1, g.i64(n_heads), s_guard, v.dv1], "out_guard_shape", axis=0)
-    cropped = g.op("Reshape", [cropped, guard], "out_guard")
+    out = g.op("Reshape", [out, guard], "out_guard")
     g.nodes.append(
-        helper.make_node("CastLike", [cropped, opspec.INPUT_NAMES[0]], [opspec.OUTPUT_NAMES[0]])
+        helper.make_node("CastLike", [out, opspec.INPUT_NAMES[0]], [opspec.OUTPUT_NAMES[0]])
     )
 
 
@@ -746,16 +761,26 @@ def build_function(
         tabs["bool"] = g.const(table, "mask_table")
     # units without tiles are not computed: their rows read the zero row
     items = [
-        _prepare(g, bk, bi, v, bs=bs, budget=work_budget, num_blocks=layout.num_blocks, table=table)
+        _prepare(
+            g,
+            bk,
+            bi,
+            v,
+            bs=bs,
+            n_heads=n_heads,
+            budget=work_budget,
+            num_blocks=layout.num_blocks,
+            table=table,
+        )
         for bi, bk in enumerate(buckets)
         if bk.width
     ]
-    zshape = g.op("Concat", [v.b1, g.i64(1, bs), v.dv1], "zero_row_shape", axis=0)
-    zero_row = g.op("Expand", [g.const(np.zeros((1, 1, 1, 1), np.float32)), zshape], "zero_row")
+    zshape = g.op("Concat", [g.i64(bs), v.dv1], "zero_block_shape", axis=0)
+    zero_row = g.op("Expand", [g.const(np.zeros((1, 1), np.float32)), zshape], "zero_block")
 
     def emit(gg: _Graph, exact: bool) -> str:
         outs = [_loop(gg, it, v, bs=bs, exact=exact, tabs=tabs) for it in items]
-        return gg.op("Concat", [*outs, zero_row], "cat", axis=1)
+        return gg.op("Concat", [*outs, zero_row], "cat", axis=0)  # [T, Dv] token rows
 
     if any_partial:
         # exact path only when a real (not padded) K or V value is non-finite: the sum of
