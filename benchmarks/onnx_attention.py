@@ -6,8 +6,8 @@ Two measurements, printed as tables and written as one JSON file:
   same session options, interleaved (sparse, dense, sparse, ...) so that load from other
   processes hits both alike; medians of wall and process CPU time. Default case:
   ``band(w=256) | global(n=64)``, S = 4096, H = 8, D = 64, block 64.
-* **memory**: each model runs once (after a warm-up run) in a fresh subprocess; the
-  process's peak resident set (``ru_maxrss``) is recorded together with the resident set
+* **memory**: each model runs twice in a fresh subprocess; the process's peak resident
+  set (``VmHWM``) is recorded together with the resident set
   just before the first run (interpreter, onnxruntime, session, inputs). Default case:
   causal ``band(w=1024)``, H = 8, D = 64, S = 2k..16k. The dense graph is skipped above
   ``--dense-max-seq-len`` (its scores alone are ``H * S^2 * 4`` bytes).
@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -144,11 +143,19 @@ def _feeds(case: dict, rng) -> tuple[dict, dict]:
     return sparse, dense
 
 
-def _rss_mib() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
+def _status_mib(key: str) -> float:
+    """``VmRSS`` / ``VmHWM`` of this process in MiB (Linux ``/proc``; NaN elsewhere).
+
+    ``VmHWM`` (the peak resident set of this process image) is used rather than
+    ``getrusage().ru_maxrss``, which Linux carries over ``execve`` from the forking parent.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return float("nan")
 
 
@@ -163,14 +170,14 @@ def child_memory(case: dict, which: str) -> dict:
         model, _sessions_options(case["threads"], True), providers=["CPUExecutionProvider"]
     )
     feeds = _feeds(case, np.random.default_rng(0))[0 if which == "sparse" else 1]
-    before = _rss_mib()
+    before = _status_mib("VmRSS")
     t = time.perf_counter()
     sess.run(None, feeds)
     first = time.perf_counter() - t
     t = time.perf_counter()
     sess.run(None, feeds)
     second = time.perf_counter() - t
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    peak = _status_mib("VmHWM")
     inputs = sum(x.nbytes for x in feeds.values()) / 2**20
     out = case["batch"] * case["heads"] * case["seq_len"] * case["head_dim"] * 4 / 2**20
     return {

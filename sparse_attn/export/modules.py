@@ -18,9 +18,10 @@ class SparseAttention(torch.nn.Module):
             layout.seq_len``; ``layout.num_heads`` must equal the inputs' H.
         scale: softmax scale; default ``1 / sqrt(D)`` of the query.
 
-    ``forward(query, key, value, key_padding_mask=None)``: query/key ``[B, H, S, D]``,
-    value ``[B, H, S, Dv]`` (float32/float16), ``key_padding_mask [B, S]`` bool (True =
-    real token), ``1 <= S <= layout.seq_len`` (``S == layout.seq_len`` when the layout
+    ``forward(query, key, value, key_padding_mask=None)``: query ``[B, H, S, D]``, key
+    ``[B, Hkv, S, D]``, value ``[B, Hkv, S, Dv]`` (float32/float16; ``H % Hkv == 0``,
+    grouped-query K/V are never repeated per query head; D, Dv up to 256),
+    ``key_padding_mask [B, S]`` bool (True = real token), ``1 <= S <= layout.seq_len`` (``S == layout.seq_len`` when the layout
     ``requires_static_seq_len``); returns ``[B, H, S, Dv]`` in the query dtype. Under
     ``torch.onnx.export`` it emits the ``sparse_attn::BlockSparseAttention`` node; the
     layout never depends on the traced S, so S stays dynamic.
