@@ -12,15 +12,16 @@ or float16, ``H % Hkv == 0``: query head ``h`` reads K/V head ``h // (H // Hkv)`
 
 Construction
 ------------
-1. *Views.* ``nb = ceil(S / bs)`` blocks (dynamic). Q (times the scale), K and V are cast
-   to float32 and padded along S to ``(nb + 1) * bs``: block ``nb`` is an all-invalid block
-   that tiles beyond the request point at. Key validity ``ok[b, j] = j < S and
-   key_padding_mask[b, j]``. Q gets a column of ones and K a column holding 0 (valid key)
-   or -1e30 (invalid key), so ``Q_aug @ K_aug^T`` carries the key mask with no pass over
-   the scores; K at invalid keys is replaced by 0 with ``Where`` (V too when there is a key
-   padding mask), so NaN/Inf in padded slots never reach a product. Block views
-   ``[B, H*(nb+1), bs, D+1]`` for Q and ``[B, Hkv*(nb+1), bs, .]`` for K/V. K and V are
-   never copied per query head.
+1. *Views.* ``nb = ceil(S / bs)`` blocks (dynamic). Q, K and V are cast to float32 and
+   padded along S to ``(nb + 1) * bs``: block ``nb`` is an all-invalid block that tiles
+   beyond the request point at. Key validity ``ok[b, j] = j < S and key_padding_mask[b,
+   j]``. Q gets a column of ones and K a column holding 0 (valid key) or a huge negative
+   number (invalid key), so ``Q_aug @ K_aug^T`` carries the key mask with no pass over the
+   scores; with a key padding mask, K and V at padded keys are replaced by 0 with
+   ``Where``, so NaN/Inf in padded slots never reach a product. The scale multiplies the
+   scores (ONNX Runtime folds it into the MatMul). Flat block views
+   ``[B*H*(nb+1), bs, D+1]`` for Q and ``[B*Hkv*(nb+1), bs, .]`` for K/V; K and V are never
+   copied per query head.
 2. *Units and buckets* (export time, :func:`plan_buckets`). A unit is one query block of
    one K/V head together with the query heads that read it: when the ``G = H / Hkv``
    query heads of a K/V head have the same tiles and masks in a block row (the common
@@ -28,28 +29,32 @@ Construction
    K/V tiles; otherwise each query head is a unit of its own. Units with the same tile
    count and full/partial mask sequence form *uniform* buckets (one ``[bs, n*bs]`` bias
    broadcast over the units, e.g. all interior rows of a band); leftovers are merged by
-   tile count with bounded padding (per-unit biases); units without tiles read a zero
-   row. Global rows (all ``nQB`` tiles) get their own bucket, so they never make the
-   other rows dense (a padded ``[rows, max_nnz]`` gather pays for the longest row).
+   tile count with bounded padding (per-unit biases); units without tiles are not
+   computed (their rows read a zero block). Global rows (all ``nQB`` tiles) get their own
+   bucket, so they never make the other rows dense (a padded ``[rows, max_nnz]`` gather
+   pays for the longest row).
 3. *Chunked loop per bucket.* Units are sorted by query block, so the units inside the
-   request are a prefix whose length is computed at run time. They are processed by an
-   ONNX ``Loop`` in chunks of ``C`` units, ``C`` computed at run time from the working-set
-   budget (:data:`WORK_BUDGET_BYTES`), the batch size and D/Dv (see
-   :func:`unit_work_elements`). One iteration gathers the chunk's Q blocks
-   ``[B, C, m*bs, D+1]`` and K/V tiles ``[B, C, n*bs, .]`` (tiles beyond the request
-   point at the all-invalid block), computes ``Q_aug @ K_aug^T``, adds the tile bias
-   (0/-inf from the partial masks) only if the bucket has partial tiles, ``Softmax`` in
-   fp32, ``@ V``, and zeroes rows with no visible key in the layout (statically known).
-   A query whose visible keys are all invalid averages the zeroed V and outputs exactly 0.
-4. *Assembly.* The loops' outputs are concatenated with one zero row, put back in row
-   order by one ``Gather`` through the inverse permutation (rows of units beyond the
-   request go to a trash slot), reshaped to ``[B, H, nb*bs, Dv]``, cropped to ``S`` and
-   cast back to the query dtype.
+   request are a prefix whose length is computed at run time; with the batch they make
+   ``U = B * count`` units (flat gather indices). An ONNX ``Loop`` processes them in
+   chunks of ``C`` units, ``C`` computed at run time from the working-set budget
+   (:data:`WORK_BUDGET_BYTES`) and D/Dv (see :func:`unit_work_elements`). One iteration
+   gathers the chunk's Q blocks ``[C, m*bs, D+1]`` and K/V tiles ``[C, n*bs, .]``,
+   computes ``Q_aug @ K_aug^T``, adds the tile bias (0/-inf from the partial masks) only
+   if the bucket has partial tiles, ``Softmax`` in fp32, ``@ V``, and zeroes rows with no
+   visible key in the layout (statically known). A query whose visible keys are all
+   invalid averages the zeroed V and outputs exactly 0.
+4. *Assembly.* The loops' outputs (token rows) and one zero block are concatenated; one
+   token-level ``Gather`` (indices from the inverse permutation of the units' rows) puts
+   them in ``[B, H, S, Dv]`` order, crop included (rows of units beyond the request go to
+   a trash slot); a ``Reshape`` refuses ``S > max_seq_len``; ``CastLike`` returns the
+   query dtype.
 
 Memory: everything outside the loops is a small multiple of the op's inputs and output
 (padded Q/K/V views, the loop outputs, the reordered output); inside, one iteration's
 working set stays under ``WORK_BUDGET_BYTES`` (at least one unit per iteration), so the
-peak no longer grows with ``S * window * H``.
+peak no longer grows with ``S * window * H``. A budget of the size of a core's L2 cache
+is also the fast choice: the chunk's tiles and scores stay in cache between the MatMuls,
+the bias add and the Softmax.
 
 NaN safety: masked keys are removed with ``Where`` (padding, crop) or ``-inf`` biases on
 finite scores. If a *real* (not padded) K or V value is NaN/Inf, an ``If`` switches to an
@@ -83,8 +88,6 @@ WORK_BUDGET_BYTES = 2 * 2**20
 #: Score added for keys outside the request or padded (finite: their V is 0, so a row
 #: that sees only such keys averages zeros and outputs exactly 0).
 _KEY_BIAS = -1.0e30
-#: Stand-in block index for the padding units of a chunk (clamped onto the invalid block).
-_FAR = np.int64(2**40)
 
 
 @dataclass(frozen=True)
@@ -306,7 +309,7 @@ class _Views:
     kb: str  # [B*Hkv*nbx, bs, D+1] sanitised K with the key-bias column
     vb: str  # [B*Hkv*nbx, bs, Dv] V (zeros at padded keys)
     d_aug: str  # [1] D + 1
-    kp: str  # [B, Hkv, Sp, D+1] (non-finite check)
+    kp: str  # [B, Hkv, Sp, D] sanitised K (non-finite check)
     vp: str  # [B, Hkv, Sp, Dv]
     group: str | None  # [1] H / Hkv at run time (None when baked)
 
@@ -393,7 +396,7 @@ def _views(
             g.op("Concat", [g.op("Shape", [kp], end=3), one1], axis=0),
         ],
     )
-    kp = g.op("Concat", [kp, bias_col], "k_aug", axis=-1)  # [B, Hkv, Sp_ext, D+1]
+    k_aug = g.op("Concat", [kp, bias_col], "k_aug", axis=-1)  # [B, Hkv, Sp_ext, D+1]
     # block views of K/V: [B, Hkv, nbx, bs, d] (a baked Hkv that differs fails here)
     # then [B*Hkv*nbx, bs, d]
     kb, vb = (
@@ -405,7 +408,7 @@ def _views(
             ],
             hint,
         )
-        for x, dim, hint in ((kp, d_aug, "kblk"), (vp, dv1, "vblk"))
+        for x, dim, hint in ((k_aug, d_aug, "kblk"), (vp, dv1, "vblk"))
     )
     n_out = g.op("Mul", [b1, g.op("Mul", [nb1, g.i64(n_heads)])], "n_out")  # B * H * nb
     batch_ids = g.op(
