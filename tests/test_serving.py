@@ -334,7 +334,9 @@ def test_tritonclient_speaks_v2_with_the_server(rt):
 
 def test_200_concurrent_mixed_requests(rt):
     """Valid ones equal the in-process result; invalid ones are 400 with the runtime's message."""
-    app = create_app(rt, name="att", policy=BatchPolicy(max_batch_size=8, max_delay_ms=10))
+    app = create_app(
+        rt, name="att", policy=BatchPolicy(max_batch_size=8, max_delay_ms=10, max_padding=1.0)
+    )
     rng = np.random.default_rng(0)
     cases = []
     for i in range(200):

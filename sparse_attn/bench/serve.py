@@ -15,7 +15,9 @@ Paths (each a cell per ``C``):
   thread each), batching off and on.
 
 Figures: requests/s (answered requests / wall time of the cell), latency p50 / p99 per
-request (ms, client side), mean rows per model call (from the server's ``/metrics``), and
+request (ms, client side), mean rows per model call (from the server's ``/metrics``), CPU
+time per request (in-process: this process; HTTP: the server process; a busy machine
+disturbs it less than wall time; not measured for Ray's worker processes), and
 ``max_abs_err`` of the returned embeddings against in-process ``Runtime.run`` of the same
 request. Timings depend on the machine's load: the load average is recorded. Nothing here
 asserts a timing.
@@ -209,6 +211,12 @@ def _run_cell(make_client, payloads, expected, clients: int, per_client: int) ->
     }
 
 
+def _proc_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux ``/proc/PID/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _metrics(port: int) -> dict:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
@@ -309,17 +317,17 @@ def run_serve_suite(
         )
 
     for c in concurrency:
-        add(
-            "in-process",
-            None,
-            _run_cell(lambda: lambda f: rt.run(f)[OUTPUT], pool, expected, c, n_per(c)),
-        )
+        t_cpu = time.process_time()
+        cell = _run_cell(lambda: lambda f: rt.run(f)[OUTPUT], pool, expected, c, n_per(c))
+        cpu = time.process_time() - t_cpu
+        add("in-process", None, cell, {"cpu_ms_per_request": 1000 * cpu / max(1, cell["answered"])})
 
     for batching in (False, True):
         proc, port = _start_http_server(model, batching, threads)
         try:
             for c in concurrency:
                 before = _metrics(port)
+                cpu0 = _proc_cpu_s(proc.pid)
                 cell = _run_cell(
                     lambda port=port: _HttpClient(port, "/v2/models/minilm/infer"),
                     bodies,
@@ -332,7 +340,16 @@ def run_serve_suite(
                     after["sparse_attn_batch_rows_count"] - before["sparse_attn_batch_rows_count"]
                 )
                 rows = after["sparse_attn_batch_rows_sum"] - before["sparse_attn_batch_rows_sum"]
-                add("http", batching, cell, {"mean_batch_rows": rows / calls if calls else None})
+                cpu = _proc_cpu_s(proc.pid) - cpu0
+                add(
+                    "http",
+                    batching,
+                    cell,
+                    {
+                        "mean_batch_rows": rows / calls if calls else None,
+                        "cpu_ms_per_request": 1000 * cpu / max(1, cell["answered"]),
+                    },
+                )
         finally:
             _stop(proc)
 
@@ -410,15 +427,17 @@ def markdown_table(suite: dict) -> str:
     if not cells:
         return ""
     rows = [
-        "| path | batching | clients | req/s | p50 ms | p99 ms | rows/call | errors | max abs err |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| path | batching | clients | req/s | p50 ms | p99 ms | rows/call | CPU ms/req | errors "
+        "| max abs err |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for c in cells:
         b = "-" if c["batching"] is None else ("on" if c["batching"] else "off")
         rpc = c.get("mean_batch_rows")
         rows.append(
             f"| {c['path']} | {b} | {c['concurrency']} | {_f(c['rps'])} | {_f(c['p50_ms'])} | "
-            f"{_f(c['p99_ms'])} | {_f(rpc, 2) if rpc else '-'} | {c['errors']} | "
+            f"{_f(c['p99_ms'])} | {_f(rpc, 2) if rpc else '-'} | "
+            f"{_f(c.get('cpu_ms_per_request'))} | {c['errors']} | "
             f"{c['max_abs_err']:.1e} |"
         )
     return "\n".join(rows)

@@ -53,7 +53,7 @@ def _is_loopback(host: str) -> bool:
 @click.option(
     "--max-padding",
     type=click.FloatRange(min=0),
-    default=0.5,
+    default=0.1,
     show_default=True,
     help="Most padding per merged call, as a fraction of its real tokens.",
 )

@@ -73,7 +73,7 @@ class BatchPolicy:
     max_delay_ms: float = 5.0
     max_queue: int = 256
     workers: int = 1
-    max_padding: float = 0.5
+    max_padding: float = 0.1
 
     def __post_init__(self) -> None:
         for name in ("max_batch_size", "max_queue", "workers"):
