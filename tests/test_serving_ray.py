@@ -115,3 +115,44 @@ def test_serve_run_builder_arguments(tmp_path):
     ):
         with pytest.raises(InvalidInputError, match=msg):
             ray_app.app_builder(args)
+
+
+@pytest.mark.slow
+def test_cli_serve_ray_answers_and_stops_on_sigterm(tmp_path):
+    """``sparse-attn serve --ray --replicas 2`` in the foreground (its own Ray instance)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    path = export_attention_model(tmp_path / "att.onnx")
+    port = _free_port()
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    env["OMP_NUM_THREADS"] = "1"
+    env["TMPDIR"] = tempfile.mkdtemp(prefix="rt-")  # Ray's session folder: short paths
+    cmd = [sys.executable, "-m", "sparse_attn.cli", "serve", str(path), "--ray"]
+    cmd += ["--replicas", "2", "--port", str(port), "--name", "att"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            line = proc.stderr.readline()
+            assert line or proc.poll() is None, "the server exited"
+            if "Ray Serve, 2 replica(s)" in line:
+                break
+            assert time.monotonic() < deadline, "Ray Serve did not start"
+        rt = sparse_attn.Runtime(path)
+        f = qkv(3, 21, b=2)
+        code, body = post(f"http://127.0.0.1:{port}/v2/models/att/infer", v2_json(f))
+        assert code == 200
+        assert_close(output_of(body), rt.run(f)["output"])
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(120) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+        shutil.rmtree(env["TMPDIR"], ignore_errors=True)

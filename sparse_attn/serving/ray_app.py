@@ -247,7 +247,7 @@ def serve_on_ray(
         replicas=replicas,
         max_replicas=max_replicas,
     )
-    start_ray(address)
+    temp_dir = start_ray(address)
     stop = threading.Event()
     caught: list[int] = []
 
@@ -270,4 +270,8 @@ def serve_on_ray(
     finally:
         serve.shutdown()
         ray.shutdown()
+        if temp_dir and not address:
+            import shutil
+
+            shutil.rmtree(temp_dir, ignore_errors=True)
     return 130 if caught and caught[-1] == signal.SIGINT else 0
