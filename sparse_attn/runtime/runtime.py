@@ -245,7 +245,9 @@ class Runtime:
     ) -> None:
         if backend not in BACKENDS:
             raise InvalidInputError(f"unknown backend {backend!r}; choose one of {list(BACKENDS)}")
-        self.path = Path(path)
+        from sparse_attn.runtime.generate import resolve_model_file
+
+        self.path = resolve_model_file(path)  # a generation export directory -> its prefill
         kind, proto = _inspect(self.path)
         if kind == "onnx":
             check_external_data(proto, self.path)
@@ -446,6 +448,30 @@ class Runtime:
                 )
             chunks.append(picked[1])
         return np.concatenate(chunks, axis=0)
+
+    # ------------------------------------------------------------------ generation
+    def generate(self, input_ids, max_new_tokens: int = 32, **kwargs):
+        """Generate with a generation export (``sparse-attn export ... --task generate``).
+
+        Args:
+            input_ids: token ids ``[B, S]`` (or a list of token lists of any lengths; rows are
+                left-padded), or a text / list of texts for the checkpoint's tokenizer.
+            max_new_tokens: most new tokens (>= 1).
+            **kwargs: ``attention_mask``, ``temperature`` (0 = greedy, the default),
+                ``top_k``, ``top_p``, ``seed``, ``stop_token_ids``, ``stream`` (return an
+                iterator of int64 ``[B]`` per step), ``chat`` (apply the chat template to texts).
+
+        Returns:
+            int64 ``[B, N]`` new tokens, ``N <= max_new_tokens`` (see
+            :mod:`sparse_attn.runtime.generate`).
+
+        Raises:
+            InvalidInputError: the model is not a generation export, or bad input (before any
+                work).
+        """
+        from sparse_attn.runtime.generate import runtime_generate
+
+        return runtime_generate(self, input_ids, max_new_tokens, **kwargs)
 
     # ------------------------------------------------------------------ lifecycle
     def close(self) -> None:
