@@ -39,6 +39,7 @@ COMMANDS = {
         "sparse_attn.cli.triton_repo_cmd",
         "Write a Triton Inference Server model repository.",
     ),
+    "generate": ("sparse_attn.cli.generate_cmd", "Generate text with a generation export."),
 }
 
 

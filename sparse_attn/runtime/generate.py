@@ -219,14 +219,13 @@ class Generator:
                 raise InvalidInputError(
                     f"the {k} graph {p} is missing; re-export the model with --task generate"
                 )
-        import onnxruntime as ort
-
-        opts = _ort_options(intra_op_threads, allow_spinning)
-        providers = providers or ["CPUExecutionProvider"]
-        self._prefill = prefill_session or ort.InferenceSession(
-            str(paths["prefill"]), opts, providers=providers
+        self._paths = paths
+        self._session_args = (
+            providers or ["CPUExecutionProvider"],
+            intra_op_threads,
+            allow_spinning,
         )
-        self._decode = ort.InferenceSession(str(paths["decode"]), opts, providers=providers)
+        self._sessions = {"prefill": prefill_session} if prefill_session is not None else {}
         self._present = list(self.info["present_names"])
         self._past = list(self.info["past_names"])
         self._outputs = ["logits", *self._present]
@@ -234,6 +233,24 @@ class Generator:
         self._lock = threading.Lock()
         #: cache lengths of the last decode step, per present name (for tests and benches)
         self.last_cache_shapes: dict[str, tuple[int, ...]] = {}
+
+    def session(self, which: str):
+        """The ONNX Runtime session of ``"prefill"`` or ``"decode"`` (opened on first use)."""
+        if which not in self._sessions:
+            import onnxruntime as ort
+
+            providers, threads, spinning = self._session_args
+            opts = _ort_options(threads, spinning)
+            try:
+                self._sessions[which] = ort.InferenceSession(
+                    str(self._paths[which]), opts, providers=providers
+                )
+            except Exception as exc:
+                raise InvalidInputError(
+                    f"ONNX Runtime cannot load {self._paths[which]}: "
+                    f"{' '.join(str(exc).split())[:300]}; re-export the model"
+                ) from exc
+        return self._sessions[which]
 
     def _generation_config(self) -> dict:
         f = self.directory / "generation_config.json"
@@ -401,7 +418,7 @@ class Generator:
             rng = np.random.default_rng(opts.seed)
             pos = positions_from_mask(mask)
             feeds = {"input_ids": ids, "attention_mask": mask, "position_ids": pos}
-            out = self._call(self._prefill, feeds, "prefill")
+            out = self._call(self.session("prefill"), feeds, "prefill")
             finished = np.zeros(ids.shape[0], dtype=bool)
             last_pos = pos[:, -1:]
             for step in range(opts.max_new_tokens):
@@ -419,7 +436,7 @@ class Generator:
                     "position_ids": last_pos,
                 }
                 feeds.update(zip(self._past, out[1:], strict=True))
-                out = self._call(self._decode, feeds, "decode")
+                out = self._call(self.session("decode"), feeds, "decode")
                 self.last_cache_shapes = {
                     n: tuple(a.shape) for n, a in zip(self._present, out[1:], strict=True)
                 }
