@@ -583,6 +583,93 @@ def export_generation(
     return GenerationExport(out_dir, pre_path, dec_path, info, checks)
 
 
+def export_checkpoint(
+    model_dir,
+    output_dir,
+    *,
+    block_size: int | None = None,
+    max_seq_len: int | None = None,
+    dtype: str = "float32",
+    pattern=None,
+    layers=None,
+    verbose: bool = True,
+) -> GenerationExport:
+    """``sparse-attn export --model PATH --task generate -o DIR``: a checkpoint's generation export.
+
+    The checkpoint is loaded and switched to the block-sparse op by the Hugging Face
+    integration (:func:`sparse_attn.models.family.build_model`: safetensors only, one pattern
+    per layer from the model's own config); its prefill graph runs the op, its decode graph
+    the model's eager attention over the bounded cache.
+
+    Args:
+        model_dir: checkpoint directory or built-in name (e.g. ``gemma3-270m``).
+        output_dir: the export directory.
+        block_size: tokens per block (default the integration's, 64).
+        max_seq_len: longest prompt (default the integration's, ``min(4096, positions)``).
+        dtype: ``"float32"`` | ``"float16"``.
+        pattern, layers: refused: the decode cache follows the model's own windows, so the
+            prefill must too.
+        verbose: print the per-layer table and the checks.
+
+    Raises:
+        InvalidInputError: a user pattern, an encoder (no generation), or what the
+            integration refuses (bad checkpoint, unsupported architecture, sizes).
+        RuntimeError: a failed export or check.
+    """
+    from sparse_attn.export import hf_common
+    from sparse_attn.export.metadata import build_metadata
+    from sparse_attn.models import family
+
+    if pattern is not None or layers is not None:
+        raise InvalidInputError(
+            "--pattern/--layers do not apply to --task generate: the decode cache keeps each "
+            "layer's own window, so the prefill keeps the model's own patterns"
+        )
+    td = hf_common.torch_dtype(dtype)
+    model = family.build_model(
+        model_dir,
+        block_size=family.DEFAULT_BLOCK_SIZE if block_size is None else block_size,
+        max_seq_len=max_seq_len,
+        dtype="float32",
+    )
+    if not model.causal_lm:
+        raise InvalidInputError(
+            f"{model_dir} is an encoder ({type(model.hf).__name__}); --task generate needs a "
+            "causal language model"
+        )
+    if verbose:
+        family.print_table(model)
+    model = model.to(td)
+    model_config = family.model_config_for(model, pattern=None, layers=None, dtype=dtype)
+    model_config["layout_hash"] = hf_common.layouts_hash(model.layer_layouts)
+    meta = build_metadata(
+        model=family.NAME,
+        layout=model.layer_layouts,
+        dtype=dtype,
+        model_config=model_config,
+        max_seq_len=model.max_seq_len,
+        num_heads=model.num_heads,
+        head_dim=model.head_dim,
+        pattern=hf_common.pattern_summary(model.layer_layouts),
+        causal=True,
+        static_seq_len=False,
+    )
+    meta[family.LAYER_PATTERNS_KEY] = json.dumps(family.layer_table(model))
+    res = export_generation(
+        model.hf,
+        output_dir,
+        max_seq_len=model.max_seq_len,
+        prefill_attention=None,  # build_model switched the model to the op
+        source_dir=model.model_dir,
+        base_metadata=meta,
+        dtype=dtype,
+        verbose=verbose,
+    )
+    if verbose:
+        print(f"wrote {res.prefill}, {res.decode} and {res.directory / GENERATION_FILE}")
+    return res
+
+
 def _token_ids(model) -> dict:
     """eos (list), pad, bos ids from the generation config, else the model config."""
     gc = getattr(model, "generation_config", None)
@@ -721,6 +808,7 @@ __all__ = [
     "GenerationExport",
     "build_wrappers",
     "cache_plan",
+    "export_checkpoint",
     "export_generation",
     "positions_from_mask",
     "read_generation_info",
