@@ -134,15 +134,23 @@ def tiny_gemma3(directory):
     return model
 
 
+def _export(ckpt, out):
+    """Generation export of a checkpoint directory (prefill through the sparse op), and the
+    unmodified transformers model of the same directory (eager attention)."""
+    from transformers import AutoModelForCausalLM
+
+    from sparse_attn.export.generate import export_checkpoint
+
+    res = export_checkpoint(ckpt, out, block_size=16, max_seq_len=64, verbose=False)
+    model = AutoModelForCausalLM.from_pretrained(str(ckpt), attn_implementation="eager").eval()
+    return model, res
+
+
 @pytest.fixture(scope="module")
 def gemma3_export(tmp_path_factory):
-    from sparse_attn.export.generate import export_generation
-
     ckpt = tmp_path_factory.mktemp("gemma3_ckpt")
-    model = tiny_gemma3(ckpt)
-    out = tmp_path_factory.mktemp("gemma3_gen")
-    res = export_generation(model, out, max_seq_len=64, source_dir=ckpt, verbose=False)
-    return model, res
+    tiny_gemma3(ckpt)
+    return _export(ckpt, tmp_path_factory.mktemp("gemma3_gen"))
 
 
 def _prompts(lengths, seed=3):
@@ -280,3 +288,58 @@ def test_cli_generate(gemma3_export, capsys):
         assert main(["generate", d, *args]) == 2
         err = capsys.readouterr().err.strip()
         assert needle in err and len(err.splitlines()) == 1, err
+
+
+def test_prefill_runs_the_sparse_op(gemma3_export):
+    import onnx
+
+    from sparse_attn import opspec
+
+    _, res = gemma3_export
+    pre = onnx.load(str(res.prefill), load_external_data=False)
+    nodes = [n for n in pre.graph.node if n.op_type == opspec.OP_TYPE]
+    assert len(nodes) == 4 and all(n.domain == opspec.DOMAIN for n in nodes)
+    meta = {p.key: p.value for p in pre.metadata_props}
+    assert "sparse_attn.generation" in meta and meta["sparse_attn.max_seq_len"] == "64"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["mistral", "gemma2", "qwen2"])
+def test_other_architectures_match_hf_generate(arch, tmp_path):
+    """Tiny random Mistral / Gemma 2 / Qwen2 (sliding window) checkpoints: greedy tokens equal
+    transformers' generate, batch 1 (shorter and longer than the window) and batch 3."""
+    from hf_tiny import TINY, save_tiny
+
+    import sparse_attn
+
+    ckpt = save_tiny(arch, tmp_path / "ckpt")
+    model, res = _export(ckpt, tmp_path / "gen")
+    window = TINY[arch][1]
+    rt = sparse_attn.Runtime(res.directory)
+    g = torch.Generator().manual_seed(5)
+    vocab = TINY[arch][0]["vocab_size"]
+    prompts = [torch.randint(3, vocab, (n,), generator=g).tolist() for n in (7, 33, 60)]
+    for batch in ([prompts[0]], [prompts[2]], prompts):
+        ids, mask = left_pad(batch, 0)
+        got = rt.generate(ids, attention_mask=mask, max_new_tokens=30, stop_token_ids=[])
+        assert np.array_equal(got, _hf_greedy(model, ids, mask, 30)), (arch, len(batch))
+    sliding = [lay["index"] for lay in res.info["layers"] if lay["kind"] == "sliding"]
+    assert sliding
+    for i in sliding:
+        assert rt._generator.last_cache_shapes[f"present.{i}.key"][2] == window - 1
+
+
+def test_cli_export_task_generate_refuses_before_work(tmp_path, capsys):
+    from sparse_attn.cli import main
+
+    out = str(tmp_path / "gen")
+    cases = [
+        (["--model", "attention"], "--task generate takes a causal LM checkpoint"),
+        (["--model", "some_dir", "--pattern", "band(w=3)"], "do not apply to --task generate"),
+        (["--model", "some_dir", "--causal"], "do not apply to --task generate"),
+    ]
+    for args, needle in cases:
+        assert main(["export", *args, "--task", "generate", "-o", out]) == 2
+        err = capsys.readouterr().err.strip()
+        assert needle in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "gen").exists()

@@ -36,8 +36,9 @@ from sparse_attn.bench.attention import (
     TimingPolicy,
 )
 
-SUITES = ("attention", "model", "layout", "serve")
-#: Suites run when none is named (``serve`` starts servers and Ray: ask for it).
+SUITES = ("attention", "model", "layout", "serve", "generate")
+#: Suites run when none is named (``serve`` starts servers and Ray, ``generate`` exports and
+#: runs a real checkpoint: ask for them).
 DEFAULT_SUITES = ("attention", "model", "layout")
 
 
@@ -79,6 +80,9 @@ class BenchConfig:
     layout_patterns: tuple[str, ...] = tuple(p for p, _ in DEFAULT_PATTERNS)
     gemm_n: int = 2048
     quick: bool = False
+    generate_model: str = "gemma3-270m"
+    generate_lengths: tuple[int, ...] = (512, 2048, 8192)
+    generate_new_tokens: int = 32
 
     @classmethod
     def full(cls) -> BenchConfig:
@@ -284,6 +288,19 @@ def run_bench(
         if plot:
             png = serve_suite.plot(result["serve"], out_dir / "serve_throughput.png")
             result["serve"]["plot"] = str(png) if png else None
+    if "generate" in cfg.suites:
+        from sparse_attn.bench.generate import run_generate_suite
+
+        t_suite = time.perf_counter()
+        result["generate"] = run_generate_suite(
+            workdir=workdir,
+            model=cfg.generate_model,
+            lengths=cfg.generate_lengths,
+            new_tokens=cfg.generate_new_tokens,
+            threads=cfg.threads,
+            log=log,
+        )
+        result["generate"]["duration_s"] = time.perf_counter() - t_suite
     result["loadavg_end"] = list(os.getloadavg())
     result["duration_s"] = time.perf_counter() - t_start
     result["plot"] = result["plot_cpu"] = None
@@ -293,7 +310,12 @@ def run_bench(
         png = report.plot(result, out_dir / "attention_cpu_time_vs_S.png", view="cpu")
         result["plot_cpu"] = str(png) if png else None
     (out_dir / "bench.json").write_text(json.dumps(result, indent=1, default=_json_default))
-    (out_dir / "bench.md").write_text(report.markdown_report(result))
+    md = report.markdown_report(result)
+    if "generate" in result:
+        from sparse_attn.bench.generate import markdown as generate_markdown
+
+        md += "\n" + generate_markdown(result["generate"])
+    (out_dir / "bench.md").write_text(md)
     (out_dir / "bench.partial.json").unlink(missing_ok=True)
     return result
 

@@ -72,7 +72,8 @@ def _name_list(name: str, text: str | None, known) -> tuple[str, ...] | None:
 )
 @click.option(
     "--suites",
-    help="Comma-separated suites: attention,model,layout,serve (default: all but serve).",
+    help="Comma-separated suites: attention,model,layout,serve,generate (default: all but "
+    "serve and generate).",
 )
 @click.option("--num-heads", type=int, help="Heads H (default 8).")
 @click.option("--head-dim", type=int, help="Head dim D (default 64).")
@@ -81,6 +82,9 @@ def _name_list(name: str, text: str | None, known) -> tuple[str, ...] | None:
 @click.option("--max-cell-gib", type=float, help="Skip cells estimated above this (default 6).")
 @click.option("--repeats", type=int, help="Minimum timed repeats per cell (default 3; quick 2).")
 @click.option("--long-layers", type=int, help="Layers of the long encoder (default 2).")
+@click.option("--gen-lengths", help="generate suite: prompt lengths (default 512,2048,8192).")
+@click.option("--gen-model", help="generate suite: checkpoint or built-in (default gemma3-270m).")
+@click.option("--gen-new-tokens", type=int, help="generate suite: new tokens (default 32).")
 @click.option("--no-plot", is_flag=True, help="Do not write the PNG plot.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result JSON instead of markdown.")
 def command(
@@ -99,6 +103,9 @@ def command(
     max_cell_gib,
     repeats,
     long_layers,
+    gen_lengths,
+    gen_model,
+    gen_new_tokens,
     no_plot,
     as_json,
 ):
@@ -124,6 +131,14 @@ def command(
         upd["impls"] = i
     if (su := _name_list("suites", suites, SUITES)) is not None:
         upd["suites"] = su
+    if (gl := _int_list("gen-lengths", gen_lengths)) is not None:
+        upd["generate_lengths"] = gl
+    if gen_model is not None:
+        upd["generate_model"] = gen_model
+    if gen_new_tokens is not None:
+        if gen_new_tokens < 1:
+            raise InvalidInputError(f"--gen-new-tokens must be >= 1, got {gen_new_tokens}")
+        upd["generate_new_tokens"] = gen_new_tokens
     for key, val in (
         ("num_heads", num_heads),
         ("head_dim", head_dim),

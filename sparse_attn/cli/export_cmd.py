@@ -129,11 +129,23 @@ def _export_command(cmd: click.Command) -> click.Command:
     help="Graph precision (softmax/accumulation stay fp32 inside the op).",
 )
 @click.option(
-    "-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output .onnx file."
+    "--task",
+    type=click.Choice(["forward", "generate"]),
+    default="forward",
+    show_default=True,
+    help="generate: a causal LM checkpoint as a directory with prefill + decode graphs and a "
+    "window-bounded KV cache (docs/generation.md); -o is then a directory.",
+)
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(),
+    help="Output .onnx file (--task generate: directory).",
 )
 @click.pass_context
 def command(
-    ctx, model_name, pattern, layers, block_size, max_seq_len, causal, dtype, output, **family
+    ctx, model_name, pattern, layers, block_size, max_seq_len, causal, dtype, task, output, **family
 ):
     """Export a model with sparse attention to one ONNX file.
 
@@ -146,6 +158,13 @@ def command(
     from sparse_attn.fileio import check_output_path
 
     given = {k: v for k, v in family.items() if v is not None}
+    if task == "generate":
+        from sparse_attn.cli.generate_cmd import export_for_generation
+
+        export_for_generation(
+            model_name, given, pattern, layers, block_size, max_seq_len, causal, dtype, output
+        )
+        return
     if model_name not in FAMILIES or model_name == "hf":
         from sparse_attn.cli.models_cli import export_checkpoint
 

@@ -106,3 +106,37 @@ def command(
             click.echo(t)
     rate_s = f", {rate:.1f} tokens/s after it" if rate else ""
     click.echo(f"{n} new token(s) per prompt; first token after {first:.2f} s{rate_s}", err=True)
+
+
+def export_for_generation(
+    model_name, family_opts, pattern, layers, block_size, max_seq_len, causal, dtype, output
+) -> None:
+    """``sparse-attn export --model PATH|NAME --task generate -o DIR`` (checked before any work)."""
+    from pathlib import Path
+
+    from sparse_attn.errors import InvalidInputError
+    from sparse_attn.export import FAMILIES
+    from sparse_attn.export.generate import export_checkpoint
+
+    if model_name in FAMILIES and model_name != "hf":
+        raise InvalidInputError(
+            f"--task generate takes a causal LM checkpoint directory or a built-in model "
+            f"(e.g. gemma3-270m), not --model {model_name}"
+        )
+    if family_opts or causal:
+        flags = sorted("--" + k.replace("_", "-") for k in family_opts) + (
+            ["--causal"] if causal else []
+        )
+        raise InvalidInputError(f"option(s) {', '.join(flags)} do not apply to --task generate")
+    if Path(output).is_file():
+        raise InvalidInputError(f"-o {output} is a file; --task generate writes a directory")
+    res = export_checkpoint(
+        model_name,
+        output,
+        block_size=block_size,
+        max_seq_len=max_seq_len,
+        dtype=dtype,
+        pattern=pattern,
+        layers=layers,
+    )
+    click.echo(f"wrote {res.directory}")

@@ -625,7 +625,17 @@ def export_checkpoint(
             "--pattern/--layers do not apply to --task generate: the decode cache keeps each "
             "layer's own window, so the prefill keeps the model's own patterns"
         )
+    from sparse_attn.models import checkpoint as ckpt
+
     td = hf_common.torch_dtype(dtype)
+    src = Path(ckpt.resolve(model_dir))
+    out = Path(output_dir)
+    if out.exists() and not out.is_dir():
+        raise InvalidInputError(f"output {str(out)!r} is a file; give a directory")
+    if out.resolve() == src.resolve():
+        raise InvalidInputError(
+            f"refusing to write into the checkpoint directory {str(src)!r}; choose another -o"
+        )
     model = family.build_model(
         model_dir,
         block_size=family.DEFAULT_BLOCK_SIZE if block_size is None else block_size,
