@@ -573,3 +573,26 @@ def test_cli_serve_refuses_bad_options(att_path, capsys):
     assert "need --ray" in capsys.readouterr().err
     assert main(["serve", str(att_path), "--name", "bad name!", "--port", "0"]) == 2
     assert main(["serve", str(att_path), "--max-batch-size", "0"]) == 2
+
+
+@pytest.mark.slow
+def test_minilm_embeddings_over_http_equal_runtime_embed(tmp_path):
+    """The real MiniLM export: /v1/embeddings of concurrent mixed-length texts, merged and
+    padded by the batcher, equal ``Runtime.embed`` of each text alone."""
+    from sparse_attn.export import minilm
+
+    path = minilm.export_onnx(tmp_path / "minilm.onnx", max_seq_len=128, block_size=32)
+    mrt = sparse_attn.Runtime(path)
+    words = "sparse attention reads long documents with a few global tokens".split()
+    texts = [" ".join(words[: 1 + i % len(words)] * (1 + i // 3)) for i in range(24)]
+    app = create_app(mrt, policy=BatchPolicy(max_batch_size=8, max_delay_ms=20, max_padding=1.0))
+    with ServerThread(app) as srv:
+        url = f"{srv.url}/v1/embeddings"
+        with cf.ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda t: post(url, json.dumps({"input": t}).encode()), texts))
+        text = get(f"{srv.url}/metrics")[1].decode()
+    assert metric(text, "sparse_attn_batch_requests_count") < len(texts)  # some were merged
+    for i, (code, body) in enumerate(answers):
+        assert code == 200, body
+        got = np.asarray(body["data"][0]["embedding"], np.float32)
+        assert_close(got, mrt.embed([texts[i]])[0], f"text {i}")
