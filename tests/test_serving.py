@@ -263,6 +263,14 @@ def test_serve_bench_report_and_plot(tmp_path):
     assert serve_bench.markdown_table({"cells": []}) == ""
 
 
+def test_default_name_is_the_file_stem():
+    from sparse_attn.serving.app import default_model_name
+
+    assert default_model_name("artifacts/minilm.onnx") == "minilm"
+    assert default_model_name("artifacts/minilm.ort.onnx") == "minilm.ort"
+    assert default_model_name("m.engine") == "m"
+
+
 def test_batch_policy_refuses_bad_values():
     for kw in (
         {"max_batch_size": 0},

@@ -77,7 +77,7 @@ class ServingState:
 
 def default_model_name(path: str | os.PathLike) -> str:
     """The served name of a model file: its stem (``artifacts/minilm.onnx`` -> ``minilm``)."""
-    return Path(path).name.split(".")[0] or "model"
+    return Path(path).stem or "model"
 
 
 def _check_name(name: str) -> str:
