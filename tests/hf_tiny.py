@@ -86,3 +86,32 @@ def save_tiny(model_type: str, directory: Path, seed: int = 0, **overrides) -> P
     directory = Path(directory)
     model.save_pretrained(str(directory))
     return directory
+
+
+def save_tiny_tokenizer(directory: Path, vocab_size: int = 128) -> Path:
+    """A word-level ``tokenizer.json`` with ``vocab_size`` ids (0 <pad>, 1 <bos>, 2 <eos>,
+    3 <unk>, then common English words), prepending <bos> like Gemma's tokenizer."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    words = (
+        "the of and a to in is was that for it as with on by at from his her they be this "
+        "light ship keeper night sea lamp log family tower storm water wind boat year day "
+        "had were their which but one all an or not he she we you so no when there first "
+        "new over through every until after before more most only then time work life long "
+        "house headland village path winter spring keeper's rocks reef beam glass oil men "
+        "who could would what them into out up down these those some than its can will may "
+        "old two three four five six seven eight nine ten many much very also just now here"
+    ).split()
+    vocab = {"<pad>": 0, "<bos>": 1, "<eos>": 2, "<unk>": 3}
+    for w in words:
+        if len(vocab) >= vocab_size:
+            break
+        vocab.setdefault(w, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", special_tokens=[("<bos>", 1)]
+    )
+    out = Path(directory) / "tokenizer.json"
+    tok.save(str(out))
+    return out

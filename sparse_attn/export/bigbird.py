@@ -154,10 +154,45 @@ def build_layout(seq_len: int, hf_block: int, num_random_blocks: int, num_heads:
     )
 
 
-def load_hf_model(config: dict | None = None, *, seed: int = DEFAULT_SEED, dtype="float32"):
+def load_checkpoint_model(model_dir, *, dtype: str = "float32"):
+    """Hugging Face ``BigBirdModel`` of a checkpoint directory (``config.json`` +
+    ``*.safetensors``; pickle weights and remote code are refused), eval mode.
+
+    Raises:
+        InvalidInputError: not a bigbird checkpoint, or weights that do not match its config.
+    """
+    from transformers import BigBirdModel
+
+    from sparse_attn.models import checkpoint
+
+    path = checkpoint.resolve(model_dir)
+    cfg = checkpoint.load_config(path)
+    if cfg.model_type != BigBirdModel.config_class.model_type:
+        raise InvalidInputError(
+            f"{path} holds a {cfg.model_type!r} checkpoint, not bigbird; use sparse-attn export "
+            "--model PATH"
+        )
+    if cfg.attention_type != "block_sparse":
+        raise InvalidInputError(
+            f"{path} has attention_type={cfg.attention_type!r}; the bigbird adapter exports "
+            "block_sparse attention (an original_full BigBird has no sparse pattern)"
+        )
+    model = checkpoint.load_pretrained(BigBirdModel, path, cfg, add_pooling_layer=True)
+    return model.to(hf_common.torch_dtype(dtype))
+
+
+def load_hf_model(
+    config: dict | None = None,
+    *,
+    seed: int = DEFAULT_SEED,
+    dtype="float32",
+    model_dir: str | None = None,
+):
     """Hugging Face ``BigBirdModel`` (block_sparse) with seeded random weights, eval mode."""
     from transformers import BigBirdModel
 
+    if model_dir is not None:
+        return load_checkpoint_model(model_dir, dtype=dtype)
     return hf_common.seeded_hf_model(
         BigBirdModel, make_config(config), seed=seed, dtype=dtype, add_pooling_layer=True
     )
@@ -231,6 +266,7 @@ def build_model(
     config: dict | None = None,
     seed: int = DEFAULT_SEED,
     causal: bool = False,
+    model_dir: str | None = None,
 ):
     """The small BigBird with sparse attention, as an eval-mode ``torch.nn.Module``.
 
@@ -249,7 +285,8 @@ def build_model(
         InvalidInputError: bad sizes (see module docstring), dtype, config or pattern.
     """
     block_size = hf_common.check_positive_int("block_size", block_size)
-    cfg = make_config(config)
+    hf = load_hf_model(config, seed=seed, model_dir=model_dir) if model_dir is not None else None
+    cfg = hf.config if hf is not None else make_config(config)
     max_seq_len = hf_common.check_positive_int(
         "max_seq_len", max_seq_len, maximum=int(cfg.max_position_embeddings)
     )
@@ -274,14 +311,17 @@ def build_model(
             pattern, max_seq_len=max_seq_len, block_size=block_size, num_heads=h, causal=causal
         )
         dup_tokens, dup_copies = 0, 0
-    hf = load_hf_model(config, seed=seed)
+    if hf is None:
+        hf = load_hf_model(config, seed=seed)
     attention = hf_common.sparse_attention_module(layout)
     model = _module_class()(hf, attention, max_seq_len, dup_tokens, dup_copies).eval()
     model.layout = layout
     return model.to(hf_common.torch_dtype(dtype))
 
 
-def model_config_for(pattern, *, block_size, max_seq_len, dtype, config, seed, causal) -> dict:
+def model_config_for(
+    pattern, *, block_size, max_seq_len, dtype, config, seed, causal, model_dir=None
+) -> dict:
     """The JSON ``sparse_attn.model_config`` of a BigBird export."""
     return hf_common.family_model_config(
         NAME,
@@ -291,6 +331,7 @@ def model_config_for(pattern, *, block_size, max_seq_len, dtype, config, seed, c
         dtype=dtype,
         config=config,
         seed=seed,
+        model_dir=None if model_dir is None else str(model_dir),
         causal=causal,
     )
 
@@ -302,7 +343,13 @@ def build_torch_model(model_config: dict):
         InvalidInputError: missing keys, or a layout that differs from the exported one.
     """
     return hf_common.rebuild_family_model(
-        NAME, build_model, model_config, config=None, seed=DEFAULT_SEED, causal=False
+        NAME,
+        build_model,
+        model_config,
+        config=None,
+        seed=DEFAULT_SEED,
+        model_dir=None,
+        causal=False,
     )
 
 
@@ -318,6 +365,7 @@ def export_onnx(
     hf_block_size: int | None = None,
     num_random_blocks: int | None = None,
     config: dict | None = None,
+    model_dir: str | None = None,
 ):
     """Export the small BigBird at a fixed sequence length with its attention on the sparse op.
 
@@ -330,6 +378,8 @@ def export_onnx(
         causal: only with an explicit ``pattern``.
         seed: seed of the random weights.
         hf_block_size, num_random_blocks: BigBird's ``block_size`` / ``num_random_blocks``.
+        model_dir: a checkpoint directory (``config.json``, ``*.safetensors``) instead of
+            the seeded random weights; ``config`` and ``seed`` are then ignored.
         config: further ``BigBirdConfig`` overrides.
 
     Returns:
@@ -356,6 +406,7 @@ def export_onnx(
         dtype=dtype,
         config=config,
         seed=seed,
+        model_dir=model_dir,
         causal=causal,
     )
     model = build_model(pattern, **build_args)

@@ -98,10 +98,43 @@ def layer_pattern(attention_window: int, num_global: int) -> str:
     return f"band(w={half}) | global(n={num_global})" if num_global else f"band(w={half})"
 
 
-def load_hf_model(config: dict | None = None, *, seed: int = DEFAULT_SEED, dtype="float32"):
+def load_checkpoint_model(model_dir, *, dtype: str = "float32"):
+    """Hugging Face ``LongformerModel`` of a checkpoint directory (``config.json`` +
+    ``*.safetensors``; pickle weights and remote code are refused), eval mode.
+
+    Raises:
+        InvalidInputError: not a longformer checkpoint, or weights that do not match its config.
+    """
+    from transformers import LongformerModel
+
+    from sparse_attn.models import checkpoint
+
+    path = checkpoint.resolve(model_dir)
+    cfg = checkpoint.load_config(path)
+    if cfg.model_type != LongformerModel.config_class.model_type:
+        raise InvalidInputError(
+            f"{path} holds a {cfg.model_type!r} checkpoint, not longformer; use sparse-attn export "
+            "--model PATH"
+        )
+    windows = layer_windows(cfg)
+    if any(w < 2 or w % 2 for w in windows):
+        raise InvalidInputError(f"attention_window values must be even and >= 2, got {windows}")
+    model = checkpoint.load_pretrained(LongformerModel, path, cfg, add_pooling_layer=False)
+    return model.to(hf_common.torch_dtype(dtype))
+
+
+def load_hf_model(
+    config: dict | None = None,
+    *,
+    seed: int = DEFAULT_SEED,
+    dtype="float32",
+    model_dir: str | None = None,
+):
     """Hugging Face ``LongformerModel`` (no pooler) with seeded random weights, eval mode."""
     from transformers import LongformerModel
 
+    if model_dir is not None:
+        return load_checkpoint_model(model_dir, dtype=dtype)
     return hf_common.seeded_hf_model(
         LongformerModel, make_config(config), seed=seed, dtype=dtype, add_pooling_layer=False
     )
@@ -172,6 +205,7 @@ def build_model(
     seed: int = DEFAULT_SEED,
     num_global: int = DEFAULT_NUM_GLOBAL,
     causal: bool = False,
+    model_dir: str | None = None,
 ):
     """The small Longformer with sparse attention, as an eval-mode ``torch.nn.Module``.
 
@@ -191,7 +225,8 @@ def build_model(
         InvalidInputError: bad sizes, dtype, config or pattern; causal with global tokens.
     """
     block_size = hf_common.check_positive_int("block_size", block_size)
-    cfg = make_config(config)
+    hf = load_hf_model(config, seed=seed, model_dir=model_dir) if model_dir is not None else None
+    cfg = hf.config if hf is not None else make_config(config)
     limit = int(cfg.max_position_embeddings) - int(cfg.pad_token_id) - 1
     max_seq_len = hf_common.check_positive_int("max_seq_len", max_seq_len, maximum=limit)
     num_global = hf_common.check_positive_int(
@@ -216,7 +251,8 @@ def build_model(
             layouts[key] = (lay, hf_common.sparse_attention_module(lay))
         attentions.append(layouts[key][1])
         layer_keys.append(key)
-    hf = load_hf_model(config, seed=seed)
+    if hf is None:
+        hf = load_hf_model(config, seed=seed)
     model = _module_class()(hf, attentions, num_global).eval()
     model.layouts = [v[0] for v in layouts.values()]
     model.layer_layouts = [layouts[k][0] for k in layer_keys]
@@ -237,7 +273,9 @@ def hf_reference(hf, input_ids, attention_mask, num_global: int = DEFAULT_NUM_GL
     return out.last_hidden_state
 
 
-def model_config_for(pattern, *, block_size, max_seq_len, dtype, config, seed, num_global, causal):
+def model_config_for(
+    pattern, *, block_size, max_seq_len, dtype, config, seed, num_global, causal, model_dir=None
+):
     """The JSON ``sparse_attn.model_config`` of a Longformer export."""
     return hf_common.family_model_config(
         NAME,
@@ -247,6 +285,7 @@ def model_config_for(pattern, *, block_size, max_seq_len, dtype, config, seed, n
         dtype=dtype,
         config=config,
         seed=seed,
+        model_dir=None if model_dir is None else str(model_dir),
         num_global=num_global,
         causal=causal,
     )
@@ -264,6 +303,7 @@ def build_torch_model(model_config: dict):
         model_config,
         config=None,
         seed=DEFAULT_SEED,
+        model_dir=None,
         num_global=DEFAULT_NUM_GLOBAL,
         causal=False,
     )
@@ -280,6 +320,7 @@ def export_onnx(
     num_global: int = DEFAULT_NUM_GLOBAL,
     seed: int = DEFAULT_SEED,
     config: dict | None = None,
+    model_dir: str | None = None,
 ):
     """Export the small Longformer with its attention on the sparse op.
 
@@ -292,6 +333,8 @@ def export_onnx(
         causal: intersect the local pattern with ``j <= i`` (not Longformer's behaviour).
         num_global: leading tokens with global attention (``CLI_OPTIONS``).
         seed: seed of the random weights.
+        model_dir: a checkpoint directory (``config.json``, ``*.safetensors``) instead of
+            the seeded random weights; ``config`` and ``seed`` are then ignored.
         config: ``LongformerConfig`` overrides.
 
     Returns:
@@ -310,6 +353,7 @@ def export_onnx(
         dtype=dtype,
         config=config,
         seed=seed,
+        model_dir=model_dir,
         num_global=num_global,
         causal=causal,
     )

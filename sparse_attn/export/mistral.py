@@ -1,11 +1,12 @@
 """Model family ``mistral``: a small Mistral decoder (sliding-window attention), prefill only.
 
 Hugging Face's ``MistralForCausalLM`` is built from a small config with random weights drawn
-from a fixed seed (no hub access), and each layer's attention core is replaced by
+from a fixed seed (no hub access) and runs through transformers' attention registry
+(:mod:`sparse_attn.models.attention`), so each layer's attention core is
 ``sparse_attn::BlockSparseAttention``. Embeddings, RMSNorms, Q/K/V/O projections, rotary
-embeddings (Hugging Face's ``rotary_emb`` and ``apply_rotary_pos_emb``), the grouped-query
-K/V expansion (``repeat_kv``: ``num_key_value_heads < num_attention_heads``), MLPs and the
-LM head are Hugging Face's own modules.
+embeddings, MLPs and the LM head are Hugging Face's own forward; grouped K/V
+(``num_key_value_heads < num_attention_heads``) reach the op unrepeated. A checkpoint
+directory of any Mistral goes through ``sparse-attn export --model PATH`` instead.
 
 Sliding window, off by one: transformers' mask (``masking_utils.sliding_window_overlay``)
 lets query ``i`` see key ``j`` when ``j <= i`` (causal) and ``j > i - sliding_window``: the
@@ -112,54 +113,39 @@ def _module_class():
     """The ``SparseMistral`` module class (defined lazily: importing this module stays cheap)."""
     import torch
     from torch import nn
-    from transformers.models.mistral.modeling_mistral import apply_rotary_pos_emb, repeat_kv
 
     class SparseMistral(nn.Module):
         """``MistralForCausalLM`` (prefill) with ``sparse_attn::BlockSparseAttention`` inside.
 
+        The unmodified Hugging Face model runs through transformers' attention registry
+        (:func:`sparse_attn.models.attention.install`): its own embeddings, RMSNorms,
+        projections, rotary embeddings and grouped K/V (passed to the op unrepeated), with
+        ``layout`` in every layer.
+
         Args:
             hf: Hugging Face ``MistralForCausalLM`` (weights used as they are).
-            attention: module with ``forward(q, k, v, key_padding_mask)`` on ``[B, H, S, D]``.
+            layout: the ``BlockLayout`` of every layer.
 
         ``forward(input_ids, attention_mask)`` (int64 ``[B, S]``) returns
         ``{"logits": [B, S, vocab], "last_hidden_state": [B, S, hidden]}``.
         """
 
-        def __init__(self, hf, attention: nn.Module) -> None:
+        def __init__(self, hf, layout) -> None:
             super().__init__()
+            from sparse_attn.models.attention import install
+
             self.hf = hf
-            self.attention = attention
             cfg = hf.config
             self.num_heads = int(cfg.num_attention_heads)
             self.num_kv_heads = int(cfg.num_key_value_heads)
             self.head_dim = int(
                 getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
             )
+            self.cores, _ = install(hf, [layout] * int(cfg.num_hidden_layers))
 
         def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict:
-            b, s = input_ids.shape
-            m = self.hf.model
-            hidden = m.embed_tokens(input_ids)
-            position_ids = torch.arange(s, device=input_ids.device).unsqueeze(0)
-            cos, sin = m.rotary_emb(hidden, position_ids=position_ids)
-            kpm = attention_mask != 0
-            groups = self.num_heads // self.num_kv_heads
-            for layer in m.layers:
-                residual = hidden
-                x = layer.input_layernorm(hidden)
-                at = layer.self_attn
-                q = hf_common.split_heads(at.q_proj(x), b, s, self.num_heads, self.head_dim)
-                k = hf_common.split_heads(at.k_proj(x), b, s, self.num_kv_heads, self.head_dim)
-                v = hf_common.split_heads(at.v_proj(x), b, s, self.num_kv_heads, self.head_dim)
-                q, k = apply_rotary_pos_emb(q, k, cos, sin)
-                k = repeat_kv(k, groups)
-                v = repeat_kv(v, groups)
-                ctx = self.attention(q, k, v, kpm)
-                ctx = hf_common.merge_heads(ctx, b, s, self.num_heads, self.head_dim)
-                hidden = residual + at.o_proj(ctx)
-                residual = hidden
-                hidden = residual + layer.mlp(layer.post_attention_layernorm(hidden))
-            hidden = m.norm(hidden)
+            out = self.hf.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+            hidden = out.last_hidden_state
             return {"logits": self.hf.lm_head(hidden), "last_hidden_state": hidden}
 
     return SparseMistral
@@ -209,8 +195,7 @@ def build_model(
         causal=True,
     )
     hf = load_hf_model(config, seed=seed)
-    attention = hf_common.sparse_attention_module(layout)
-    model = _module_class()(hf, attention).eval()
+    model = _module_class()(hf, layout).eval()
     model.layout = layout
     return model.to(hf_common.torch_dtype(dtype))
 

@@ -244,6 +244,14 @@ def probe(model, *, vocab_size: int | None = None) -> list[AttentionCall]:
         _PROBE_LOG = log
         try:
             model(input_ids=ids, attention_mask=torch.ones_like(ids))
+        except Exception as exc:  # noqa: BLE001 - any failure means the model cannot be used
+            from sparse_attn.models.checkpoint import supported_message
+
+            raise InvalidInputError(
+                f"{type(model).__name__} does not run on input_ids/attention_mask alone "
+                f"({type(exc).__name__}: {' '.join(str(exc).split())[:160]}); unsupported "
+                f"architecture; {supported_message()}"
+            ) from exc
         finally:
             _PROBE_LOG = None
     seen, calls = set(), []
@@ -252,9 +260,11 @@ def probe(model, *, vocab_size: int | None = None) -> list[AttentionCall]:
             seen.add(id(c.module))
             calls.append(c)
     if not calls:
+        from sparse_attn.models.checkpoint import supported_message
+
         raise InvalidInputError(
-            f"{type(model).__name__} does not dispatch its attention through transformers' "
-            "attention registry, so the sparse op cannot be inserted"
+            f"unsupported architecture: {type(model).__name__} does not dispatch its attention "
+            f"through transformers' attention registry; {supported_message()}"
         )
     missing = [type(c.module).__name__ for c in calls if c.layer_idx is None]
     if missing:

@@ -197,18 +197,33 @@ def load_model(path: Path, config=None, *, dtype: str = "float32"):
 
     from sparse_attn.export.hf_common import torch_dtype
 
-    weight_files(path)
     config = config if config is not None else load_config(path)
-    cls = model_class(config)
+    model = load_pretrained(model_class(config), path, config)
+    td = torch_dtype(dtype)
+    return model.to(td) if td != torch.float32 else model
+
+
+def load_pretrained(cls, path: Path, config=None, **kwargs):
+    """``cls.from_pretrained(path)`` from safetensors only, eager attention, float32, eval,
+    refusing missing or mis-shaped weights (``kwargs`` go to ``from_pretrained``).
+
+    Raises:
+        InvalidInputError: no safetensors weights, unreadable files, missing weights.
+    """
+    import torch
+
+    weight_files(path)
+    if config is not None:
+        kwargs["config"] = config
     try:
         model, info = cls.from_pretrained(
             str(path),
-            config=config,
             dtype=torch.float32,
             attn_implementation="eager",
             use_safetensors=True,
             trust_remote_code=False,
             output_loading_info=True,
+            **kwargs,
         )
     except (OSError, ValueError, RuntimeError) as exc:
         raise InvalidInputError(
@@ -223,9 +238,7 @@ def load_model(path: Path, config=None, *, dtype: str = "float32"):
     bad = info.get("mismatched_keys") or []
     if bad:
         raise InvalidInputError(f"{path}: tensors with shapes that differ from config: {bad[:3]}")
-    model.eval()
-    td = torch_dtype(dtype)
-    return model.to(td) if td != torch.float32 else model
+    return model.eval()
 
 
 def tokenizer_file(path: Path) -> Path | None:

@@ -124,6 +124,93 @@ def convert(out: Path | None = None, *, force: bool = False, verbose: bool = Tru
     return out
 
 
+def compare_logits(got, expected, top2_gap: float = 1e-3, chunk: int = 64) -> dict:
+    """Agreement of two logit arrays ``[..., V]`` (ONNX Runtime vs Hugging Face).
+
+    Computed ``chunk`` positions at a time (a 262k vocabulary makes each position 1 MB).
+
+    Returns:
+        ``max_abs_err``, ``mean_abs_err``, ``positions``, ``argmax_agree`` (count),
+        ``argmax_disagree_close`` (disagreements where the reference's top two logits are
+        within ``top2_gap``), ``argmax_disagree_clear`` (all other disagreements: must be 0),
+        the worst position and the largest reference logit magnitude.
+    """
+    import numpy as np
+
+    g_all = np.asarray(got).reshape(-1, got.shape[-1])
+    e_all = np.asarray(expected).reshape(-1, expected.shape[-1])
+    n = g_all.shape[0]
+    per_pos = np.zeros(n)
+    total = 0.0
+    agree = close = clear = 0
+    max_logit = 0.0
+    for lo in range(0, n, chunk):
+        g = g_all[lo : lo + chunk].astype(np.float64)
+        e = e_all[lo : lo + chunk].astype(np.float64)
+        d = np.abs(g - e)
+        per_pos[lo : lo + chunk] = d.max(axis=1)
+        total += float(d.sum())
+        max_logit = max(max_logit, float(np.abs(e).max()))
+        ga, ea = g.argmax(axis=1), e.argmax(axis=1)
+        top2 = np.partition(e, -2, axis=1)[:, -2:]
+        gap = np.abs(top2[:, 1] - top2[:, 0])
+        dis = ga != ea
+        agree += int((~dis).sum())
+        close += int((dis & (gap <= top2_gap)).sum())
+        clear += int((dis & (gap > top2_gap)).sum())
+    return {
+        "positions": int(n),
+        "max_abs_err": float(per_pos.max()) if n else 0.0,
+        "mean_abs_err": total / max(1, g_all.size),
+        "worst_position": int(per_pos.argmax()) if n else 0,
+        "max_abs_logit": max_logit,
+        "argmax_agree": agree,
+        "argmax_disagree_close": close,
+        "argmax_disagree_clear": clear,
+    }
+
+
+def verify(onnx_path, text: str, *, min_tokens: int = 1500, threads: int | None = None) -> dict:
+    """ONNX Runtime logits of an exported gemma3-270m against the unmodified model.
+
+    Tokenizes ``text`` with the checkpoint's tokenizer, runs the ONNX file (ONNX Runtime CPU)
+    and the unmodified transformers model (eager attention, its own sliding-window masks) on
+    the same ids, and compares the logits (:func:`compare_logits`).
+
+    Raises:
+        InvalidInputError: the text has fewer than ``min_tokens`` tokens.
+    """
+    import os
+
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    from sparse_attn.errors import InvalidInputError
+    from sparse_attn.models import checkpoint as ckpt
+
+    path = model_dir()
+    tok = ckpt.load_tokenizer(path)
+    ids = np.array([tok.encode(text).ids], dtype=np.int64)
+    if ids.shape[1] < min_tokens:
+        raise InvalidInputError(f"text has {ids.shape[1]} tokens, fewer than {min_tokens}")
+    mask = np.ones_like(ids)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads or int(os.environ.get("OMP_NUM_THREADS", "2") or 2)
+    sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+    (got,) = sess.run(["logits"], {"input_ids": ids, "attention_mask": mask})
+    del sess
+    hf = ckpt.load_model(path)
+    with torch.no_grad():
+        exp = hf(
+            input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask), use_cache=False
+        ).logits.numpy()
+    del hf
+    res = compare_logits(got[0], exp[0])
+    res["tokens"] = int(ids.shape[1])
+    return res
+
+
 def main(argv=None) -> int:
     """``python -m sparse_attn.models.gemma3 [--out DIR] [--force]``."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -52,6 +52,12 @@ ENCODER_MODEL_TYPES = frozenset(
         "xmod",
         "roc_bert",
         "bert-generation",
+        "mpnet",
+        "albert",
+        "nomic_bert",
+        "jina_bert",
+        "eurobert",
+        "ettin",
     }
 )
 SLIDING = "sliding"
@@ -129,8 +135,12 @@ def is_causal(config) -> bool:
     if getattr(cfg, "model_type", None) in ENCODER_MODEL_TYPES:
         return bool(getattr(cfg, "is_decoder", False))
     archs = list(getattr(cfg, "architectures", None) or [])
-    if archs and all(a.endswith(("ForMaskedLM", "ForSequenceClassification")) for a in archs):
-        return bool(getattr(cfg, "is_decoder", False))
+    decoder_heads = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
+    if getattr(cfg, "is_decoder", None) is False and archs:
+        # BERT-style configs declare is_decoder; a checkpoint saved from an encoder class
+        # (BertModel, ...ForMaskedLM) has no causal head among its architectures.
+        if not any(a.endswith(decoder_heads) for a in archs):
+            return False
     return True
 
 

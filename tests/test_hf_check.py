@@ -1,0 +1,86 @@
+"""``check`` and the text front end of a checkpoint export: the model's own tokenizer, the
+unmodified Hugging Face model as the reference, inputs longer than the window."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from hf_tiny import save_tiny, save_tiny_tokenizer
+
+from sparse_attn.cli import main
+from sparse_attn.models import family, layers
+
+pytest.importorskip("onnxruntime")
+
+BLOCK = 16
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hfcheck")
+    ckpt = save_tiny("gemma3_text", root / "ckpt")
+    save_tiny_tokenizer(ckpt)
+    out = root / "g3.onnx"
+    family.export_onnx(out, model_dir=ckpt, block_size=BLOCK, max_seq_len=128, verbose=False)
+    return ckpt, out
+
+
+def test_check_compares_with_the_unmodified_model_beyond_the_window(exported, capsys):
+    _, out = exported
+    assert main(["check", str(out), "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["reference"].startswith("transformers eager") and rep["passed"]
+    s = rep["inputs"]["input_ids"][1]
+    assert s > 20 and s % BLOCK != 0, s  # longer than the window (20), not a block multiple
+    assert rep["outputs"]["logits"]["max_abs_err"] < 1e-4
+
+
+def test_check_takes_texts_and_input_files(exported, tmp_path, capsys):
+    _, out = exported
+    text = "the keeper of the light kept the lamp burning through the storm " * 3
+    assert main(["check", str(out), "--json", "--text", text]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["passed"] and rep["num_texts"] == 1
+    f = tmp_path / "texts.txt"
+    f.write_text("the sea\nthe ship was in the storm all night\n")
+    assert main(["check", str(out), "--json", "--input-file", str(f)]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["passed"] and rep["num_texts"] == 2
+
+
+def test_runtime_uses_the_checkpoints_own_tokenizer(exported):
+    from sparse_attn.runtime import Runtime
+
+    ckpt, out = exported
+    rt = Runtime(out)
+    from tokenizers import Tokenizer
+
+    own = Tokenizer.from_file(str(ckpt / "tokenizer.json"))
+    texts = ["the keeper of the light", "the sea"]
+    feeds = rt.encode(texts)
+    first, second = (own.encode(t).ids for t in texts)
+    assert first[0] == 1 and len(first) == 6  # <bos> prepended by the tokenizer itself
+    assert feeds["input_ids"][0].tolist() == first
+    assert feeds["input_ids"][1, : len(second)].tolist() == second
+    assert feeds["attention_mask"][1].tolist() == [1] * len(second) + [0] * (6 - len(second))
+    logits = rt.run(feeds)["logits"]
+    assert logits.shape[:2] == (2, 6)
+
+
+def test_a_wrong_window_fails_the_unmodified_model_check(exported, monkeypatch):
+    """The export-time comparison catches an off-by-one window (a test that can fail)."""
+    ckpt, _ = exported
+    real = layers.window_pattern
+    monkeypatch.setattr(
+        layers,
+        "window_pattern",
+        lambda cfg, causal: real(cfg, causal).replace("w=19", "w=20"),
+    )
+    model = family.build_model(ckpt, block_size=BLOCK, max_seq_len=128)
+    assert model.patterns[0].pattern == "band(w=20) | causal"
+    inp = {"input_ids": torch.randint(3, 128, (1, 60)), "attention_mask": torch.ones(1, 60)}
+    inp["attention_mask"] = inp["attention_mask"].long()
+    with pytest.raises(RuntimeError, match="differs from the unmodified Hugging Face model"):
+        family.hf_check(model, inp)
