@@ -35,23 +35,25 @@ Construction
    pays for the longest row).
 3. *Chunked loop per bucket.* Units are sorted by query block, so the units inside the
    request are a prefix whose length is computed at run time; with the batch they make
-   ``U = B * count`` units (flat gather indices). An ONNX ``Loop`` processes them in
-   chunks of ``C`` units, ``C`` computed at run time from the working-set budget
-   (:data:`WORK_BUDGET_BYTES`) and D/Dv (see :func:`unit_work_elements`). One iteration
+   ``U = B * count`` units (flat gather indices). An ONNX ``Scan`` processes them in
+   chunks of ``C`` units (the index arrays padded to a multiple of ``C`` and viewed as
+   ``[U / C, C, .]``, one chunk per step), ``C`` computed at run time from the
+   working-set budget (:data:`WORK_BUDGET_BYTES`) and D/Dv (see
+   :func:`unit_work_elements`). One step
    gathers the chunk's Q blocks ``[C, m*bs, D+1]`` and K/V tiles ``[C, n*bs, .]``,
    computes ``Q_aug @ K_aug^T``, adds the tile bias (0/-inf from the partial masks) only
    if the bucket has partial tiles, ``Softmax`` in fp32, ``@ V``, and zeroes rows with no
    visible key in the layout (statically known). A query whose visible keys are all
    invalid averages the zeroed V and outputs exactly 0.
-4. *Assembly.* The loops' outputs (token rows) and one zero block are concatenated; one
+4. *Assembly.* The scans' outputs (token rows) and one zero block are concatenated; one
    token-level ``Gather`` (indices from the inverse permutation of the units' rows) puts
    them in ``[B, H, S, Dv]`` order, crop included (rows of units beyond the request go to
    a trash slot); a ``Reshape`` refuses ``S > max_seq_len``; ``CastLike`` returns the
    query dtype.
 
-Memory: everything outside the loops is a small multiple of the op's inputs and output
-(padded Q/K/V views, the loop outputs, the reordered output); inside, one iteration's
-working set stays under ``WORK_BUDGET_BYTES`` (at least one unit per iteration), so the
+Memory: everything outside the scans is a small multiple of the op's inputs and output
+(padded Q/K/V views, the scan outputs, the reordered output); inside, one step's
+working set stays under ``WORK_BUDGET_BYTES`` (at least one unit per step), so the
 peak no longer grows with ``S * window * H``. A budget of the size of a core's L2 cache
 is also the fast choice: the chunk's tiles and scores stay in cache between the MatMuls,
 the bias add and the Softmax.
@@ -82,8 +84,8 @@ from sparse_attn.layout import BlockLayout
 FUNCTION_ATTRIBUTES = tuple(opspec.ATTRIBUTES)
 #: Lowest default-domain opset the body is written for (ReduceMax with axes as an input).
 MIN_OPSET = 18
-#: Working-set budget of one loop iteration of the body, in bytes (fp32 intermediates of
-#: one chunk of units, all batch items together; at least one unit per iteration).
+#: Working-set budget of one scan step of the body, in bytes (fp32 intermediates of one
+#: chunk of units; at least one unit per step).
 WORK_BUDGET_BYTES = 2 * 2**20
 #: Score added for keys outside the request or padded (finite: their V is 0, so a row
 #: that sees only such keys averages zeros and outputs exactly 0).
@@ -251,7 +253,7 @@ def _bucket(members: list, width: int, group: int, grouped: bool) -> Bucket:
 
 
 def unit_work_elements(bucket: Bucket, block_size: int) -> tuple[int, int, int]:
-    """fp32 elements one unit of ``bucket`` holds during a loop iteration, per batch item.
+    """fp32 elements one unit of ``bucket`` (one batch item) holds during a scan step.
 
     Returns ``(c0, cd, cdv)`` with elements ``= c0 + cd * D + cdv * Dv``: the gathered
     Q rows (``m*bs x (D+1)``), K tiles and their transpose (``2 x n*bs x (D+1)``), V tiles
@@ -518,13 +520,13 @@ def _prepare(
 
 
 def _loop(g: _Graph, item: dict, v: _Views, *, bs: int, exact: bool, tabs: dict) -> str:
-    """Step 3, the ``Loop`` over chunks of one bucket; returns ``[P*m*bs, Dv]`` (token rows).
+    """Step 3, the ``Scan`` over chunks of one bucket; returns ``[P*m*bs, Dv]`` (token rows).
 
     ``exact``: tile masks applied with ``Where`` (a NaN/Inf K hidden by a partial tile
     cannot reach a score) and ``P @ V`` without ``0 * NaN`` from hidden non-finite V.
     Scores are ``[c, bs, n*bs]`` for units of one head and ``[c, m, bs, n*bs]`` (a free
     view) for units of ``m`` heads, so that tile masks broadcast over the heads.
-    Loop-invariant shapes are computed outside the loop body.
+    Shapes that do not change between steps are computed outside the scan body.
     """
     bk: Bucket = item["bk"]
     p = g.prefix + item["p"]
@@ -535,17 +537,16 @@ def _loop(g: _Graph, item: dict, v: _Views, *, bs: int, exact: bool, tabs: dict)
     q_shape = g.op("Concat", [g.i64(-1, m * bs), v.d_aug], axis=0)
     k_shape = g.op("Concat", [g.i64(-1, n * bs), v.d_aug], axis=0)
     v_shape = g.op("Concat", [g.i64(-1, n * bs), v.dv1], axis=0)
-    out_shape = g.op("Concat", [g.i64(1, -1), v.dv1], axis=0)
+    out_shape = g.op("Concat", [g.i64(-1), v.dv1], axis=0)
     o_unit_shape = g.op("Concat", [g.i64(-1, m, bs), v.dv1], axis=0) if m > 1 else None
 
     body = _Graph(prefix=p + "it_")
-    it_in, cond_in = p + "iter", p + "cond_in"
-    start = body.op("Mul", [body.op("Unsqueeze", [it_in, body.i64(0)]), item["chunk"]], "start")
-    stop = body.op("Add", [start, item["chunk"]], "stop")
-    axis0 = body.i64(0)
+    scanned: dict[str, str] = {}  # outer [U_pad, k] array -> body input holding one chunk
 
     def chunk_of(x: str, hint: str) -> str:
-        return body.op("Slice", [x, start, stop, axis0], hint)
+        if x not in scanned:
+            scanned[x] = body.name(hint)
+        return scanned[x]
 
     def gathered(src: str, idx: str, shape: str, hint: str) -> str:
         return body.op("Reshape", [body.op("Gather", [src, idx], hint + "4"), shape], hint)
@@ -609,28 +610,30 @@ def _loop(g: _Graph, item: dict, v: _Views, *, bs: int, exact: bool, tabs: dict)
     elif "dead" in item:
         dead = body.op("Reshape", [chunk_of(item["dead"], "dead"), body.i64(-1, *mid, bs, 1)])
         o = body.op("Where", [dead, fzero, o], "o")
-    # [1, c*m*bs, Dv]: a leading axis of 1, so that stacking the iterations (ONNX
-    # Runtime) and concatenating them along axis 0 (onnx.reference) give the same values
-    out = body.op("Reshape", [o, out_shape], "chunk_out")
-    cond_out = body.op("Identity", [cond_in], "cond_out")
+    out = body.op("Reshape", [o, out_shape], "chunk_out")  # [c*m*bs, Dv]
+    inputs = [
+        helper.make_tensor_value_info(
+            name, TensorProto.BOOL if outer == item.get("dead") else TensorProto.INT64, None
+        )
+        for outer, name in scanned.items()
+    ]
     graph = helper.make_graph(
-        body.nodes,
-        p + "loop_body",
-        [
-            helper.make_tensor_value_info(it_in, TensorProto.INT64, []),
-            helper.make_tensor_value_info(cond_in, TensorProto.BOOL, []),
-        ],
-        [
-            helper.make_tensor_value_info(cond_out, TensorProto.BOOL, []),
-            helper.make_tensor_value_info(out, f32, None),
-        ],
+        body.nodes, p + "scan_body", inputs, [helper.make_tensor_value_info(out, f32, None)]
     )
+    # every [n_iter * chunk, k] array as [n_iter, chunk, k]: Scan hands one chunk per step
+    chunks = [
+        g.op(
+            "Reshape",
+            [
+                outer,
+                g.op("Concat", [g.i64(-1), item["chunk"], g.op("Shape", [outer], start=1)], axis=0),
+            ],
+        )
+        for outer in scanned
+    ]
     stacked = g.op(
-        "Loop",
-        [g.op("Squeeze", [item["n_iter"]]), g.const(np.array(True), "true")],
-        "loop",
-        body=graph,
-    )  # [n_iter, 1, c*m*bs, Dv] or [n_iter, c*m*bs, Dv]
+        "Scan", chunks, "scan", body=graph, num_scan_inputs=len(chunks)
+    )  # [n_iter, c*m*bs, Dv]
     return g.op("Reshape", [stacked, g.op("Concat", [g.i64(-1), v.dv1], axis=0)], "out")
 
 
@@ -712,7 +715,7 @@ def build_function(
             K/V tiles, and a key with another head count fails at run time. None: the
             body derives ``Hkv`` from the key's shape (any divisor of H) and computes
             every query head as its own unit.
-        work_budget: bytes one loop iteration may hold (:data:`WORK_BUDGET_BYTES`).
+        work_budget: bytes one scan step may hold (:data:`WORK_BUDGET_BYTES`).
 
     Returns:
         ``FunctionProto`` with domain ``opspec.DOMAIN``, name ``opspec.OP_TYPE``, inputs
