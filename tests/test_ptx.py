@@ -135,7 +135,8 @@ def test_grouped_runtime_ints_and_grid():
     assert (vals["stride_ob"], vals["stride_oh"]) == q.stride()[:2]
     cfg = WIDE_GQA.config
     split = -(-WIDE_GQA.block_size // cfg.block_m)
-    assert aot.launch_grid(WIDE_GQA, b, s) == (2 * split, b * 4, 1)
+    # query tiles x the 4 query heads of the K/V group on axis 0, batch x K/V heads on axis 1
+    assert aot.launch_grid(WIDE_GQA, b, s) == (2 * split * 4, b * 1, 1)
     _, consts = aot.signature_and_constants(WIDE_GQA)
     assert consts["kv_group"] == 4 and consts["M_SPLIT"] == split
 

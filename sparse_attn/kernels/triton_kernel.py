@@ -136,14 +136,20 @@ def _block_sparse_attn_fwd(
     PV_SPLIT: tl.constexpr,
     NONFINITE_V: tl.constexpr,
 ):
-    # program: one query tile (BLOCK_M rows of query block qblk) of one (batch, query head)
+    # program: one query tile (BLOCK_M rows of query block qblk) of one (batch, query head).
+    # Axis 0 runs over (query tile, query head of the K/V group) with the group innermost, so
+    # the kv_group query heads reading one K/V head (h // kv_group) run side by side and share
+    # its K/V tiles in L2; axis 1 over (batch, K/V head).
     pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    qblk = pid_m // M_SPLIT
-    sub = pid_m % M_SPLIT
-    b = pid_bh // num_heads
-    h = pid_bh % num_heads
-    hk = h // kv_group  # grouped-query attention: the K/V head this query head reads
+    pid_bk = tl.program_id(1)
+    g = pid_m % kv_group
+    tile = pid_m // kv_group
+    qblk = tile // M_SPLIT
+    sub = tile % M_SPLIT
+    num_kv_heads = num_heads // kv_group
+    b = pid_bk // num_kv_heads
+    hk = pid_bk % num_kv_heads  # grouped-query attention: the K/V head this program reads
+    h = hk * kv_group + g
     # 64-bit offsets: B*H*S*D may exceed 2**31 elements.
     b64 = b.to(tl.int64)
     h64 = h.to(tl.int64)
@@ -597,7 +603,8 @@ def attention_arrays(
         nonfinite_v=_needs_nonfinite_variant(value, assume_finite_v),
         config=cfg,
     )
-    grid = (-(-slen // block_size) * consts["M_SPLIT"], bsz * nh)
+    # axis 0: query tiles x query heads of a K/V group (group innermost); axis 1: B x Hkv
+    grid = (-(-slen // block_size) * consts["M_SPLIT"] * (nh // nkv), bsz * nkv)
     kernel = get_kernel(interpret)
     extra = {} if interpret else {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
     kernel[grid](

@@ -301,16 +301,18 @@ def runtime_int_values(spec: KernelSpec, seq_len):
 
 
 def launch_grid(spec: KernelSpec, batch, seq_len, cdiv=None):
-    """Grid ``(ceil(S / block_size) * M_SPLIT, B * H, 1)``; ``cdiv`` for symbolic sizes.
+    """Grid ``(ceil(S / block_size) * M_SPLIT * (H // Hkv), B * Hkv, 1)``; ``cdiv`` for
+    symbolic sizes.
 
-    ``M_SPLIT = ceil(block_size / block_m)`` programs share one query block (wide heads).
+    ``M_SPLIT = ceil(block_size / block_m)`` programs share one query block (wide heads); the
+    ``H // Hkv`` query heads of one K/V head are neighbours on axis 0 (they share K/V tiles).
     """
     cdiv = cdiv or (lambda a, b: -(-a // b))
-    m_split = -(-spec.block_size // spec.config.block_m)
+    per_block = -(-spec.block_size // spec.config.block_m) * (spec.num_heads // spec.kv_heads)
     gx = cdiv(seq_len, spec.block_size)
-    if m_split != 1:
-        gx = gx * m_split
-    return gx, batch * spec.num_heads, 1
+    if per_block != 1:
+        gx = gx * per_block
+    return gx, batch * spec.kv_heads, 1
 
 
 _ENTRY_RE = re.compile(r"\.entry\s+(?P<name>[A-Za-z_$][\w$]*)\s*\((?P<params>[^)]*)\)", re.S)
