@@ -250,7 +250,8 @@ def measure_time(case: dict, repeat: int, spin: bool) -> dict:
         "density_blocks": layout.stats()["density_blocks"],
         "density_tokens": layout.stats()["density_tokens"],
         "stored_tiles": int(layout.nnz.sum()),
-        "computed_tiles": int(sum(b.cols.size for b in buckets)),
+        # (query head, tile) pairs computed; a grouped unit counts once per query head
+        "computed_tiles": int(sum(b.cols.size * b.heads_per_unit for b in buckets)),
         "buckets": [[b.width, len(b.rows), b.heads_per_unit] for b in buckets],
         "spot_check_max_abs_err": float(np.abs(s_out[0, 0, rows] - expect).max()),
         "dense_vs_sparse_max_abs_diff": float(np.abs(s_out - d_out).max())
