@@ -16,6 +16,9 @@ Routes (``{name}`` is the served model's name):
 ``POST /v2/models/{name}/infer``            inference (JSON or binary tensor data)
 ``POST /v1/embeddings``                     text models: ``{"input": str | [str]}`` ->
                                             OpenAI-style embeddings list
+``POST /v2/models/{name}/generate``         generation exports: ``{"text_input" | "input_ids",
+                                            "parameters"}`` -> ``text_output``, ``output_ids``
+``POST /v2/models/{name}/generate_stream``  the same as server-sent events, one per token
 ``GET  /metrics``                           Prometheus text format
 ==========================================  ===============================================
 
@@ -388,6 +391,156 @@ def create_app(
             return JSONResponse(out)
 
         return await answer("embeddings", t0, work)
+
+    # ------------------------------------------------------------------ generation
+    import asyncio
+    import threading
+
+    gen_state = {"pending": 0}
+    gen_options = ("max_new_tokens", "temperature", "top_k", "top_p", "seed", "stop_token_ids")
+
+    def generation_request(req: Any) -> tuple[Any, dict, bool]:
+        """``(prompt, Runtime.generate keyword arguments, text?)`` of a generate request."""
+        if not isinstance(req, dict):
+            raise InvalidInputError('request must be a JSON object {"text_input": "..."}')
+        if not callable(getattr(rt, "generate", None)):
+            raise InvalidInputError(f"model {name!r} cannot generate (no Runtime.generate)")
+        params = req.get("parameters") or {}
+        if not isinstance(params, dict):
+            raise InvalidInputError('"parameters" must be an object')
+        params = dict(params)
+        if "max_tokens" in params:  # the name Triton's generate extension uses
+            params.setdefault("max_new_tokens", params.pop("max_tokens"))
+        bad = sorted(set(params) - set(gen_options))
+        if bad:
+            raise InvalidInputError(
+                f"unknown generation parameter(s) {bad}; known: {list(gen_options)}"
+            )
+        if "text_input" in req:
+            if not isinstance(req["text_input"], str):
+                raise InvalidInputError('"text_input" must be a string')
+            return req["text_input"], params, True
+        ids = req.get("input_ids")
+        if not isinstance(ids, list) or not ids:
+            raise InvalidInputError(
+                'give "text_input" (a string) or "input_ids" (a list of token-id lists)'
+            )
+        return (ids if isinstance(ids[0], list) else [ids]), params, False
+
+    def decode(tokens) -> str | None:
+        gen = getattr(rt, "_generator", None)
+        if gen is None:
+            return None
+        stops = set(getattr(gen, "eos_token_ids", []) or [])
+        kept = []
+        for t in tokens:
+            if int(t) in stops:
+                break
+            kept.append(int(t))
+        return gen.decode_text(kept)
+
+    def claim_generation_slot() -> None:
+        if batcher.closing or state.draining:
+            raise ShuttingDownError("the server is shutting down; send the request elsewhere")
+        if gen_state["pending"] >= batcher.policy.max_queue:
+            raise QueueFullError(
+                f"{gen_state['pending']} generation requests are pending (the limit is "
+                f"{batcher.policy.max_queue}); retry later or raise --max-queue"
+            )
+        gen_state["pending"] += 1
+
+    async def read_json(request: Request) -> Any:
+        import json
+
+        body = await read_body(request)
+        try:
+            return json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InvalidInputError(f"request is not valid JSON: {exc}") from exc
+
+    @app.post("/v2/models/{model_name}/generate")
+    async def generate(model_name: str, request: Request):
+        t0 = time.perf_counter()
+
+        async def work():
+            if model_name != name:
+                return unknown_model(model_name)
+            prompt, kwargs, text = generation_request(await read_json(request))
+            claim_generation_slot()
+            try:
+                loop = asyncio.get_running_loop()
+                tokens = await loop.run_in_executor(None, lambda: rt.generate(prompt, **kwargs))
+            finally:
+                gen_state["pending"] -= 1
+            out: dict[str, Any] = {"model_name": name, "output_ids": tokens.tolist()}
+            if text:
+                out["text_output"] = decode(tokens[0])
+            return JSONResponse(out)
+
+        return await answer("generate", t0, work)
+
+    @app.post("/v2/models/{model_name}/generate_stream")
+    async def generate_stream(model_name: str, request: Request):
+        """Server-sent events: one ``data: {...}`` per new token (all rows), then the end."""
+        import json
+
+        from fastapi.responses import StreamingResponse
+
+        t0 = time.perf_counter()
+
+        async def work():
+            if model_name != name:
+                return unknown_model(model_name)
+            prompt, kwargs, text = generation_request(await read_json(request))
+            claim_generation_slot()
+            loop = asyncio.get_running_loop()
+            try:
+                # validation happens here, before the first token (the iterator is eager)
+                it = await loop.run_in_executor(
+                    None, lambda: rt.generate(prompt, stream=True, **kwargs)
+                )
+            except BaseException:
+                gen_state["pending"] -= 1
+                raise
+            queue: asyncio.Queue = asyncio.Queue()
+            done = object()
+
+            def pump() -> None:  # one thread iterates the generator from start to end
+                try:
+                    for step in it:
+                        loop.call_soon_threadsafe(queue.put_nowait, step)
+                except Exception as exc:  # noqa: BLE001 - sent to the client as an event
+                    loop.call_soon_threadsafe(queue.put_nowait, exc)
+                finally:
+                    loop.call_soon_threadsafe(queue.put_nowait, done)
+
+            threading.Thread(target=pump, name="sparse-attn-generate", daemon=True).start()
+
+            async def events():
+                produced: list[int] = []
+                shown = ""
+                try:
+                    while True:
+                        step = await queue.get()
+                        if step is done:
+                            break
+                        if isinstance(step, Exception):
+                            msg = " ".join(str(step).split())
+                            yield f"data: {json.dumps({'error': msg})}\n\n"
+                            break
+                        event: dict[str, Any] = {"model_name": name, "output_ids": step.tolist()}
+                        if text:
+                            produced.append(int(step[0]))
+                            full = decode(produced) or ""
+                            event["text_output"] = full[len(shown) :]
+                            shown = full
+                        yield f"data: {json.dumps(event)}\n\n"
+                finally:
+                    gen_state["pending"] -= 1
+
+            return StreamingResponse(events(), media_type="text/event-stream")
+
+        return await answer("generate_stream", t0, work)
 
     @app.get("/metrics")
     async def prometheus():
