@@ -168,6 +168,9 @@ def _ort_options(intra_op_threads, allow_spinning):
             "session.intra_op.allow_spinning", "1" if allow_spinning else "0"
         )
     opts.log_severity_level = 3
+    # ORT's memory patterns are cached per input shape; the decode step's attention_mask
+    # grows by one every step, so the cache would grow with the text (~2 KB per token).
+    opts.enable_mem_pattern = False
     return opts
 
 
