@@ -127,8 +127,9 @@ def _ensure_ninja_on_path() -> None:
         os.environ["PATH"] = os.pathsep.join([bindir, *parts])
 
 
-#: A build lock older than this (seconds) was left by a killed build (a real one takes < 2 min).
-_STALE_LOCK_S = 600
+#: A build lock older than this (seconds) was left by a killed build (a real one takes under
+#: a minute on an idle machine, 6 min on a 2-core machine at load 15).
+_STALE_LOCK_S = 1800
 
 
 def _remove_stale_lock(bdir: Path) -> None:
@@ -152,8 +153,8 @@ def build(verbose: bool = False) -> Path:
     """Compile (if the cached build is stale or missing) and load the extension.
 
     Safe to call from several processes at once (``torch.utils.cpp_extension`` locks the
-    build directory). Takes about 10 s the first time on 2 idle cores (35 s on a loaded
-    machine), well under 1 s after.
+    build directory). Takes about 40 s the first time on 2 idle cores (the kernel body is
+    compiled for three instruction sets; minutes on a loaded machine), well under 1 s after.
 
     Args:
         verbose: print the compiler command lines and output.
