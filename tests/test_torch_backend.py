@@ -297,7 +297,7 @@ def test_unsupported_backend_gives_reasons(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     lay = layout_from_masks(band_mask(16, 3)[None], 16)
     q, k, v = random_qkv(1, 1, 16, 8)
-    with pytest.raises(BackendNotSupportedError, match="backend 'triton' can take") as info:
+    with pytest.raises(BackendNotSupportedError, match="backend 'triton' cannot take") as info:
         block_sparse_attention(q, k, v, lay, backend="triton")
     assert list(info.value.reasons) == ["triton"] and info.value.reasons["triton"]
     assert info.value.reasons["triton"][0] in str(info.value)

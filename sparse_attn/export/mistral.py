@@ -78,6 +78,49 @@ def sliding_window_pattern(sliding_window: int | None, max_seq_len: int) -> str:
     return f"band(w={w - 1})"
 
 
+def _canonical(pattern) -> str:
+    """The expanded causal spec of a pattern given as text or object (else its ``str``)."""
+    from sparse_attn.patterns import parse_pattern
+
+    try:
+        return parse_pattern(pattern).with_causal(True).spec()
+    except Exception:  # noqa: BLE001 - a layout or per-head list: compare as given
+        return str(pattern)
+
+
+def _config_dict(config) -> dict:
+    """``MistralConfig`` keyword overrides from a dict or a Hugging Face config object.
+
+    Raises:
+        InvalidInputError: a config of another architecture (e.g. a ``LlamaConfig``, whose
+            missing ``sliding_window`` would silently become Mistral's default) or of a type
+            that is neither a mapping nor a config object.
+    """
+    from collections.abc import Mapping
+
+    from sparse_attn.errors import InvalidInputError
+
+    if config is None:
+        return {}
+    if isinstance(config, Mapping):
+        d = dict(config)
+    elif callable(getattr(config, "to_dict", None)):
+        d = config.to_dict()
+    else:
+        raise InvalidInputError(
+            f"config must be a dict of MistralConfig fields or a MistralConfig, got "
+            f"{type(config).__name__}"
+        )
+    kind = d.get("model_type")
+    if kind not in (None, "mistral"):
+        raise InvalidInputError(
+            f"config is a {kind!r} config, not a Mistral one; the mistral family takes "
+            "MistralConfig fields only (its sliding window would otherwise be made up)"
+        )
+    d.pop("model_type", None)
+    return d
+
+
 def make_config(config: dict | None = None, *, sliding_window: int | None = None):
     """``transformers.MistralConfig`` from ``DEFAULT_CONFIG`` updated with ``config``.
 
@@ -85,7 +128,7 @@ def make_config(config: dict | None = None, *, sliding_window: int | None = None
     """
     from transformers import MistralConfig
 
-    d = hf_common.merged_config(DEFAULT_CONFIG, config)
+    d = hf_common.merged_config(DEFAULT_CONFIG, _config_dict(config))
     if sliding_window is not None:
         d["sliding_window"] = sliding_window
     cfg = MistralConfig(**d)
@@ -259,10 +302,23 @@ def export_onnx(
         InvalidInputError: bad arguments (before any work). RuntimeError: a failed check.
     """
     max_seq_len = DEFAULT_MAX_SEQ_LEN if max_seq_len is None else max_seq_len
-    config = dict(config or {})
+    config = _config_dict(config)
     if sliding_window is not None:
         config["sliding_window"] = hf_common.check_positive_int("sliding_window", sliding_window)
     hf_common.torch_dtype(dtype)
+    window = config.get("sliding_window", DEFAULT_CONFIG["sliding_window"])
+    own = f"{sliding_window_pattern(window, max_seq_len)} | causal"
+    if pattern is not None and _canonical(pattern) != _canonical(own):
+        import warnings
+
+        from sparse_attn.errors import SparseAttnWarning
+
+        warnings.warn(
+            f"--pattern {str(pattern)[:200]!r} replaces the model's own attention pattern "
+            f"{own!r} (sliding_window={window}); both are recorded in the metadata",
+            SparseAttnWarning,
+            stacklevel=2,
+        )
     path = hf_common.as_path(output_path)
     build_args = dict(
         block_size=block_size,
@@ -280,7 +336,7 @@ def export_onnx(
         example_inputs=example,
         check_inputs=[example, check],
         output_names=OUTPUT_NAMES,
-        model_config=model_config_for(pattern, **build_args),
+        model_config={**model_config_for(pattern, **build_args), "config_pattern": own},
         causal=True,
         max_seq_len=max_seq_len,
         dtype=dtype,

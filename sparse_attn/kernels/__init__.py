@@ -134,9 +134,9 @@ def block_sparse_attention(
         if mod is not None and not reasons:
             return mod.attention(query, key, value, layout, key_padding_mask, scale)
         all_reasons[name] = reasons
-    what = "no backend" if backend == "auto" else f"backend {backend!r}"
+    what = "no backend can" if backend == "auto" else f"backend {backend!r} cannot"
     raise BackendNotSupportedError(
-        f"{what} can take query {list(query.shape)} {str(query.dtype).replace('torch.', '')} "
+        f"{what} take query {list(query.shape)} {str(query.dtype).replace('torch.', '')} "
         f"on {query.device}",
         all_reasons,
     )
