@@ -320,6 +320,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backend", default="auto", choices=["auto", "tensorrt", "onnxruntime"])
     ap.add_argument("--repeats", type=int, default=5, help="timed runs per text")
     args = ap.parse_args(argv)
+    from sparse_attn.cli import quiet_third_party
+
+    quiet_third_party()
     try:
         report = run_demo(
             args.out,

@@ -10,6 +10,7 @@ Ctrl-C (:func:`main` is the one error boundary). The contract is in docs/spec.md
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import sys
 
@@ -83,24 +84,62 @@ class _Interrupted:
         raise KeyboardInterrupt
 
 
-def _setup_output() -> None:
-    """Library code logs; the CLI shows its warnings on stderr, one line each, and hides
-    third-party warnings (they are not the user's to act on)."""
+@contextlib.contextmanager
+def _user_output():
+    """Library code logs; within the CLI its warnings go to stderr, one line each, and
+    third-party warnings and log records below ERROR are hidden (they are not the user's to
+    act on). Logging and warning settings are restored afterwards (``main`` may run in-process).
+    """
     import logging
     import warnings
 
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("sparse-attn: %(levelname)s: %(message)s"))
-    root = logging.getLogger("sparse_attn")
-    if not root.handlers:
-        root.addHandler(handler)
-    root.setLevel(logging.WARNING)
-    root.propagate = False
-    warnings.filterwarnings("ignore")
     from sparse_attn.errors import SparseAttnWarning
 
-    warnings.filterwarnings("default", category=SparseAttnWarning)
-    warnings.showwarning = _show_warning
+    quiet_third_party()
+    root, ours = logging.getLogger(), logging.getLogger("sparse_attn")
+    saved = (root.level, ours.level, ours.propagate)
+    handler = logging.StreamHandler(_StderrProxy())
+    handler.setFormatter(logging.Formatter("sparse-attn: %(levelname)s: %(message)s"))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore")
+        warnings.filterwarnings("default", category=SparseAttnWarning)
+        warnings.showwarning = _show_warning
+        root.setLevel(logging.ERROR)
+        ours.addHandler(handler)
+        ours.setLevel(logging.WARNING)
+        ours.propagate = False
+        try:
+            yield
+        finally:
+            ours.removeHandler(handler)
+            root.setLevel(saved[0])
+            ours.setLevel(saved[1])
+            ours.propagate = saved[2]
+
+
+class _StderrProxy:
+    """Writes to whatever ``sys.stderr`` is at the time (test capture replaces it)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+def quiet_third_party() -> None:
+    """Hide third-party progress bars and chatter (Hugging Face downloads and weight loading,
+    transformers' advice); set before those packages are imported, and again after."""
+    import os
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ARG001
@@ -166,8 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if main_thread:
             signal.signal(signal.SIGINT, _Interrupted.handler)
-        with terminate_as_exception():
-            _setup_output()
+        with terminate_as_exception(), _user_output():
             with cli.make_context("sparse-attn", args) as ctx:
                 rc = cli.invoke(ctx)
     except BaseException as exc:  # noqa: BLE001 - this is the boundary
