@@ -1,4 +1,4 @@
-"""Layout compile time and peak memory for the presets (issue 2 item 3).
+"""Layout compile time and peak memory for the presets.
 
 Usage::
 

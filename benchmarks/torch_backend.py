@@ -1,6 +1,6 @@
 """Benchmark: the block-sparse ``torch`` backend against dense SDPA on CPU.
 
-Default case (issue 2): S = 8192, H = 8, D = 64, B = 1, float32,
+Default case : S = 8192, H = 8, D = 64, B = 1, float32,
 ``band(w=256) | global(n=64)``, block 64. Methods:
 
 * ``sdpa_dense``: ``torch.nn.functional.scaled_dot_product_attention`` without a mask

@@ -1,6 +1,6 @@
 """sparse-attn: position-based block-sparse attention from PyTorch to ONNX, TensorRT and serving.
 
-Public API (SPEC section 4)::
+Public API (docs/spec.md)::
 
     import sparse_attn
     layout = sparse_attn.compile_layout(spec, seq_len=S, block_size=B, num_heads=H, causal=False)

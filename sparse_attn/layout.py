@@ -3,7 +3,7 @@
 A :class:`BlockLayout` describes, per head, which ``block_size x block_size`` tiles of the
 ``[S, S]`` attention matrix hold at least one visible (query, key) pair, in CSR form over key
 blocks, and for each stored tile whether it is *full* (every in-range pair visible) or
-*partial* (a mask from a deduplicated table applies). See SPEC section 2.
+*partial* (a mask from a deduplicated table applies). See docs/spec.md.
 
 Conventions (shared by every backend):
 
@@ -148,7 +148,7 @@ class BlockLayout:
         return self.col_idx[head, a:b], self.mask_idx[head, a:b]
 
     def crop(self, seq_len: int) -> BlockLayout:
-        """Top-left crop to ``seq_len <= self.seq_len`` tokens (SPEC: prefix stability).
+        """Top-left crop to ``seq_len <= self.seq_len`` tokens (docs/spec.md: prefix stability).
 
         Raises:
             InvalidInputError (a ValueError): if ``seq_len`` is out of ``1..self.seq_len``, or
@@ -230,7 +230,7 @@ class BlockLayout:
 
     # ------------------------------------------------------------------ statistics
     def stats(self) -> dict:
-        """Statistics of the layout (SPEC section 3, ``layout --json``).
+        """Statistics of the layout (docs/spec.md, ``layout --json``).
 
         Returns a dict with ``seq_len``, ``block_size``, ``num_heads``, ``num_blocks``,
         ``density_tokens`` (visible pairs / (H * S^2)), ``density_blocks`` (stored tiles /

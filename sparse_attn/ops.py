@@ -1,4 +1,4 @@
-"""The torch custom op ``sparse_attn::block_sparse_attention`` (SPEC section 2).
+"""The torch custom op ``sparse_attn::block_sparse_attention`` (docs/spec.md).
 
 Registered with :func:`torch.library.custom_op` under ``opspec.TORCH_OP_NAME`` with a fake
 (shape-only) implementation, so ``torch.export``, ``torch.compile`` and the ONNX exporter

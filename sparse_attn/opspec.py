@@ -1,7 +1,7 @@
 """The identity of the ``sparse_attn::BlockSparseAttention`` op: the single source of truth.
 
 Export, the ONNX function body, the torch custom op, the TensorRT plugin and the tests
-all import these names; nothing else in the project spells them out. See SPEC section 2.
+all import these names; nothing else in the project spells them out. See docs/spec.md.
 
 This module is pure Python (no torch, no onnx) so that any layer can import it.
 """

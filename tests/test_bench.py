@@ -1,4 +1,4 @@
-"""Smoke tests of ``sparse-attn bench`` (issue 6): tiny sizes, schema/table/plot, no timings.
+"""Smoke tests of ``sparse-attn bench``: tiny sizes, schema/table/plot, no timings.
 
 Nothing here asserts a timing. What is checked: the outputs exist and follow the schema,
 the statistics are ordered, unavailable cells become ``n/a (reason)`` instead of crashing,

@@ -173,7 +173,7 @@ def attention_model(tmp_path_factory):
 
 def test_check_attention_model_against_dense_oracle(attention_model, capsys, tmp_path):
     """``check --json`` on an exported attention model: its numbers equal an independent
-    measurement, and the backend output matches the dense masked oracle (SPEC formulas)."""
+    measurement, and the backend output matches the dense masked oracle (the contract's formulas)."""
     import torch
 
     from sparse_attn.kernels import block_sparse_attention

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.skipif(
 
 # ----------------------------------------------------------------------------- helpers
 def band_global(s: int, w: int, g: int) -> np.ndarray:
-    """bool [S, S]: |i - j| <= w or i < g or j < g (SPEC band | global)."""
+    """bool [S, S]: |i - j| <= w or i < g or j < g (band | global)."""
     i = np.arange(s)
     return (np.abs(i[:, None] - i[None, :]) <= w) | (i[:, None] < g) | (i[None, :] < g)
 

@@ -1,8 +1,8 @@
-"""compile_layout against an independent, literal implementation of the SPEC section 1 table.
+"""compile_layout against an independent, literal implementation of the docs/spec.md table.
 
-The reference masks below are written from the formulas (SPEC table, papers), on a dense
+The reference masks below are written from the formulas (the contract's table, papers), on a dense
 ``S x S`` grid, without using the atoms' own ``visible`` code. The only thing shared with the
-package is the random generator's draw (SPEC fixes the distribution, not the generator).
+package is the random generator's draw (the contract fixes the distribution, not the generator).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from sparse_attn.layout import BlockLayout, compile_layout
 from sparse_attn.patterns import draw_without_replacement
 
 
-# ---------------------------------------------------------------------------- literal SPEC
+# ---------------------------------------------------------------------------- literal formulas
 def _grid(s):
     i = np.arange(s)[:, None]
     j = np.arange(s)[None, :]

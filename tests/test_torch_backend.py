@@ -62,7 +62,7 @@ def path(request, monkeypatch):
 
 
 def _masks(kind: str, s: int, heads: int) -> np.ndarray:
-    """bool [H, S, S] token masks following the SPEC atoms (one pattern per head)."""
+    """bool [H, S, S] token masks following the contract (docs/spec.md) atoms (one pattern per head)."""
     base = {
         "band_global": lambda h: band_mask(s, 5 + 3 * h) | global_mask(s, 2 + h),
         "dilated": lambda h: dilated_mask(s, 3, 2 + h),

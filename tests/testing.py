@@ -165,13 +165,13 @@ def random_padding_mask(batch: int, seq_len: int, seed: int = 0, min_len: int = 
 
 # ------------------------------------------------------------------ token-mask builders
 def band_mask(seq_len: int, w: int) -> np.ndarray:
-    """``bool [S, S]``: ``|i - j| <= w`` (SPEC ``band(w=W)``)."""
+    """``bool [S, S]``: ``|i - j| <= w`` (docs/spec.md ``band(w=W)``)."""
     i = np.arange(seq_len)
     return np.abs(i[:, None] - i[None, :]) <= w
 
 
 def global_mask(seq_len: int, n: int) -> np.ndarray:
-    """``bool [S, S]``: ``i < n or j < n`` (SPEC ``global(n=G)``)."""
+    """``bool [S, S]``: ``i < n or j < n`` (docs/spec.md ``global(n=G)``)."""
     i = np.arange(seq_len)
     return (i[:, None] < n) | (i[None, :] < n)
 
@@ -183,14 +183,14 @@ def causal_mask(seq_len: int) -> np.ndarray:
 
 
 def dilated_mask(seq_len: int, w: int, d: int) -> np.ndarray:
-    """``bool [S, S]``: ``|i - j| <= w*d and (i - j) % d == 0`` (SPEC ``dilated``)."""
+    """``bool [S, S]``: ``|i - j| <= w*d and (i - j) % d == 0`` (docs/spec.md ``dilated``)."""
     i = np.arange(seq_len)
     diff = i[:, None] - i[None, :]
     return (np.abs(diff) <= w * d) & (diff % d == 0)
 
 
 def block_local_mask(seq_len: int, b: int) -> np.ndarray:
-    """``bool [S, S]``: ``i // b == j // b`` (SPEC ``block_local``)."""
+    """``bool [S, S]``: ``i // b == j // b`` (docs/spec.md ``block_local``)."""
     i = np.arange(seq_len)
     return (i[:, None] // b) == (i[None, :] // b)
 

@@ -86,7 +86,7 @@ class BenchConfig:
 
     @classmethod
     def full(cls) -> BenchConfig:
-        """The full run of issue 6 (about 15-25 minutes on 2 idle cores)."""
+        """The full run (about 15-25 minutes on 2 idle cores)."""
         return cls()
 
     @classmethod

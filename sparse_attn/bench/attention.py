@@ -35,9 +35,9 @@ import numpy as np
 from sparse_attn.bench.harness import NotAvailable, PeakRSS, mem_available_bytes, time_callable
 from sparse_attn.bench.impls import IMPLS, Case, Impl
 
-#: The reference configuration of the targets table (issue 6).
+#: The reference configuration of the targets table.
 REFERENCE_SPEC = "band(w=256) | global(n=64)"
-#: (spec, causal) of the full run: the reference config and the four presets of issue 6.
+#: (spec, causal) of the full run: the reference config and the four presets.
 DEFAULT_PATTERNS: tuple[tuple[str, bool], ...] = (
     (REFERENCE_SPEC, False),
     ("longformer", False),

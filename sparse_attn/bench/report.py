@@ -14,7 +14,7 @@ from sparse_attn.bench.impls import IMPLS
 
 SCHEMA = "sparse-attn-bench/1"
 
-#: Issue 6's targets table: median ms on the reference machine kind for REFERENCE_SPEC,
+#: The targets table: median ms on the reference machine kind for REFERENCE_SPEC,
 #: fp32, B=1, H=8, D=64, 2 threads. None = n/a there.
 TARGETS_MS = {
     4096: {"sdpa_dense": 227, "flex_compiled": 78, "ort_dense": 324, "ideal": 34},
@@ -117,7 +117,7 @@ def detail_table(result: dict) -> str:
 
 
 def targets_check(result: dict) -> dict:
-    """Compare the reference configuration with issue 6's targets table and claims.
+    """Compare the reference configuration with the targets table and claims.
 
     Returns ``{"rows": [...], "claims": [...]}``; each claim has ``text``, ``status``
     (``"met"``, ``"not met"`` or ``"not measured"``) and ``detail``.
@@ -166,7 +166,7 @@ def targets_check(result: dict) -> dict:
 
 
 def _claims(rows: list[dict], ms, key: str, view: str) -> list[dict]:
-    """Issue 6's claims evaluated on one view (``median_ms`` or ``cpu_equiv_ms``)."""
+    """The benchmark's claims evaluated on one view (``median_ms`` or ``cpu_equiv_ms``)."""
     claims = []
     a, b = ms(4096, "ours_onnx_ort", key), ms(4096, "ort_dense", key)
     claims.append(
@@ -232,7 +232,7 @@ def targets_table(result: dict) -> str:
         "ours ORT",
     ]
     out = [
-        f"Reference config `{REFERENCE_SPEC}`: measured median ms (target of issue 6 in parentheses)\n",
+        f"Reference config `{REFERENCE_SPEC}`: measured median ms (target in parentheses)\n",
         "| S | " + " | ".join(names) + " |",
         "|---" * (len(cols) + 1) + "|",
     ]

@@ -1,4 +1,4 @@
-"""``sparse-attn`` command line (SPEC section 3). Thin: parse, call the library, print.
+"""``sparse-attn`` command line (docs/spec.md). Thin: parse, call the library, print.
 
 Each subcommand lives in its own module ``sparse_attn.cli.<name>_cmd`` exposing a click
 command named ``command``; modules are imported only when their command runs, so

@@ -1,4 +1,4 @@
-"""Export: PyTorch models with block-sparse attention -> one ONNX file (SPEC section 2).
+"""Export: PyTorch models with block-sparse attention -> one ONNX file (docs/spec.md).
 
 This docstring is the authoritative contract between the export core (``symbolic``,
 ``modules``, ``function_body``, ``exporter``, ``metadata``, ``attention``) and the model

@@ -25,7 +25,7 @@ weights. With HF block size ``b``, ``n = S / b`` blocks and ``r = num_random_blo
   for every row that has a visible key (block 0 is always visible).
 
 The last block depends on the end of the sequence, so the model is exported at a fixed
-sequence length ``max_seq_len`` (SPEC, prefix stability; the layout has
+sequence length ``max_seq_len`` (docs/spec.md, prefix stability; the layout has
 ``requires_static_seq_len``): inputs must be padded to it. ``max_seq_len`` must be a
 multiple of the HF block size and larger than ``(5 + 2 r) * b`` (below that Hugging Face
 switches the model to full attention).

@@ -28,7 +28,7 @@ from sparse_attn.errors import InvalidInputError, UnsupportedEnvironmentError
 #: The op itself keeps fp32 softmax/accumulation.
 FP16_MODEL_TOLERANCE = (5e-2, 2e-2)
 
-#: dtype names accepted by every family's ``export_onnx`` (SPEC section 2).
+#: dtype names accepted by every family's ``export_onnx`` (docs/spec.md).
 DTYPES = ("float32", "float16")
 
 

@@ -9,7 +9,7 @@ of global tokens, and how it maps here:
 
 * A *non-global* query ``i`` sees the keys ``|i - j| <= A/2`` (local window, the query
   included) plus every global key ``j in P``, through the ordinary ``query/key/value``
-  projections; padding keys are excluded. That is SPEC pattern
+  projections; padding keys are excluded. That is the pattern
   ``band(w=A/2) | global(n=G)`` on those rows, so the rows run through
   ``sparse_attn::BlockSparseAttention`` with that layout (one layout per distinct window).
 * A *global* query ``i in P`` uses its own projections ``query_global``, ``key_global``,
@@ -93,7 +93,7 @@ def layer_windows(cfg) -> list[int]:
 
 
 def layer_pattern(attention_window: int, num_global: int) -> str:
-    """SPEC pattern of Longformer's non-global rows: ``band(w=A/2) | global(n=G)``."""
+    """The pattern of Longformer's non-global rows: ``band(w=A/2) | global(n=G)``."""
     half = attention_window // 2
     return f"band(w={half}) | global(n={num_global})" if num_global else f"band(w={half})"
 

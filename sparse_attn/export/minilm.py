@@ -22,7 +22,7 @@ Semantics: the attention of layer ``l`` sees key ``j`` from query ``i`` when the
 ``V(i, j)`` and ``attention_mask[b, j] == 1``; this equals Hugging Face's ``BertModel`` given
 the 4D boolean mask ``V & attention_mask[:, None, None, :]`` for every row that has at
 least one visible key. Rows with no visible key (only possible for padded positions or an
-empty pattern row) are exactly zero here (SPEC); Hugging Face's value for such a row depends
+empty pattern row) are exactly zero here (docs/spec.md); Hugging Face's value for such a row depends
 on its attention backend.
 
 Sources: MiniLM, Wang et al., "MiniLM: Deep Self-Attention Distillation for Task-Agnostic

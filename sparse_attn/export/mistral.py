@@ -10,7 +10,7 @@ directory of any Mistral goes through ``sparse-attn export --model PATH`` instea
 
 Sliding window, off by one: transformers' mask (``masking_utils.sliding_window_overlay``)
 lets query ``i`` see key ``j`` when ``j <= i`` (causal) and ``j > i - sliding_window``: the
-window holds ``sliding_window`` keys *including* the query itself. SPEC's ``band(w=W)``
+window holds ``sliding_window`` keys *including* the query itself. the contract's ``band(w=W)``
 holds ``W`` neighbours on each side plus the query itself, so the Mistral pattern is
 ``band(w=sliding_window - 1)`` with ``causal``. (``sliding_window = None`` means full causal
 attention.) Query ``i = W - 1`` still sees key 0; ``i = W`` no longer does.
@@ -63,7 +63,7 @@ CLI_OPTIONS = {
 
 
 def sliding_window_pattern(sliding_window: int | None, max_seq_len: int) -> str:
-    """SPEC pattern (before the causal modifier) equal to Mistral's sliding window.
+    """The pattern (before the causal modifier) equal to Mistral's sliding window.
 
     ``sliding_window = W`` -> ``band(w=W-1)``: Hugging Face lets query ``i`` see keys
     ``i-W < j <= i`` (``W`` keys, the query included). ``None`` (no window) -> a band wide

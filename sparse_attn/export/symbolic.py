@@ -1,4 +1,4 @@
-"""The export-aware call of ``sparse_attn::BlockSparseAttention`` (SPEC section 2).
+"""The export-aware call of ``sparse_attn::BlockSparseAttention`` (docs/spec.md).
 
 :func:`sparse_attention` is the one place a model calls the op. Under
 ``torch.onnx.export(..., dynamo=True)`` it emits a bare custom node with
@@ -48,7 +48,7 @@ def sparse_attention(
 
     Returns:
         ``[B, H, S, Dv]`` in the dtype of ``query``: softmax/accumulation in fp32, rows
-        with no visible key are 0 (SPEC section 1).
+        with no visible key are 0 (docs/spec.md).
 
     Raises:
         InvalidInputError: from the torch op on inconsistent shapes or arguments (eager).

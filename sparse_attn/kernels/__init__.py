@@ -1,7 +1,7 @@
 """Kernels stage: block-sparse attention backends and the public dispatcher.
 
 ``block_sparse_attention(query, key, value, layout, key_padding_mask=None, scale=None,
-backend="auto")`` validates its inputs, picks a backend and runs it (SPEC section 4).
+backend="auto")`` validates its inputs, picks a backend and runs it (docs/spec.md).
 
 Backends (each a module exposing ``NAME``, ``not_supported_reasons(...)`` and
 ``attention(...)``, imported lazily):
@@ -85,7 +85,7 @@ def block_sparse_attention(
 
     ``out[b, h, i] = sum_j softmax_j(scale * q_i . k_j over visible j) v_j`` where key ``j`` is
     visible from query ``i`` when the layout's token mask of head ``h`` allows it and
-    ``key_padding_mask[b, j]`` is True (SPEC section 1). Softmax and accumulation are float32
+    ``key_padding_mask[b, j]`` is True (docs/spec.md). Softmax and accumulation are float32
     (float64 for float64 inputs).
 
     Args:

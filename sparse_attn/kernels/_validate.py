@@ -1,7 +1,7 @@
 """Input validation shared by the dispatcher and the array-level entry points.
 
 Everything here runs *before* any work starts and raises :class:`InvalidInputError` with a
-message that states the expected and the received value and how to fix it (SPEC section 3).
+message that states the expected and the received value and how to fix it (docs/spec.md).
 """
 
 from __future__ import annotations

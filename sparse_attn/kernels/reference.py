@@ -3,7 +3,7 @@
 It expands the layout to the token mask (``BlockLayout.token_mask``), intersects it with the
 key padding mask and computes softmax attention densely, by default in float64 (any input
 dtype; the result is returned in the query's dtype). Cost is O(S^2) time; memory is bounded
-by processing query rows in chunks. Semantics (SPEC section 1):
+by processing query rows in chunks. Semantics (docs/spec.md):
 
 * a query row with no visible key outputs exactly 0;
 * masked keys never influence the output, even when their K or V hold NaN or Inf: scores
@@ -12,7 +12,7 @@ by processing query rows in chunks. Semantics (SPEC section 1):
   that ``0 * NaN`` never reaches a row that cannot see that key.
 
 Algorithm: scaled dot-product attention, Vaswani et al., "Attention Is All You Need"
-(arXiv 1706.03762), Sec. 3.2.1, with the pattern mask of SPEC section 1.
+(arXiv 1706.03762), Sec. 3.2.1, with the pattern mask of docs/spec.md.
 """
 
 from __future__ import annotations

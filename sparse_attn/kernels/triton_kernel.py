@@ -1,7 +1,7 @@
 """Block-sparse flash attention as a Triton kernel, its launcher, and its AOT (PTX) compiler.
 
 This module knows nothing of TensorRT or of :class:`~sparse_attn.layout.BlockLayout`: it takes
-the layout as tensors (SPEC section 2: CSR ``row_ptr [LH, nQB+1]``, ``col_idx [LH, nnz]``,
+the layout as tensors (docs/spec.md: CSR ``row_ptr [LH, nQB+1]``, ``col_idx [LH, nnz]``,
 ``mask_idx [LH, nnz]``, ``masks [M, bs, bs]``) and launches one program per
 (query tile, batch x query head). A query tile is ``block_m`` rows of a layout block, and each
 stored key block is consumed ``block_n`` keys at a time (:func:`launch_config`), so head dims

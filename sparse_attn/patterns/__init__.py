@@ -1,6 +1,6 @@
 """Patterns stage of sparse-attn: token-level atoms, the spec-string parser and named presets.
 
-Pure numpy (no torch). See SPEC section 1 and docs/patterns.md::
+Pure numpy (no torch). See docs/spec.md and docs/patterns.md::
 
     from sparse_attn.patterns import parse_pattern
     p = parse_pattern("band(w=256) | global(n=64) | causal")

@@ -1,4 +1,4 @@
-"""Token-level pattern atoms (SPEC section 1) and the block-granular atoms presets need.
+"""Token-level pattern atoms (docs/spec.md) and the block-granular atoms presets need.
 
 Every atom is a predicate ``V(i, j)`` (key ``j`` visible from query ``i``, 0-based positions)
 with three faces:
@@ -14,7 +14,7 @@ with three faces:
   which is what makes compiling a 65,536-token layout take well under a second.
 
 Source of the atom semantics: the position-based taxonomy of Lin et al., "A Survey of
-Transformers" (arXiv 2106.04554), Sec. 4.1.1, as fixed by SPEC section 1; the further atoms
+Transformers" (arXiv 2106.04554), Sec. 4.1.1, as fixed by docs/spec.md; the further atoms
 (``strided``, ``summary``, ``vertical_stride``) come from the presets' papers/implementations
 and are documented on each class.
 """
@@ -261,7 +261,7 @@ class Global(Atom):
 
     ``P = {0 .. n-1} | tokens | {S-last .. S-1}`` (positions >= S are ignored). ``last`` makes
     the pattern depend on the end of the sequence (BigBird's global last block), so the layout
-    then needs a static sequence length. SPEC section 1 (``global(n=G)``,
+    then needs a static sequence length. docs/spec.md (``global(n=G)``,
     ``global(tokens=[0,5])``); ``last`` is this project's addition for BigBird ITC.
     """
 
@@ -341,7 +341,7 @@ class Dense(Atom):
 class Band(Atom):
     """Sliding window: ``V(i, j) = |i - j| <= w`` (w neighbours each side, self included).
 
-    SPEC section 1; Lin et al. 2021 Sec. 4.1.1 "band attention".
+    docs/spec.md; Lin et al. 2021 Sec. 4.1.1 "band attention".
     """
 
     name = "band"
@@ -368,7 +368,7 @@ class Band(Atom):
 class Dilated(Band):
     """Dilated window: ``V(i, j) = |i - j| <= w*d and (i - j) % d == 0``.
 
-    w keys on each side with gap d; ``dilated(w, d=1)`` is ``band(w)``. SPEC section 1;
+    w keys on each side with gap d; ``dilated(w, d=1)`` is ``band(w)``. docs/spec.md;
     Lin et al. 2021 Sec. 4.1.1 "dilated attention".
     """
 
@@ -507,7 +507,7 @@ class VerticalStride(_ColumnAtom):
 class BlockLocal(Atom):
     """Block local: ``V(i, j) = i // b == j // b`` (non-overlapping blocks of b tokens).
 
-    SPEC section 1; Lin et al. 2021 Sec. 4.1.1 "block local attention". ``b`` need not equal
+    docs/spec.md; Lin et al. 2021 Sec. 4.1.1 "block local attention". ``b`` need not equal
     the kernel block size.
     """
 
@@ -542,7 +542,7 @@ class BlockLocal(Atom):
 class BlockBand(BlockLocal):
     """Block band: ``V(i, j) = |i // b - j // b| <= w`` (band at block granularity).
 
-    SPEC section 1: the sliding window of BigBird (Zaheer et al. 2020, Sec. 2 and App. D:
+    docs/spec.md: the sliding window of BigBird (Zaheer et al. 2020, Sec. 2 and App. D:
     3 blocks = ``w=1``) and of DeepSpeed's ``BSLongformerSparsityConfig``.
     """
 
@@ -572,7 +572,7 @@ class Random(Atom):
     ``scope`` chooses the set drawn from:
 
     * ``prefix`` (default): blocks ``0 .. I`` (the query's own block and the ones before).
-      The draw for a row never depends on S, so the pattern is prefix-stable (SPEC) and a
+      The draw for a row never depends on S, so the pattern is prefix-stable (docs/spec.md) and a
       layout compiled for ``max_seq_len`` can be cropped. Each row gets ``min(r, I + 1)``
       blocks.
     * ``all``: blocks ``0 .. ceil(S / b) - 1`` (BigBird's bidirectional random attention,

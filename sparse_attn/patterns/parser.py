@@ -1,4 +1,4 @@
-"""Spec-string parser (SPEC section 1).
+"""Spec-string parser (docs/spec.md).
 
 Grammar (whitespace between tokens is ignored)::
 

@@ -1,4 +1,4 @@
-"""A pattern: the union of atoms, optionally intersected with causal (SPEC section 1)."""
+"""A pattern: the union of atoms, optionally intersected with causal (docs/spec.md)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ class Pattern:
 
     Args:
         atoms: the atoms of the union (duplicates are dropped, order kept).
-        causal: intersect the union with ``j <= i`` (SPEC: the ``causal`` modifier applies to
+        causal: intersect the union with ``j <= i`` (docs/spec.md: the ``causal`` modifier applies to
             the whole union).
         name: optional label, e.g. the preset call it was expanded from (``"bigbird(r=2)"``).
 

@@ -1,4 +1,4 @@
-"""Named presets: published sparse-attention patterns expanded to atoms (SPEC section 1).
+"""Named presets: published sparse-attention patterns expanded to atoms (docs/spec.md).
 
 Each preset is a function of its parameters (defaults as its source uses them) returning a
 :class:`~sparse_attn.patterns.pattern.Pattern`. In a spec string a preset is written by name,

@@ -10,7 +10,7 @@ Importing this module never needs TensorRT; :func:`register` does, and raises
 :class:`UnsupportedEnvironmentError` without it.
 
 Plugin contract (TensorRT's ONNX parser maps the node here because the node carries
-``plugin_namespace``/``plugin_version`` attributes, SPEC section 2):
+``plugin_namespace``/``plugin_version`` attributes, docs/spec.md):
 
 * inputs, in :data:`opspec.INPUT_NAMES` order: ``query [B,H,S,D]``, ``key [B,Hkv,S,D]``,
   ``value [B,Hkv,S,Dv]`` (``H % Hkv == 0``; float32 | float16 | bfloat16, all the same),

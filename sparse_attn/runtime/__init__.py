@@ -1,5 +1,5 @@
 """Serving runtime: ``Runtime(path, backend="auto")`` with request validation, a text front
-end, and accuracy checks against the PyTorch reference (SPEC sections 3 and 4).
+end, and accuracy checks against the PyTorch reference (docs/spec.md).
 
 Modules: :mod:`.runtime` (``Runtime``), :mod:`.validation` (metadata, request checks),
 :mod:`.text` (tokenizer, pooling), :mod:`.compare` (accuracy report, Polygraphy files),

@@ -3,7 +3,7 @@
 ``check_model(path, backend)`` runs the backend and the eager PyTorch model rebuilt from the
 file's metadata on the same inputs (real texts for text models, seeded random tensors for
 ``attention``) and compares every output (:func:`compare_arrays`). The report is the JSON
-object of ``sparse-attn check --json`` (SPEC section 3).
+object of ``sparse-attn check --json`` (docs/spec.md).
 
 Metric definitions (``got`` = backend, ``exp`` = reference, both upcast to float64):
 

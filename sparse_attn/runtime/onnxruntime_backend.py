@@ -3,7 +3,7 @@
 CPU execution provider everywhere; the CUDA execution provider where ``onnxruntime-gpu`` is
 installed, with I/O binding (inputs copied to device buffers once, outputs allocated on the
 device and copied back once). Exported models carry a model-local function for
-``sparse_attn::BlockSparseAttention``, so no plugin library is needed (SPEC section 2).
+``sparse_attn::BlockSparseAttention``, so no plugin library is needed (docs/spec.md).
 
 ``InferenceSession.run`` and ``run_with_iobinding`` (with one binding per call) are
 thread-safe, so one backend serves many threads without a lock.

@@ -4,7 +4,7 @@ Every request is checked here *before* any backend runs, so a bad request costs 
 leaves the runtime serving. Each refusal is one :class:`~sparse_attn.errors.InvalidInputError`
 whose message says what was expected, what came, and how to fix it.
 
-Shape convention of exported models (SPEC sections 3 and 4): dimension 0 of every input is
+Shape convention of exported models (docs/spec.md): dimension 0 of every input is
 the batch (``>= 1``); every other *symbolic* dimension is a sequence length ``S`` with
 ``1 <= S <= max_seq_len`` (``S == max_seq_len`` for models exported with a static sequence
 length); every numeric dimension must match exactly. Inputs that share a symbolic dimension
