@@ -311,6 +311,7 @@ class _LayoutBuilder:
         self.mask_ids: dict[bytes, int] = {}
         self.masks: list[np.ndarray] = []
         self.tiles = 0  # stored tiles so far, over heads (checked against limits.MAX_TILES)
+        self.compiled = 0  # candidate tiles of compiled heads (limits.MAX_COMPILE_TILES)
 
     def mask_id(self, tile: np.ndarray) -> int:
         t = np.ascontiguousarray(tile, dtype=np.uint8)
@@ -524,7 +525,15 @@ def _compile_head(pattern, head: int, num_heads: int, seq_len: int, bs: int, bui
             cand[r0 : r0 + rows.size] |= a.block_candidates(ctx, rows)
         if pattern.causal:
             cand[r0 : r0 + rows.size] &= np.arange(nb)[None, :] <= rows[:, None]
-    builder.tiles += int(np.count_nonzero(cand))
+    n_cand = int(np.count_nonzero(cand))
+    builder.compiled += n_cand
+    if builder.compiled > limits.MAX_COMPILE_TILES:
+        raise InvalidInputError(
+            f"the pattern gives more than {limits.MAX_COMPILE_TILES} candidate tiles over its "
+            "distinct heads (too dense or too many different heads for its size): use a larger "
+            "block_size, a shorter seq_len or fewer heads"
+        )
+    builder.tiles += n_cand
     if builder.tiles > limits.MAX_TILES:
         raise InvalidInputError(
             f"the layout would store more than {limits.MAX_TILES} tiles over its heads (too "

@@ -47,8 +47,10 @@ MAX_BLOCK_SIZE = 1024
 MAX_HEAD_DIM = 256
 #: Most query (= key) blocks per side of a layout, nQB = ceil(S / block_size).
 MAX_BLOCKS = 8192
-#: Most candidate tiles examined over all compiled heads (sum of nQB^2 per distinct head).
-MAX_GRID_WORK = 1 << 28
+#: Most candidate-grid cells examined over all compiled heads (sum of nQB^2 per distinct head).
+MAX_GRID_WORK = 1 << 27
+#: Most candidate tiles evaluated over all compiled heads (tiles that may hold a visible pair).
+MAX_COMPILE_TILES = 1 << 21
 #: Most stored tiles of a layout, over all heads (CSR entries; 8 bytes each).
 MAX_TILES = 1 << 24
 #: Most bytes of distinct tile masks evaluated per head (distinct tiles * block_size^2).
@@ -76,6 +78,7 @@ LIMITS: dict[str, Limit] = {
         Limit("head_dim", MAX_HEAD_DIM, "", "head dimension D and Dv of the op"),
         Limit("blocks per side", MAX_BLOCKS, "blocks", "nQB = ceil(S / block_size)"),
         Limit("grid work", MAX_GRID_WORK, "tiles", "sum of nQB^2 over distinct compiled heads"),
+        Limit("compile tiles", MAX_COMPILE_TILES, "tiles", "candidate tiles of distinct heads"),
         Limit("stored tiles", MAX_TILES, "tiles", "non-empty tiles of a layout, all heads"),
         Limit(
             "mask work", MAX_MASK_TABLE_BYTES, "bytes", "distinct tiles x block_size^2, per head"

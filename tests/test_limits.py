@@ -122,3 +122,39 @@ def test_limits_table_is_documented():
     assert {"seq_len", "num_heads", "block_size"} <= set(limits.LIMITS)
     for lim in limits.LIMITS.values():
         assert lim.value > 0 and lim.what
+
+
+def test_random_with_a_huge_block_length_is_fast_and_exact():
+    from sparse_attn.layout import BlockLayout
+
+    t = time.process_time()
+    spec = "random(r=3, seed=1, b=2147483647)"
+    lay = compile_layout(spec, 300, 16, num_heads=2)
+    assert time.process_time() - t < 5.0
+    p = parse_pattern(spec)
+    masks = np.stack([p.token_mask(300, block_size=16, head=h, num_heads=2) for h in range(2)])
+    assert lay.equals(BlockLayout.from_token_mask(masks, 16))
+
+
+@pytest.mark.parametrize(
+    "spec,kw",
+    [
+        (
+            "local_vertical_stride(block=3, local=64) | causal",
+            dict(seq_len=1000, block_size=1, num_heads=64),
+        ),
+        (
+            "random(r=1000000, seed=100, b=1000000, scope=all)",
+            dict(seq_len=4096, block_size=4, num_heads=64),
+        ),
+        (
+            "random(r=1000000, seed=2, b=1000000, scope=all)",
+            dict(seq_len=4096, block_size=1, num_heads=2),
+        ),
+    ],
+)
+def test_many_distinct_dense_heads_are_refused_quickly(spec, kw):
+    t = time.process_time()
+    with pytest.raises(InvalidInputError, match="candidate tiles"):
+        compile_layout(spec, **kw)
+    assert time.process_time() - t < 20.0

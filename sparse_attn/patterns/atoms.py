@@ -643,13 +643,23 @@ class Random(Atom):
         k_idx = tab[q_idx, slot]
         rlo, rhi = q_idx * b // bs, np.minimum((q_idx * b + b - 1) // bs, nb - 1)
         clo, chi = k_idx * b // bs, np.minimum((k_idx * b + b - 1) // bs, nb - 1)
-        cand = np.zeros((nb, nb), dtype=bool)
         span = -(-b // bs) + 1
-        for dr in range(span):
-            for dc in range(span):
-                rr, cc = rlo + dr, clo + dc
-                ok = (rr <= rhi) & (cc <= chi)
-                cand[rr[ok], cc[ok]] = True
+        if span <= 4:  # a random block spans few kernel tiles: mark them directly
+            cand = np.zeros((nb, nb), dtype=bool)
+            for dr in range(span):
+                for dc in range(span):
+                    rr, cc = rlo + dr, clo + dc
+                    ok = (rr <= rhi) & (cc <= chi)
+                    cand[rr[ok], cc[ok]] = True
+        else:  # large random blocks: fill the rectangles with a 2-D difference array
+            diff = np.zeros((nb + 1, nb + 1), dtype=np.int32)
+            np.add.at(diff, (rlo, clo), 1)
+            np.add.at(diff, (rlo, chi + 1), -1)
+            np.add.at(diff, (rhi + 1, clo), -1)
+            np.add.at(diff, (rhi + 1, chi + 1), 1)
+            np.cumsum(diff, axis=0, out=diff)
+            np.cumsum(diff, axis=1, out=diff)
+            cand = diff[:nb, :nb] > 0
         ctx.cache[key] = cand
         return cand
 
