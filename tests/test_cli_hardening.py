@@ -170,3 +170,25 @@ def test_save_mask_writes_atomically_and_completely(tmp_path):
     m = np.load(out)
     assert m.shape == (1, 40, 40) and m.dtype == bool
     assert sorted(x.name for x in tmp_path.iterdir()) == ["m.npy"]
+
+
+def test_sigterm_during_export_leaves_no_temporary_file(tmp_path):
+    out = tmp_path / "a.onnx"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sparse_attn.cli", "export", "--model", "attention",
+         "--pattern", "band(w=8)", "--num-heads", "2", "--head-dim", "16",
+         "--max-seq-len", "256", "--block-size", "16", "-o", str(out)],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )  # fmt: skip
+    if not _wait_for_tmp(tmp_path, proc, timeout=300):
+        proc.kill()
+        proc.communicate()
+        pytest.skip("the export finished before it could be interrupted")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, (proc.returncode, err[-2000:])
+    assert "Traceback" not in err, err[-2000:]
+    assert list(tmp_path.iterdir()) == []
