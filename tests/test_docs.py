@@ -14,6 +14,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 FENCE = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+#: First line of a block that cannot run in a test, with the reason (reported as a skip).
+SKIP = re.compile(r"# doc-test: skip \((.+)\)\n")
 
 
 def _blocks() -> list:
@@ -28,6 +30,9 @@ def _blocks() -> list:
             # exporting a real model takes a minute under load: `make test-slow` runs those
             slow = "minilm.export_onnx(" in code
             marks = [pytest.mark.slow] if slow else []
+            skip = SKIP.match(code)  # a block that needs a server or a checkpoint says so
+            if skip:
+                marks.append(pytest.mark.skip(reason=f"{name}: {skip.group(1)}"))
             params.append(pytest.param(doc, code, id=name, marks=marks))
     return params
 

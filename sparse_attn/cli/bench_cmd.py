@@ -13,19 +13,20 @@ from pathlib import Path
 
 import click
 
+from sparse_attn import limits
 from sparse_attn.bench.impls import IMPLS
+from sparse_attn.cli._common import BLOCK_SIZE, HEAD_DIM, NUM_HEADS, BoundedInt
 from sparse_attn.errors import InvalidInputError
 
 
 def _int_list(name: str, text: str | None) -> tuple[int, ...] | None:
     if text is None:
         return None
-    try:
-        vals = tuple(int(x) for x in text.replace(" ", "").split(",") if x)
-    except ValueError as exc:
-        raise InvalidInputError(
-            f"--{name} must be a comma-separated list of integers, got {text!r}"
-        ) from exc
+    vals = tuple(
+        limits.parse_int(x, f"--{name}", 1, limits.MAX_SEQ_LEN)
+        for x in text.replace(" ", "").split(",")
+        if x
+    )
     if not vals or min(vals) < 1:
         raise InvalidInputError(f"--{name} needs integers >= 1, got {text!r}")
     return vals
@@ -75,16 +76,26 @@ def _name_list(name: str, text: str | None, known) -> tuple[str, ...] | None:
     help="Comma-separated suites: attention,model,layout,serve,generate (default: all but "
     "serve and generate).",
 )
-@click.option("--num-heads", type=int, help="Heads H (default 8).")
-@click.option("--head-dim", type=int, help="Head dim D (default 64).")
-@click.option("--block-size", type=int, help="Layout block size (default 64).")
-@click.option("--threads", type=int, help="Intra-op threads of torch and ORT (default 2).")
+@click.option("--num-heads", type=NUM_HEADS, help="Heads H (default 8).")
+@click.option("--head-dim", type=HEAD_DIM, help="Head dim D (default 64).")
+@click.option("--block-size", type=BLOCK_SIZE, help="Layout block size (default 64).")
+@click.option(
+    "--threads", type=BoundedInt(1, 256), help="Intra-op threads of torch and ORT (default 2)."
+)
 @click.option("--max-cell-gib", type=float, help="Skip cells estimated above this (default 6).")
-@click.option("--repeats", type=int, help="Minimum timed repeats per cell (default 3; quick 2).")
-@click.option("--long-layers", type=int, help="Layers of the long encoder (default 2).")
+@click.option(
+    "--repeats",
+    type=BoundedInt(1, 10000),
+    help="Minimum timed repeats per cell (default 3; quick 2).",
+)
+@click.option(
+    "--long-layers", type=BoundedInt(1, 64), help="Layers of the long encoder (default 2)."
+)
 @click.option("--gen-lengths", help="generate suite: prompt lengths (default 512,2048,8192).")
 @click.option("--gen-model", help="generate suite: checkpoint or built-in (default gemma3-270m).")
-@click.option("--gen-new-tokens", type=int, help="generate suite: new tokens (default 32).")
+@click.option(
+    "--gen-new-tokens", type=BoundedInt(1, 100000), help="generate suite: new tokens (default 32)."
+)
 @click.option("--no-plot", is_flag=True, help="Do not write the PNG plot.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result JSON instead of markdown.")
 def command(
@@ -151,7 +162,7 @@ def command(
                 raise InvalidInputError(f"--{key.replace('_', '-')} must be >= 1, got {val}")
             upd[key] = val
     if max_cell_gib is not None:
-        if max_cell_gib <= 0:
+        if not max_cell_gib > 0 or max_cell_gib == float("inf"):
             raise InvalidInputError(f"--max-cell-gib must be > 0, got {max_cell_gib}")
         upd["max_cell_gib"] = max_cell_gib
     cfg = replace(cfg, **upd)
