@@ -387,3 +387,23 @@ def test_request_longer_than_layout_fails_loudly():
         q = np.zeros((1, 1, s, 4), np.float32)
         with pytest.raises(Exception, match="ONNXRuntimeError"):
             sess.run(None, dict(query=q, key=q, value=q))
+
+
+def test_static_kv_heads_reads_inputs_outputs_and_value_info():
+    """Hkv comes from the key's declared shape wherever the graph declares it."""
+    f32 = onnx.TensorProto.FLOAT
+    graph = helper.make_graph(
+        [],
+        "g",
+        [helper.make_tensor_value_info("k_in", f32, ["b", 2, "s", 8])],
+        [helper.make_tensor_value_info("k_out", f32, ["b", 4, "s", 8])],
+        value_info=[
+            helper.make_tensor_value_info("k_mid", f32, ["b", 1, "s", 8]),
+            helper.make_tensor_value_info("k_sym", f32, ["b", "h", "s", 8]),
+            helper.make_tensor_value_info("k_3d", f32, ["b", 2, 8]),
+        ],
+    )
+    got = {n: function_body.static_kv_heads(graph, n) for n in ("k_in", "k_out", "k_mid")}
+    assert got == {"k_in": 2, "k_out": 4, "k_mid": 1}
+    for name in ("k_sym", "k_3d", "missing"):
+        assert function_body.static_kv_heads(graph, name) is None

@@ -834,11 +834,11 @@ def build_function(
 def static_kv_heads(graph: onnx.GraphProto, key_name: str) -> int | None:
     """``Hkv`` of the key tensor ``key_name`` when ``graph`` declares it as a fixed dim.
 
-    Reads the graph's inputs and ``value_info`` (what the exporter and shape inference
-    record): axis 1 of a rank-4 key. Returns None when it is unknown or symbolic; the body
+    Reads the graph's inputs, outputs and ``value_info`` (what the exporter and shape
+    inference record; a key can be a graph output, e.g. a cache): axis 1 of a rank-4 key. Returns None when it is unknown or symbolic; the body
     then reads ``Hkv`` from the key's shape at run time.
     """
-    for vi in (*graph.input, *graph.value_info):
+    for vi in (*graph.input, *graph.output, *graph.value_info):
         if vi.name != key_name or not vi.type.HasField("tensor_type"):
             continue
         dims = vi.type.tensor_type.shape.dim
