@@ -245,13 +245,14 @@ def test_hf_family_model_configs():
         ("dtype", "float16"),
         ("config", {}),
         ("seed", 3),
+        ("model_dir", None),
         ("causal", True),
     ]
     assert type(got["seed"]) is int
     got = longformer.model_config_for(
         None, config={"a": 1}, seed=2, num_global=2.0, causal=0, **common
     )
-    assert list(got)[5:] == ["config", "seed", "num_global", "causal"]
+    assert list(got)[5:] == ["config", "seed", "model_dir", "num_global", "causal"]
     assert (got["config"], got["num_global"], got["causal"]) == ({"a": 1}, 2, False)
     assert type(got["num_global"]) is int
     got = mistral.model_config_for(None, config=None, seed=1, **common)
