@@ -50,13 +50,13 @@ MAX_BLOCKS = 8192
 #: Most candidate-grid cells examined over all compiled heads (sum of nQB^2 per distinct head).
 MAX_GRID_WORK = 1 << 27
 #: Most candidate tiles evaluated over all compiled heads (tiles that may hold a visible pair).
-MAX_COMPILE_TILES = 1 << 21
+MAX_COMPILE_TILES = 1 << 20
 #: Most stored tiles of a layout, over all heads (CSR entries; 8 bytes each).
 MAX_TILES = 1 << 24
 #: Most bytes of distinct tile masks evaluated per head (distinct tiles * block_size^2).
 MAX_MASK_TABLE_BYTES = 1 << 28
 #: Most random block draws of a layout (heads * random rows * blocks per row).
-MAX_RANDOM_DRAWS = 1 << 20
+MAX_RANDOM_DRAWS = 1 << 18
 #: Largest dense token mask written by ``layout --save-mask`` (H * S * S bytes).
 MAX_TOKEN_MASK_BYTES = 1 << 30
 #: Most blocks per side drawn by ``layout --plot``.

@@ -99,6 +99,7 @@ def _user_output():
     root, ours = logging.getLogger(), logging.getLogger("sparse_attn")
     saved = (root.level, ours.level, ours.propagate)
     handler = logging.StreamHandler(_StderrProxy())
+    handler.setLevel(logging.WARNING)
     handler.setFormatter(logging.Formatter("sparse-attn: %(levelname)s: %(message)s"))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore")
@@ -115,6 +116,33 @@ def _user_output():
             root.setLevel(saved[0])
             ours.setLevel(saved[1])
             ours.propagate = saved[2]
+
+
+@contextlib.contextmanager
+def show_info(logger_name: str):
+    """Within the block, INFO records of ``logger_name`` are printed on stdout as they are
+    (e.g. the export check line); warnings keep going to stderr."""
+    import logging
+
+    class _Stdout:
+        def write(self, text: str) -> int:
+            return sys.stdout.write(text)
+
+        def flush(self) -> None:
+            sys.stdout.flush()
+
+    lg = logging.getLogger(logger_name)
+    handler = logging.StreamHandler(_Stdout())
+    handler.addFilter(lambda r: r.levelno == logging.INFO)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    old = lg.level
+    lg.addHandler(handler)
+    lg.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        lg.removeHandler(handler)
+        lg.setLevel(old)
 
 
 class _StderrProxy:

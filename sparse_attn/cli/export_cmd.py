@@ -154,6 +154,9 @@ def command(
     onnx.reference). Export-time checks: onnx.checker, strict shape inference, symbolic
     batch/seq_len dims, and an ONNX Runtime run compared with PyTorch (one line).
     """
+    from sparse_attn.cli import show_info
+
+    ctx.with_resource(show_info("sparse_attn.export"))  # the export check line, on stdout
     from sparse_attn.export import get_family
     from sparse_attn.fileio import check_output_path
 

@@ -21,7 +21,6 @@ import hashlib
 import io
 import logging
 import os
-import sys
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +42,8 @@ DEFAULT_OPSET = 20
 #: Default (atol, rtol) of the ORT-vs-PyTorch check by output dtype.
 DEFAULT_TOLERANCE = {"float32": (1e-4, 1e-3), "float16": (4e-3, 1e-2)}
 _DYNAMIC_DIMS = ("batch", "seq_len")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -353,7 +354,8 @@ def export_model(
             (:data:`DEFAULT_TOLERANCE`). Passes when ``|ort - torch| <= atol + rtol*|torch|``.
         protected_paths: input files the export read (never overwritten).
         opset: default-domain opset.
-        verbose: print the one-line summary.
+        verbose: log the one-line summary (INFO) and the static-length notice (WARNING) on
+            the ``sparse_attn.export.exporter`` logger.
 
     Returns:
         :class:`ExportResult`.
@@ -449,14 +451,16 @@ def export_model(
             raise CheckFailedError(f"strict ONNX shape inference failed: {exc}") from exc
         result = _check_ort(model, tmp, check_inputs or [example_inputs], output_names, tolerance)
         result.metadata = meta
-        if verbose:
-            print(result.summary)
+        if verbose:  # logged: the caller (e.g. the CLI) decides what is shown
+            log.info("%s", result.summary)
             if meta.get("sparse_attn.static_seq_len") == "true":
                 s = meta.get("sparse_attn.max_seq_len")
-                print(
-                    f"note: the pattern needs the end of the sequence, so {out} has a static "
-                    f"sequence length of {s} tokens; pad every request to {s}",
-                    file=sys.stderr,
+                log.warning(
+                    "the pattern needs the end of the sequence, so %s has a static sequence "
+                    "length of %s tokens; pad every request to %s",
+                    out,
+                    s,
+                    s,
                 )
         if not all(c["passed"] for c in result.checks):
             details = "; ".join(
