@@ -407,3 +407,24 @@ def test_static_kv_heads_reads_inputs_outputs_and_value_info():
     assert got == {"k_in": 2, "k_out": 4, "k_mid": 1}
     for name in ("k_sym", "k_3d", "missing"):
         assert function_body.static_kv_heads(graph, name) is None
+
+
+def test_body_fp16_near_overflow_keeps_fp32_math():
+    """fp16 inputs whose scores overflow fp16 (|q.k| ~ 1e5) and V near fp16's maximum: the
+    body computes in fp32 and returns finite fp16 close to the float64 reference."""
+    layout = compile_layout("band(w=24) | global(n=2) | causal", 80, 16, num_heads=4)
+    sess = session(
+        function_body.make_node_model(layout, dtype="float16", head_dim=64, num_kv_heads=2)
+    )
+    rng = np.random.default_rng(13)
+    q = (rng.standard_normal((2, 4, 70, 64)) * 40).astype(np.float16)
+    _, k, v, kpm = make_inputs(rng, 2, 2, 70, 64, 64, np.float16, poison=False)
+    k = (k.astype(np.float32) * 40).astype(np.float16)
+    v = np.clip(v.astype(np.float32) * 3e4, -6e4, 6e4).astype(np.float16)
+    pad = ~kpm[:, None, :, None]
+    k = np.where(pad, np.float16(np.nan), k)
+    v = np.where(pad, np.float16(np.inf), v)
+    (out,) = sess.run(None, dict(query=q, key=k, value=v, key_padding_mask=kpm))
+    assert out.dtype == np.float16
+    exp = reference(layout, q, k, v, kpm)
+    assert_close(out, exp, 64.0, 4e-3, "fp16 near overflow")
