@@ -84,3 +84,17 @@ def test_a_wrong_window_fails_the_unmodified_model_check(exported, monkeypatch):
     inp["attention_mask"] = inp["attention_mask"].long()
     with pytest.raises(RuntimeError, match="differs from the unmodified Hugging Face model"):
         family.hf_check(model, inp)
+
+
+def test_run_a_causal_lm_shows_next_token_predictions(exported, capsys):
+    from tokenizers import Tokenizer
+
+    ckpt, out = exported
+    assert main(["run", str(out), "--json", "--text", "the keeper of the", "--text", "sea"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    own = Tokenizer.from_file(str(ckpt / "tokenizer.json"))
+    assert [r["tokens"] for r in rep["texts"]] == [5, 2]
+    first = rep["texts"][0]
+    assert len(first["next_token_ids"]) == 5
+    assert first["next_tokens"][0] == own.decode([first["next_token_ids"][0]], False)
+    assert first["next_logits"] == sorted(first["next_logits"], reverse=True)

@@ -267,3 +267,71 @@ def test_layout_model_prints_the_per_layer_table(ckpt_dirs, capsys):
     data = json.loads(capsys.readouterr().out)
     assert [r["kind"] for r in data["layers"]] == ["full", "sliding", "sliding"]
     assert data["layers"][1]["window"] == 20
+
+
+# ----------------------------------------------------------------------------- more archs
+_DEC = {k: v for k, v in TINY["llama"][0].items() if k != "num_hidden_layers"}
+_ENC = {k: v for k, v in TINY["bert"][0].items() if k != "num_hidden_layers"}
+MORE = {
+    "qwen3": dict(
+        _DEC, num_hidden_layers=2, use_sliding_window=True, sliding_window=20, max_window_layers=1
+    ),
+    "phi3": dict(_DEC, num_hidden_layers=2, sliding_window=20),
+    "starcoder2": dict(_DEC, num_hidden_layers=2, sliding_window=20),
+    "gpt2": dict(
+        vocab_size=128,
+        n_embd=32,
+        n_head=4,
+        n_layer=2,
+        n_positions=256,
+        architectures=["GPT2LMHeadModel"],
+    ),
+    "roberta": dict(
+        _ENC,
+        num_hidden_layers=2,
+        max_position_embeddings=258,
+        pad_token_id=1,
+        architectures=["RobertaModel"],
+    ),
+    "distilbert": dict(
+        vocab_size=128,
+        dim=32,
+        hidden_dim=64,
+        n_heads=4,
+        n_layers=2,
+        architectures=["DistilBertModel"],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(MORE))
+def test_more_architectures_torch_path_matches_unmodified(tmp_path, name):
+    """Architectures beyond the verified list: the registry path equals transformers eager
+    (the export-time check that vouches for unseen architectures)."""
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+    from sparse_attn.models.layers import is_causal
+
+    cfg = AutoConfig.for_model(name, **MORE[name])
+    torch.manual_seed(0)
+    (AutoModelForCausalLM if is_causal(cfg) else AutoModel).from_config(cfg).save_pretrained(
+        str(tmp_path)
+    )
+    model = family.build_model(tmp_path, block_size=BLOCK, max_seq_len=MAX_S)
+    errs = family.hf_check(model, _inputs(77, seed=5))
+    assert all(v < 1e-5 for v in errs.values()), errs
+
+
+def test_attention_sinks_are_refused(tmp_path):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from sparse_attn.errors import InvalidInputError
+
+    kw = dict(
+        _DEC, num_hidden_layers=2, sliding_window=20, num_local_experts=2, num_experts_per_tok=1
+    )
+    AutoModelForCausalLM.from_config(AutoConfig.for_model("gpt_oss", **kw)).save_pretrained(
+        str(tmp_path)
+    )
+    with pytest.raises(InvalidInputError, match="attention sinks"):
+        family.build_model(tmp_path, block_size=BLOCK, max_seq_len=MAX_S)

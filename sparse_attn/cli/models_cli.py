@@ -151,3 +151,55 @@ def layout_of_model(name: str, *, max_seq_len, block_size, as_json: bool) -> Non
         f"block_size {block_size}"
     )
     click.echo(format_table(patterns, [r["density_tokens"] for r in rows]))
+
+
+def run_language_model(rt, info: dict, texts: list[str], batch_size: int, as_json, output):
+    """``sparse-attn run`` on a causal LM export (output ``logits``): per text, the number of
+    tokens (the model's own tokenizer) and the five most likely next tokens after it.
+
+    With ``-o F.npz`` the last-position logits ``[N, vocab]`` are saved.
+    """
+    import numpy as np
+
+    from sparse_attn.fileio import atomic_output
+
+    tok = rt.encoder.tokenizer
+    rows, last = [], []
+    for i in range(0, len(texts), batch_size):
+        chunk = texts[i : i + batch_size]
+        feeds, lengths, cut = rt.encoder.encode_detailed(chunk, rt.inputs)
+        logits = rt.run(feeds)["logits"]
+        for j, n in enumerate(lengths):
+            vec = logits[j, n - 1].astype(np.float32)
+            last.append(vec)
+            top = np.argsort(-vec)[:5]
+            rows.append(
+                {
+                    "tokens": int(n),
+                    "truncated": bool(cut[j]),
+                    "next_token_ids": [int(t) for t in top],
+                    "next_tokens": [tok.decode([int(t)], skip_special_tokens=False) for t in top],
+                    "next_logits": [float(vec[t]) for t in top],
+                }
+            )
+    saved = {}
+    if output is not None:
+        with atomic_output(output) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, last_logits=np.stack(last))
+        saved = {"saved_outputs": str(output)}
+    if as_json:
+        click.echo(json.dumps({**info, "num_texts": len(texts), "texts": rows, **saved}))
+        return
+    click.echo(
+        f"{rt.path} [{rt.backend}] causal LM, pattern {rt.metadata.get('sparse_attn.pattern')}: "
+        f"next-token predictions"
+    )
+    for i, (text, r) in enumerate(zip(texts, rows, strict=True)):
+        short = text if len(text) <= 50 else text[:47] + "..."
+        preds = ", ".join(
+            f"{t!r} {v:.2f}" for t, v in zip(r["next_tokens"], r["next_logits"], strict=True)
+        )
+        cut = " (cut)" if r["truncated"] else ""
+        click.echo(f"  {i}: {r['tokens']} tokens{cut} {short!r} -> {preds}")
+    if saved:
+        click.echo(f"wrote {output}")

@@ -219,6 +219,11 @@ def command(model, texts, input_file, backend, batch_size, as_json, output):
         all_texts += read_text_file(input_file)
     if not all_texts:
         raise InvalidInputError("no texts: pass --text T (repeatable) or --input-file F")
+    if "logits" in rt.output_names:
+        from sparse_attn.cli.models_cli import run_language_model
+
+        run_language_model(rt, info, all_texts, batch_size, as_json, output)
+        return
     emb, lengths, truncated, source = _run_texts(rt, all_texts, batch_size, not as_json)
     cos = cosine_matrix(emb)
     summary = _output_summary({"embeddings": emb})

@@ -267,6 +267,11 @@ def probe(model, *, vocab_size: int | None = None) -> list[AttentionCall]:
             f"through transformers' attention registry; {supported_message()}"
         )
     missing = [type(c.module).__name__ for c in calls if c.layer_idx is None]
+    if missing and len(missing) == len(calls):
+        # No module names its layer (e.g. DistilBERT): layers run in order, one call each.
+        for i, c in enumerate(calls):
+            c.layer_idx = i
+        missing = []
     if missing:
         raise InvalidInputError(
             f"attention module(s) {sorted(set(missing))} have no layer_idx; the per-layer "

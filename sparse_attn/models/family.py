@@ -37,6 +37,11 @@ INPUT_NAMES = ("input_ids", "attention_mask")
 LAYER_PATTERNS_KEY = "sparse_attn.layer_patterns"
 #: ``(atol, rtol)`` of the sparse-vs-unmodified check in float32 (op vs eager softmax order).
 HF_CHECK_TOLERANCE = (2e-4, 2e-4)
+#: ``(atol, rtol)`` of the export-time ONNX Runtime vs PyTorch check in float32. Whole
+#: pretrained LMs reach logits of +-80 whose float32 rounding differs by ~6e-4 between the
+#: two runtimes after 18 layers (Gemma 3 270M), so near-zero logits need an absolute bound
+#: above the exporter's default 1e-4.
+ORT_CHECK_TOLERANCE = (2e-3, 1e-3)
 #: Largest B * S * vocab of the window-crossing check batch before it drops to one row.
 _MAX_CHECK_LOGITS = 2**26
 #: Models whose positions start after the padding id (RoBERTa-style embeddings).
@@ -535,7 +540,7 @@ def export_onnx(
         static_seq_len=False,
     )
     metadata[LAYER_PATTERNS_KEY] = json.dumps(table)
-    tol = hf_common.FP16_MODEL_TOLERANCE if dtype == "float16" else None
+    tol = hf_common.FP16_MODEL_TOLERANCE if dtype == "float16" else ORT_CHECK_TOLERANCE
     result = exporter.export_model(
         model,
         example,

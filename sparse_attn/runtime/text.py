@@ -208,7 +208,10 @@ def sentence_embeddings(
     Returns:
         ``(name, float32 [B, E])`` (name of the source output), or ``None`` if there is none.
     """
-    floats = {k: v for k, v in outputs.items() if np.issubdtype(v.dtype, np.floating)}
+    # A causal LM's logits are next-token scores, not token vectors: never pooled.
+    floats = {
+        k: v for k, v in outputs.items() if np.issubdtype(v.dtype, np.floating) and k != "logits"
+    }
     for k, v in floats.items():
         if "embedding" in k and v.ndim == 2:
             return k, v.astype(np.float32)
