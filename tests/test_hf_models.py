@@ -335,3 +335,18 @@ def test_attention_sinks_are_refused(tmp_path):
     )
     with pytest.raises(InvalidInputError, match="attention sinks"):
         family.build_model(tmp_path, block_size=BLOCK, max_seq_len=MAX_S)
+
+
+@pytest.mark.slow
+def test_float16_export_stays_within_twice_hf_own_fp16_drift(ckpt_dirs, tmp_path):
+    """fp16 ONNX (ONNX Runtime) vs the fp32 unmodified model, against HF fp16's own drift."""
+    out = _export(ckpt_dirs["gemma3_text"], tmp_path / "g16.onnx", "--dtype", "float16")
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    ref = _unmodified(ckpt_dirs["gemma3_text"])
+    inp = _inputs(77, seed=9)
+    exp = _hf_outputs(ref, inp)["logits"].numpy()
+    drift = np.abs(_hf_outputs(ref.half(), inp)["logits"].float().numpy() - exp)
+    (got,) = sess.run(None, {k: v.numpy() for k, v in inp.items()})
+    real = inp["attention_mask"].numpy().astype(bool)
+    err = np.abs(got.astype(np.float32) - exp)[real].max()
+    assert err <= 2 * drift[real].max() + 1e-3, (err, drift[real].max())
