@@ -250,6 +250,9 @@ def fuzz_cli(rng: random.Random, n: int, files: dict, budget_s: float) -> dict:
             out["refused"] += 1
         elif code == 1 and "internal error" not in err and "Traceback" not in err:
             out["environment"] += 1  # e.g. no TensorRT: exit 1 is right
+            kinds = out.setdefault("environment_messages", {})
+            key = err.strip()[:90]
+            kinds[key] = kinds.get(key, 0) + 1
         else:
             out["failures"].append(
                 {"target": "cli", "input": repr(args)[:500], "code": code, "stderr": err[-400:]}
@@ -365,6 +368,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{len(r['failures']):9d}" + (f"  (exit 1, environment: {r['environment']})"
                                            if "environment" in r else "")
         )  # fmt: skip
+    for msg, n in sorted(rep["cli"].get("environment_messages", {}).items()):
+        print(f"exit 1 x{n}: {msg}")
     for k in ("compile_layout", "cli", "runtime"):
         for f in rep[k]["failures"][:20]:
             print(json.dumps(f)[:800])
