@@ -312,6 +312,7 @@ class _LayoutBuilder:
         self.masks: list[np.ndarray] = []
         self.tiles = 0  # stored tiles so far, over heads (checked against limits.MAX_TILES)
         self.compiled = 0  # candidate tiles of compiled heads (limits.MAX_COMPILE_TILES)
+        self.mask_work = 0  # token pairs evaluated (limits.MAX_MASK_TABLE_BYTES)
 
     def mask_id(self, tile: np.ndarray) -> int:
         t = np.ascontiguousarray(tile, dtype=np.uint8)
@@ -554,10 +555,12 @@ def _compile_head(pattern, head: int, num_heads: int, seq_len: int, bs: int, bui
     inv = inv.reshape(-1)
     # evaluate one representative tile per distinct key, in batches
     nu = first.size
-    if nu * bs * bs > limits.MAX_MASK_TABLE_BYTES:
+    builder.mask_work += nu * bs * bs
+    if builder.mask_work > limits.MAX_MASK_TABLE_BYTES:
         raise InvalidInputError(
-            f"the pattern has {nu} distinct tiles of {bs}x{bs} tokens per head, more than the "
-            f"limit of {limits.MAX_MASK_TABLE_BYTES} mask bytes: use a smaller block_size"
+            f"classifying the tiles would evaluate more than {limits.MAX_MASK_TABLE_BYTES} token "
+            f"pairs ({nu} distinct {bs}x{bs} tiles in head {head}): use a smaller block_size, "
+            "fewer heads or a shorter seq_len"
         )
     kind = np.zeros(nu, dtype=np.int8)  # 0 empty, 1 full, 2 partial
     tiles: list[np.ndarray | None] = [None] * nu

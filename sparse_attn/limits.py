@@ -53,8 +53,9 @@ MAX_GRID_WORK = 1 << 27
 MAX_COMPILE_TILES = 1 << 20
 #: Most stored tiles of a layout, over all heads (CSR entries; 8 bytes each).
 MAX_TILES = 1 << 24
-#: Most bytes of distinct tile masks evaluated per head (distinct tiles * block_size^2).
-MAX_MASK_TABLE_BYTES = 1 << 28
+#: Most token pairs evaluated to classify tiles, over all compiled heads
+#: (distinct tiles * block_size^2 per head, summed).
+MAX_MASK_TABLE_BYTES = 1 << 25
 #: Most random block draws of a layout (heads * random rows * blocks per row).
 MAX_RANDOM_DRAWS = 1 << 18
 #: Largest dense token mask written by ``layout --save-mask`` (H * S * S bytes).
@@ -81,7 +82,7 @@ LIMITS: dict[str, Limit] = {
         Limit("compile tiles", MAX_COMPILE_TILES, "tiles", "candidate tiles of distinct heads"),
         Limit("stored tiles", MAX_TILES, "tiles", "non-empty tiles of a layout, all heads"),
         Limit(
-            "mask work", MAX_MASK_TABLE_BYTES, "bytes", "distinct tiles x block_size^2, per head"
+            "mask work", MAX_MASK_TABLE_BYTES, "pairs", "distinct tiles x block_size^2, all heads"
         ),
         Limit("random draws", MAX_RANDOM_DRAWS, "draws", "heads x random rows x blocks per row"),
         Limit("token mask", MAX_TOKEN_MASK_BYTES, "bytes", "H x S x S of layout --save-mask"),

@@ -158,3 +158,20 @@ def test_many_distinct_dense_heads_are_refused_quickly(spec, kw):
     with pytest.raises(InvalidInputError, match="candidate tiles"):
         compile_layout(spec, **kw)
     assert time.process_time() - t < 20.0
+
+
+@pytest.mark.parametrize(
+    "spec,kw",
+    [
+        ("bigbird(block=64, r=1000)", dict(seq_len=4096, block_size=128, num_heads=3)),
+        (
+            "random(r=16, seed=1, b=100, scope=all) | band(w=30)",
+            dict(seq_len=4096, block_size=128, num_heads=64),
+        ),
+    ],
+)
+def test_tile_classification_work_is_bounded_over_heads(spec, kw):
+    t = time.process_time()
+    with pytest.raises(InvalidInputError, match="token pairs"):
+        compile_layout(spec, **kw)
+    assert time.process_time() - t < 20.0

@@ -625,9 +625,25 @@ class Random(Atom):
     def visible(self, i, j, ctx):
         tab = self._table(ctx)
         b = self.block_length(ctx)
-        qi = np.clip(np.asarray(i) // b, 0, tab.shape[0] - 1)
+        nbl = tab.shape[0]
+        codes = self._codes(ctx)
+        qi = np.clip(np.asarray(i) // b, 0, nbl - 1)
         kj = np.asarray(j) // b
-        return (tab[qi] == kj[..., None]).any(axis=-1)
+        code = qi * nbl + np.clip(kj, 0, nbl - 1)
+        if codes.size == 0:
+            return np.zeros(np.broadcast_shapes(qi.shape, kj.shape), dtype=bool)
+        pos = np.minimum(np.searchsorted(codes, code), codes.size - 1)
+        return (codes[pos] == code) & (kj >= 0) & (kj < nbl)
+
+    def _codes(self, ctx: Context) -> np.ndarray:
+        """Sorted ``int64`` codes ``q * nB + k`` of the drawn (query block, key block) pairs:
+        a membership test costs O(log draws) per pair, whatever ``r`` is."""
+        key = ("random_codes", id(self), ctx.head)
+        if key not in ctx.cache:
+            tab = self._table(ctx)
+            q_idx, slot = np.nonzero(tab >= 0)
+            ctx.cache[key] = np.unique(q_idx * tab.shape[0] + tab[q_idx, slot])
+        return ctx.cache[key]
 
     def block_candidates(self, ctx, rows):
         return self._cand_matrix(ctx)[rows]
