@@ -335,3 +335,112 @@ def test_memory_estimates_refuse_dense_scores_at_16k():
     assert IMPLS["sdpa_dense"].estimate_bytes(case) < 0.5 * gib  # a few [B, H, S, D] buffers
     # the block-sparse paths scale with the stored tiles, not with S^2
     assert IMPLS["ours_torch"].estimate_bytes(case) < 2 * gib
+
+
+# ------------------------------------------------------------------ model suite: decoder prefill
+PREFILL_OK_KEYS = {
+    "median_ms",
+    "cpu_median_ms",
+    "q1_ms",
+    "q3_ms",
+    "min_ms",
+    "max_ms",
+    "repeats",
+    "peak_mem_mib",
+    "loaded_rss_mib",
+    "times_ms",
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_gemma_dir(tmp_path_factory):
+    """A tiny random Gemma 3 (2 sliding layers, W=16, then a full one) saved as safetensors."""
+    import torch
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    d = tmp_path_factory.mktemp("tiny_gemma3")
+    torch.manual_seed(0)
+    cfg = Gemma3TextConfig(
+        vocab_size=128,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        sliding_window=16,
+        layer_types=["sliding_attention"] * 2 + ["full_attention"],
+        max_position_embeddings=256,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=2,
+    )
+    Gemma3ForCausalLM(cfg).eval().save_pretrained(str(d))
+    return d
+
+
+@pytest.mark.slow  # two fresh Python processes (torch + transformers imports each)
+def test_prefill_cells_schema_on_a_tiny_checkpoint(tiny_gemma_dir, tmp_path):
+    from sparse_attn.bench.gemma import markdown, run_gemma_suite
+
+    cells = run_gemma_suite(
+        workdir=tmp_path,
+        model=str(tiny_gemma_dir),
+        lengths=(40,),
+        impls=("ours_torch", "hf_sdpa"),
+        repeats=2,
+        threads=1,
+        timeout_s=300,
+        log=lambda m: None,
+    )
+    assert [c["impl"] for c in cells] == ["ours_torch", "hf_sdpa"]
+    for c in cells:
+        assert c["status"] == "ok", c
+        assert c["suite"] == "model" and c["seq_len"] == 40 and c["reason"] is None
+        assert PREFILL_OK_KEYS <= set(c), set(c) ^ PREFILL_OK_KEYS
+        assert c["repeats"] == 2 and len(c["times_ms"]) == 2
+        assert c["min_ms"] <= c["median_ms"] <= c["max_ms"]
+        assert c["peak_mem_mib"] >= c["loaded_rss_mib"] > 0
+    assert cells[1]["speedup_vs_hf_sdpa"] == pytest.approx(1.0)
+    json.dumps(cells)
+    table = markdown(cells)
+    assert table.count("\n") == 3 and "Hugging Face sdpa" in table
+
+
+def test_prefill_cells_over_budget_are_na_not_run(tiny_gemma_dir, tmp_path):
+    from sparse_attn.bench.gemma import IMPLS, run_gemma_suite
+
+    cells = run_gemma_suite(
+        workdir=tmp_path,
+        model=str(tiny_gemma_dir),
+        lengths=(40, 64),
+        max_gib=1e-6,
+        log=lambda m: None,
+    )
+    assert len(cells) == 2 * len(IMPLS)
+    assert all(c["status"] == "n/a" and "GiB" in c["reason"] for c in cells)
+    assert not list(tmp_path.glob("*.onnx"))  # nothing exported for cells that cannot run
+    missing = run_gemma_suite(
+        workdir=tmp_path, model=str(tmp_path / "nope"), lengths=(40,), log=lambda m: None
+    )
+    assert all(c["status"] == "n/a" and "unavailable" in c["reason"] for c in missing)
+
+
+def test_machine_info_records_the_isa():
+    from sparse_attn.bench.harness import machine_info
+
+    isa = machine_info()["cpu_isa"]
+    assert isa["summary"] in ("AMX", "AVX-512", "AVX2", "none")
+    assert set(isa["flags"]) <= {
+        "avx2",
+        "fma",
+        "avx512f",
+        "avx512bw",
+        "avx512vl",
+        "avx512_bf16",
+        "avx512_fp16",
+        "amx_tile",
+        "amx_bf16",
+        "amx_int8",
+    }
+    assert isinstance(isa["kernel"], str) and isa["kernel"]

@@ -6,8 +6,10 @@ Three suites (see ``docs/bench.md`` for every definition):
   ``[B, H, S, D]``, for each pattern and S, ours (torch backend, exported op in ONNX
   Runtime) against SDPA (dense, causal, boolean mask), compiled FlexAttention and ONNX
   Runtime (dense graph, MultiHeadAttention, SparseAttention).
-* ``model`` (:mod:`sparse_attn.bench.model`): whole encoders in ONNX Runtime, our sparse
-  export against a dense export.
+* ``model`` (:mod:`sparse_attn.bench.model`, :mod:`sparse_attn.bench.gemma`): whole
+  encoders in ONNX Runtime, our sparse export against a dense export; and a decoder's
+  prefill (Gemma 3 270M): our ONNX and PyTorch paths against Hugging Face eager, sdpa,
+  flex_attention and a dense export, each in a fresh process.
 * ``layout`` (:mod:`sparse_attn.bench.layout_suite`): layout compile time and memory at
   S = 65,536.
 * ``serve`` (:mod:`sparse_attn.bench.serve`, only when named): MiniLM served in-process, over
@@ -56,6 +58,9 @@ class BenchConfig:
         max_cell_gib: attention cells estimated above this are n/a.
         suites: which of ``SUITES`` run.
         minilm_seq_len, long_seq_len, long_layers, model_repeats: model suite sizes.
+        prefill_model, prefill_lengths, prefill_impls, prefill_repeats, prefill_timeout_s:
+            model suite, decoder prefill (:mod:`sparse_attn.bench.gemma`; repeats drop to 1
+            at S >= 8192; a cell over the timeout is n/a). ``prefill_lengths=()`` skips it.
         layout_seq_len, layout_patterns: layout suite.
         gemm_n: size of the square matmul measuring the fp32 GEMM ceiling.
     """
@@ -83,6 +88,18 @@ class BenchConfig:
     generate_model: str = "gemma3-270m"
     generate_lengths: tuple[int, ...] = (512, 2048, 8192)
     generate_new_tokens: int = 32
+    prefill_model: str = "gemma3-270m"
+    prefill_lengths: tuple[int, ...] = (2048, 8192, 32768)
+    prefill_impls: tuple[str, ...] = (
+        "ours_ort",
+        "ours_torch",
+        "dense_ort",
+        "hf_eager",
+        "hf_sdpa",
+        "hf_flex",
+    )
+    prefill_repeats: int = 3
+    prefill_timeout_s: float = 900.0
 
     @classmethod
     def full(cls) -> BenchConfig:
@@ -104,6 +121,9 @@ class BenchConfig:
             layout_seq_len=8192,
             layout_patterns=(REFERENCE_SPEC, "sliding_window"),
             gemm_n=1024,
+            prefill_lengths=(512,),
+            prefill_repeats=1,
+            prefill_timeout_s=300.0,
             quick=True,
         )
 
@@ -150,6 +170,10 @@ def estimate_duration_s(cfg: BenchConfig, gemm_gflops: float = 150.0) -> float:
                 if name == "ours_onnx_ort":
                     total += 6.0 + 2.0 * s / 1024
     if "model" in cfg.suites:
+        total += sum(
+            len(cfg.prefill_impls) * (60.0 + 4.0 * s / 1024 * (cfg.prefill_repeats + 1))
+            for s in cfg.prefill_lengths
+        )
         total += 30.0 * ("minilm" in cfg.models) + (60.0 + 30.0 * cfg.long_layers) * (
             "long_encoder" in cfg.models
         )
@@ -260,6 +284,26 @@ def run_bench(
             budget_s=cfg.policy.budget_s,
             log=log,
         )
+        if cfg.prefill_lengths:
+            from sparse_attn.bench.gemma import run_gemma_suite
+
+            prefill = run_gemma_suite(
+                workdir=workdir,
+                model=cfg.prefill_model,
+                lengths=cfg.prefill_lengths,
+                impls=cfg.prefill_impls,
+                repeats=cfg.prefill_repeats,
+                threads=cfg.threads,
+                timeout_s=cfg.prefill_timeout_s,
+                log=log,
+            )
+            result["model"]["cells"] += prefill
+            result["model"]["config"]["prefill"] = {
+                "model": cfg.prefill_model,
+                "lengths": list(cfg.prefill_lengths),
+                "impls": list(cfg.prefill_impls),
+                "repeats": cfg.prefill_repeats,
+            }
         result["model"]["duration_s"] = time.perf_counter() - t_suite
     else:
         result["model"] = {"cells": [], "reason": "suite not selected"}
@@ -315,6 +359,11 @@ def run_bench(
         from sparse_attn.bench.generate import markdown as generate_markdown
 
         md += "\n" + generate_markdown(result["generate"])
+    prefill_cells = [c for c in result["model"]["cells"] if "impl" in c]
+    if prefill_cells:
+        from sparse_attn.bench.gemma import markdown as prefill_markdown
+
+        md += "\n## Prefill (model suite)\n\n" + prefill_markdown(prefill_cells) + "\n"
     (out_dir / "bench.md").write_text(md)
     (out_dir / "bench.partial.json").unlink(missing_ok=True)
     return result

@@ -216,6 +216,7 @@ def machine_info() -> dict:
             if line.startswith("model name"):
                 info["cpu_model"] = line.split(":", 1)[1].strip()
                 break
+    info["cpu_isa"] = cpu_isa()
     for mod in ("torch", "onnx", "onnxruntime", "numpy"):
         try:
             info[f"{mod}_version"] = __import__(mod).__version__
@@ -230,6 +231,55 @@ def machine_info() -> dict:
             cwd=Path(__file__).resolve().parent,
         ).stdout.strip()
     return info
+
+
+#: ``/proc/cpuinfo`` flags that decide which kernels a CPU can run fast.
+ISA_FLAGS = (
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_bf16",
+    "avx512_fp16",
+    "amx_tile",
+    "amx_bf16",
+    "amx_int8",
+)
+
+
+def cpu_isa() -> dict:
+    """The CPU's vector instruction sets and the one our compiled kernel dispatches to.
+
+    Returns:
+        dict with ``flags`` (those of :data:`ISA_FLAGS` that ``/proc/cpuinfo`` lists),
+        ``summary`` (``"AMX"`` / ``"AVX-512"`` / ``"AVX2"`` / ``"none"``: the widest of
+        AVX2, AVX-512 and AMX present) and ``kernel`` (``sparse_attn.kernels.cpu_ext.isa()``,
+        or ``"unavailable: <reason>"`` where the extension cannot be built or loaded).
+    """
+    flags: set[str] = set()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    present = [f for f in ISA_FLAGS if f in flags]
+    summary = (
+        "AMX"
+        if "amx_tile" in flags
+        else "AVX-512"
+        if "avx512f" in flags
+        else "AVX2"
+        if "avx2" in flags
+        else "none"
+    )
+    try:
+        from sparse_attn.kernels import cpu_ext
+
+        kernel = cpu_ext.isa()
+    except Exception as exc:  # noqa: BLE001 - an absent extension is a fact, not an error
+        kernel = f"unavailable: {' '.join(str(exc).split())[:160]}"
+    return {"flags": present, "summary": summary, "kernel": kernel}
 
 
 def gemm_ceiling(n: int = 2048, repeats: int = 5) -> dict:

@@ -96,6 +96,21 @@ def _name_list(name: str, text: str | None, known) -> tuple[str, ...] | None:
 @click.option(
     "--gen-new-tokens", type=BoundedInt(1, 100000), help="generate suite: new tokens (default 32)."
 )
+@click.option(
+    "--prefill-lengths",
+    help="model suite: Gemma prefill lengths (default 2048,8192,32768; quick 512; 0 = none).",
+)
+@click.option(
+    "--prefill-impls",
+    help="model suite: prefill implementations (default all): ours_ort, ours_torch, "
+    "dense_ort, hf_eager, hf_sdpa, hf_flex.",
+)
+@click.option("--prefill-model", help="model suite: checkpoint or built-in (default gemma3-270m).")
+@click.option(
+    "--prefill-repeats",
+    type=BoundedInt(1, 1000),
+    help="model suite: timed prefills per cell below S=8192 (default 3; 1 at larger S).",
+)
 @click.option("--no-plot", is_flag=True, help="Do not write the PNG plot.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result JSON instead of markdown.")
 def command(
@@ -117,6 +132,10 @@ def command(
     gen_lengths,
     gen_model,
     gen_new_tokens,
+    prefill_lengths,
+    prefill_impls,
+    prefill_model,
+    prefill_repeats,
     no_plot,
     as_json,
 ):
@@ -144,6 +163,18 @@ def command(
         upd["suites"] = su
     if (gl := _int_list("gen-lengths", gen_lengths)) is not None:
         upd["generate_lengths"] = gl
+    if prefill_lengths is not None and prefill_lengths.strip() == "0":
+        upd["prefill_lengths"] = ()
+    elif (pl := _int_list("prefill-lengths", prefill_lengths)) is not None:
+        upd["prefill_lengths"] = pl
+    from sparse_attn.bench.gemma import IMPLS as PREFILL_IMPLS
+
+    if (pi := _name_list("prefill-impls", prefill_impls, PREFILL_IMPLS)) is not None:
+        upd["prefill_impls"] = pi
+    if prefill_model is not None:
+        upd["prefill_model"] = prefill_model
+    if prefill_repeats is not None:
+        upd["prefill_repeats"] = prefill_repeats
     if gen_model is not None:
         upd["generate_model"] = gen_model
     if gen_new_tokens is not None:
