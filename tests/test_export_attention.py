@@ -71,7 +71,7 @@ def test_export_attention_runs_in_ort_at_several_lengths(
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
     assert attrs["plugin_namespace"] == b"sparse_attn" and attrs["block_size"] == bs
     node_meta = {p.key: p.value for p in node.metadata_props}
-    assert node_meta["sparse_attn.max_seq_len"] == str(max_s)  # the body's length guard
+    assert node_meta[opspec.NODE_LAYOUT_SEQ_LEN_KEY] == str(max_s)  # the body's length guard
     assert [f.name for f in model.functions] == [opspec.OP_TYPE]
     names = [i.name for i in model.graph.input]
     assert names == ["query", "key", "value"] + (["key_padding_mask"] if kpm else [])

@@ -138,14 +138,13 @@ def test_metadata_static_and_rebuild(exported):
     import onnx
 
     from sparse_attn import opspec
-    from sparse_attn.export.symbolic import NODE_MAX_SEQ_LEN_KEY
 
     nodes = [
         n for n in onnx.load(str(exported["float32"])).graph.node if n.op_type == opspec.OP_TYPE
     ]
     assert nodes
     for n in nodes:
-        guard = {p.key: p.value for p in n.metadata_props}[NODE_MAX_SEQ_LEN_KEY]
+        guard = {p.key: p.value for p in n.metadata_props}[opspec.NODE_LAYOUT_SEQ_LEN_KEY]
         assert guard == str(S + R * HB)
     rebuilt = build_torch_model(meta)
     inp = _inputs(77, seed=12)

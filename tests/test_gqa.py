@@ -15,6 +15,7 @@ import torch
 from testing import assert_close, random_qkv
 
 import sparse_attn
+import sparse_attn.ops
 from sparse_attn.errors import InvalidInputError
 from sparse_attn.kernels import block_sparse_attention, torch_backend
 from sparse_attn.kernels.reference import reference_attention
@@ -144,7 +145,7 @@ def test_grouped_kv_fake_shape():
 @pytest.mark.parametrize(
     ("shapes", "match"),
     [
-        (((1, 6, 8, 16), (1, 4, 8, 16), (1, 4, 8, 16)), r"H=6 must be a multiple of .* Hkv=4"),
+        (((1, 6, 8, 16), (1, 4, 8, 16), (1, 4, 8, 16)), r"H=6 must be a multiple of Hkv=4"),
         (((1, 4, 8, 16), (1, 2, 8, 16), (1, 1, 8, 16)), r"value must be \[B=1, Hkv=2"),
         (((1, 4, 8, 300), (1, 2, 8, 300), (1, 2, 8, 16)), r"1\.\.256, got 300"),
     ],

@@ -80,8 +80,8 @@ def test_opcheck(monkeypatch, pure):
 def test_op_rejects_bad_arrays():
     lay = _layout()
     args = list(_args(lay, 40))
-    args[3] = args[3][:1]  # row_ptr for one head, query has two
-    with pytest.raises(InvalidInputError, match="row_ptr"):
+    args[3:6] = [torch.cat([t, t[:1]]) for t in args[3:6]]  # a layout of 3 heads, query has 2
+    with pytest.raises(InvalidInputError, match=r"row_ptr \[3, \d+\]: L=3 .* must be H=2 or 1"):
         OP(*args, 0.25)
     args = list(_args(lay, 40))
     with pytest.raises(InvalidInputError, match="S=50"):
@@ -170,22 +170,22 @@ def test_dispatcher_under_torch_export_keeps_dynamic_seq_len():
 
 
 def test_cuda_route_takes_what_the_triton_backend_declares():
-    from sparse_attn import ops
+    from sparse_attn.kernels import op as kop
     from sparse_attn.kernels import triton_backend
 
     bs = opspec.MIN_BLOCK_SIZE
     d = triton_backend.MAX_HEAD_DIM
     for dtype in triton_backend.SUPPORTED_DTYPES:
         q = torch.zeros(1, 1, 1, d, dtype=dtype)
-        assert ops._cuda_impl(q, q, q, bs) is not None
+        assert kop._cuda_impl(q, q, q, bs) is not None
     q64 = torch.zeros(1, 1, 1, d, dtype=torch.float64)
-    assert ops._cuda_impl(q64, q64, q64, bs) is None
+    assert kop._cuda_impl(q64, q64, q64, bs) is None
     q = torch.zeros(1, 1, 1, d + 1)
-    assert ops._cuda_impl(q, q, q, bs) is None
-    assert ops._cuda_impl(q[..., :d], q[..., :d], q, bs) is None
+    assert kop._cuda_impl(q, q, q, bs) is None
+    assert kop._cuda_impl(q[..., :d], q[..., :d], q, bs) is None
     qd = q[..., :d]
-    assert ops._cuda_impl(qd, qd, qd, opspec.MAX_BLOCK_SIZE + 1) is None
+    assert kop._cuda_impl(qd, qd, qd, opspec.MAX_BLOCK_SIZE + 1) is None
     if not hasattr(triton_backend, "not_supported_reason"):
         # a backend that does not declare grouped K/V gets only equal head counts
         q2 = torch.zeros(1, 2, 1, d)
-        assert ops._cuda_impl(q2, qd, qd, bs) is None
+        assert kop._cuda_impl(q2, qd, qd, bs) is None

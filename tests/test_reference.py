@@ -125,7 +125,7 @@ def test_reference_validates_inputs():
     lay2 = layout_from_masks(np.stack([band_mask(16, 2)] * 2), 8)
     with pytest.raises(InvalidInputError, match="num_heads=2"):
         reference_attention(*(x.expand(1, 3, 16, 4) for x in (q, k, v)), lay2)
-    with pytest.raises(InvalidInputError, match="multiple of key/value heads"):
+    with pytest.raises(InvalidInputError, match="multiple of Hkv"):
         reference_attention(
             q.expand(1, 3, 16, 4), k.expand(1, 2, 16, 4), v.expand(1, 2, 16, 4), lay
         )

@@ -318,9 +318,9 @@ def test_float64_refused_by_triton_lists_reason(monkeypatch):
     [
         ("rank", "rank 4"),
         ("heads", "num_heads=3"),
-        ("gqa_ratio", r"H=3 must be a multiple of key/value heads Hkv=2"),
-        ("head_dim", r"D of query/key must be in 1\.\.256, got 257"),
-        ("value_head_dim", r"Dv of value must be in 1\.\.256, got 300"),
+        ("gqa_ratio", r"H=3 must be a multiple of Hkv=2"),
+        ("head_dim", r"D \(head_dim of query and key\) must be in 1\.\.256, got 257"),
+        ("value_head_dim", r"Dv \(head_dim of value and output\) must be in 1\.\.256, got 300"),
         ("seq_too_long", r"S=40 must be in 1\.\.32"),
         ("dtype_mix", "share one dtype"),
         ("int_dtype", "not supported"),

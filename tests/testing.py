@@ -11,19 +11,21 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-#: (atol, rtol) for comparing an attention output of the given dtype with a float64 reference.
+from sparse_attn import opspec
+from sparse_attn.runtime.compare import compare_arrays, describe_failure
+
+#: (atol, rtol) for comparing an op output of the given dtype with a float64 reference: the
+#: ``"op"`` rows of the op's tolerance table (``opspec.SCHEMA.tolerances``).
 TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
-    torch.float64: (1e-10, 1e-10),
-    torch.float32: (2e-5, 2e-5),
-    torch.float16: (2e-3, 2e-3),
-    torch.bfloat16: (1.6e-2, 1.6e-2),
+    getattr(torch, name): (tol.atol, tol.rtol)
+    for name, tol in opspec.SCHEMA.tolerances["op"].items()
 }
 
 
 def tolerance(dtype: torch.dtype) -> tuple[float, float]:
     """``(atol, rtol)`` for outputs of ``dtype`` (see :data:`TOLERANCES`)."""
     if isinstance(dtype, str):
-        dtype = getattr(torch, dtype)
+        dtype = getattr(torch, dtype.replace("torch.", ""))
     return TOLERANCES[dtype]
 
 
@@ -36,53 +38,11 @@ def _as_tensor(x) -> torch.Tensor:
 def compare(actual, expected, atol: float, rtol: float) -> dict:
     """Error statistics of ``actual`` vs ``expected`` (tensors or arrays, same shape).
 
-    Returns a dict with ``max_abs_err``, ``max_rel_err``, ``mismatch_fraction`` (share of
-    elements failing ``|a - e| <= atol + rtol * |e|``; NaN positions must agree),
-    ``worst_index``, ``worst_actual``, ``worst_expected``, ``num_mismatch``, ``numel``.
+    The project's comparator (:func:`sparse_attn.runtime.compare.compare_arrays`); NaN and
+    Inf must agree in position and sign. Returns its dict (``max_abs_err``, ``max_rel_err``,
+    ``mismatch_fraction``, ``num_mismatches``, ``worst``, ``passed``, ...).
     """
-    a = _as_tensor(actual).to(torch.float64)
-    e = _as_tensor(expected).to(torch.float64)
-    if a.shape != e.shape:
-        raise AssertionError(f"shape mismatch: got {list(a.shape)}, expected {list(e.shape)}")
-    nan_a, nan_e = torch.isnan(a), torch.isnan(e)
-    same_inf = torch.isinf(a) & torch.isinf(e) & (a == e)
-    diff = (a - e).abs()
-    diff = torch.where(same_inf | (nan_a & nan_e), torch.zeros_like(diff), diff)
-    diff = torch.where(nan_a ^ nan_e, torch.full_like(diff, torch.inf), diff)
-    bound = atol + rtol * torch.where(torch.isfinite(e), e.abs(), torch.zeros_like(e))
-    bad = diff > bound
-    excess = torch.where(bad, diff - bound, torch.zeros_like(diff))
-    n = a.numel()
-    if n == 0:
-        return {
-            "max_abs_err": 0.0,
-            "max_rel_err": 0.0,
-            "mismatch_fraction": 0.0,
-            "num_mismatch": 0,
-            "numel": 0,
-            "worst_index": None,
-            "worst_actual": None,
-            "worst_expected": None,
-        }
-    score = excess if bool(bad.any()) else diff
-    flat = int(torch.argmax(torch.nan_to_num(score, nan=torch.inf, posinf=1e308)).item())
-    idx = tuple(int(i) for i in np.unravel_index(flat, tuple(a.shape)))
-    finite = torch.isfinite(diff)
-    max_abs = float(diff[finite].max()) if bool(finite.any()) else 0.0
-    if not bool(finite.all()):
-        max_abs = float("inf")
-    rel = diff / e.abs().clamp_min(1e-30)
-    rel = torch.where(diff == 0, torch.zeros_like(rel), rel)
-    return {
-        "max_abs_err": max_abs,
-        "max_rel_err": float(rel.max()),
-        "mismatch_fraction": float(bad.sum()) / n,
-        "num_mismatch": int(bad.sum()),
-        "numel": n,
-        "worst_index": idx,
-        "worst_actual": float(a[idx]),
-        "worst_expected": float(e[idx]),
-    }
+    return compare_arrays(actual, expected, (atol, rtol))
 
 
 def assert_close(
@@ -105,14 +65,8 @@ def assert_close(
         atol = d_atol if atol is None else atol
         rtol = d_rtol if rtol is None else rtol
     st = compare(actual, expected, atol, rtol)
-    if st["num_mismatch"]:
-        raise AssertionError(
-            f"{name}: {st['num_mismatch']}/{st['numel']} elements "
-            f"({100 * st['mismatch_fraction']:.3g}%) exceed atol={atol:g} rtol={rtol:g}; worst "
-            f"at index {st['worst_index']}: got {st['worst_actual']!r}, expected "
-            f"{st['worst_expected']!r}; max_abs_err={st['max_abs_err']:.3g} "
-            f"max_rel_err={st['max_rel_err']:.3g}"
-        )
+    if not st["passed"]:
+        raise AssertionError(describe_failure(name, st))
     return st
 
 

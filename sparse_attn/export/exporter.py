@@ -8,17 +8,19 @@
    identities that collide with standard ONNX ops (:func:`check_custom_identities`);
 3. write metadata (``opspec.META_KEYS``), save to a temporary file next to the output;
 4. reload and check that the dynamic dims are still symbolic (:func:`check_dynamic_dims`:
-   a layout computed from a traced shape freezes S silently, FACTS);
+   a layout computed from a traced shape freezes S silently);
 5. ``onnx.checker`` full check and strict shape inference;
-6. ONNX Runtime (CPU) vs the eager PyTorch model on the check inputs; print one line;
+6. ONNX Runtime (CPU) vs the eager PyTorch model on the check inputs with the project's
+   comparator and tolerance table (``runtime.compare.compare_arrays``,
+   ``opspec.tolerance("graph", dtype)``); log one line;
 7. move the file into place (never over one of the declared input files).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
+import json
 import logging
 import os
 import warnings
@@ -28,22 +30,22 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 
 from sparse_attn import opspec
 from sparse_attn.errors import CheckFailedError, InvalidInputError, UnsupportedEnvironmentError
 from sparse_attn.export import function_body
 from sparse_attn.export import metadata as meta_mod
-from sparse_attn.export.symbolic import NODE_MAX_SEQ_LEN_KEY
 from sparse_attn.layout import BlockLayout
+from sparse_attn.op_arrays import layout_from_node
 
 #: Default ONNX opset of the default domain (torch 2.13's exporter default).
 DEFAULT_OPSET = 20
-#: Default (atol, rtol) of the ORT-vs-PyTorch check by output dtype.
-DEFAULT_TOLERANCE = {"float32": (1e-4, 1e-3), "float16": (4e-3, 1e-2)}
-_DYNAMIC_DIMS = ("batch", "seq_len")
+#: A tolerance as accepted by :func:`export_model`: a Tolerance or ``(atol, rtol)``.
+ToleranceLike = opspec.Tolerance | tuple[float, float]
 
 log = logging.getLogger(__name__)
+_DYNAMIC_DIMS = ("batch", "seq_len")
 
 
 @dataclass
@@ -103,7 +105,7 @@ def check_dynamic_dims(
         dynamic_axes: input name -> {axis: dim name}.
 
     Raises:
-        RuntimeError: naming the input and axis whose dim is a fixed number (e.g. S frozen by
+        CheckFailedError: naming the input and axis whose dim is a fixed number (e.g. S frozen by
             a layout computed from a traced shape), or a declared input that is missing.
     """
     inputs = {v.name: v for v in model.graph.input}
@@ -143,48 +145,21 @@ def _constant_arrays(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     return out
 
 
-def _node_layout(node: onnx.NodeProto, consts: Mapping[str, object]) -> BlockLayout:
-    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-    if "block_size" not in attrs:
-        raise CheckFailedError(f"node {node.name!r} has no block_size attribute")
-    arrays = []
-    for i, name in enumerate(opspec.INPUT_NAMES[3:7], start=3):
-        src = node.input[i] if i < len(node.input) else ""
-        if src not in consts:
-            raise CheckFailedError(
-                f"layout input {name!r} of node {node.name!r} is not a constant "
-                f"({src!r}); register the layout tensors as buffers"
-            )
-        arrays.append(numpy_helper.to_array(consts[src]))
-    row_ptr, col_idx, mask_idx, masks = arrays
-    bs = int(attrs["block_size"])
-    nqb = row_ptr.shape[1] - 1
-    return BlockLayout(
-        seq_len=nqb * bs,
-        block_size=bs,
-        row_ptr=row_ptr.astype(np.int32),
-        col_idx=col_idx.astype(np.int32),
-        mask_idx=mask_idx.astype(np.int32),
-        masks=masks.astype(np.uint8),
-    )
-
-
-def attach_functions(model: onnx.ModelProto, max_seq_len: int | None = None) -> int:
+def attach_functions(model: onnx.ModelProto) -> int:
     """Attach the block-sparse function body to every ``BlockSparseAttention`` node.
 
     Nodes with the same layout, scale and key-padding presence share one FunctionProto;
     when there are several such variants each node gets ``overload = "v<i>"`` (IR >= 10).
     The function imports the model's default-domain opset. Requests longer than the
-    op's layout length make the body fail: ``max_seq_len`` if given, else the node's
-    ``metadata_props["sparse_attn.max_seq_len"]`` (written by
-    :func:`~sparse_attn.export.symbolic.sparse_attention`), else ``nQB * block_size``.
+    op's layout length make the body fail: the layout's ``seq_len`` as the node records it
+    (:func:`sparse_attn.op_arrays.layout_from_node`).
     Modifies ``model`` in place.
 
     Returns:
         The number of functions attached (0 when the model has no such node).
 
     Raises:
-        RuntimeError: a node whose layout inputs are not constants, or an opset < 18.
+        CheckFailedError: a node whose layout inputs are not constants, or an opset < 18.
     """
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     if opset is None:
@@ -195,12 +170,12 @@ def attach_functions(model: onnx.ModelProto, max_seq_len: int | None = None) -> 
     for node in model.graph.node:
         if node.op_type != opspec.OP_TYPE or node.domain != opspec.DOMAIN:
             continue
-        layout = _node_layout(node, consts)
+        layout = layout_from_node(node, consts)  # seq_len from the node's metadata_props
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         scale = float(attrs.get("scale", 0.0))
-        has_kpm = len(node.input) > 7 and node.input[7] != ""
-        node_meta = {p.key: p.value for p in node.metadata_props}
-        limit = max_seq_len or int(node_meta.get(NODE_MAX_SEQ_LEN_KEY, layout.seq_len))
+        kpm_at = opspec.INPUT_NAMES.index("key_padding_mask")
+        has_kpm = len(node.input) > kpm_at and node.input[kpm_at] != ""
+        limit = layout.seq_len
         hkv = function_body.static_kv_heads(model.graph, node.input[1])
         if hkv is not None and layout.num_heads % hkv:
             hkv = None  # not a divisor: the body's run-time check reports it
@@ -258,39 +233,6 @@ def _to_numpy(x) -> np.ndarray:
     return x.detach().cpu().numpy()
 
 
-def _compare(name: str, got: np.ndarray, exp: np.ndarray, tol: tuple[float, float]) -> dict:
-    atol, rtol = tol
-    if got.shape != exp.shape:
-        return {
-            "name": name,
-            "max_abs_err": float("inf"),
-            "atol": atol,
-            "rtol": rtol,
-            "passed": False,
-            "detail": f"shape {list(got.shape)} != {list(exp.shape)}",
-        }
-    g64, e64 = got.astype(np.float64), exp.astype(np.float64)
-    same_nan = np.isnan(g64) & np.isnan(e64)
-    err = np.where(same_nan, 0.0, np.abs(g64 - e64))
-    err = np.where(np.isnan(err), np.inf, err)
-    bad = err > atol + rtol * np.abs(np.nan_to_num(e64))
-    worst = int(np.argmax(err)) if err.size else 0
-    res = {
-        "name": name,
-        "max_abs_err": float(err.max()) if err.size else 0.0,
-        "atol": atol,
-        "rtol": rtol,
-        "passed": not bool(bad.any()),
-    }
-    if bad.any():
-        idx = np.unravel_index(worst, err.shape)
-        res["detail"] = (
-            f"worst at {tuple(int(i) for i in idx)}: onnxruntime {g64[idx]!r}, torch {e64[idx]!r}; "
-            f"{float(bad.mean()):.3%} of elements out of tolerance"
-        )
-    return res
-
-
 @contextlib.contextmanager
 def _quiet():
     """Silence the exporter's warnings and progress prints (errors still propagate)."""
@@ -331,7 +273,7 @@ def export_model(
     dynamic_axes: Mapping[str, Mapping[int, str]],
     metadata: Mapping[str, str],
     check_inputs: Sequence[Mapping[str, object]] | None = None,
-    tolerance: Mapping[str, tuple[float, float]] | tuple[float, float] | None = None,
+    tolerance: Mapping[str, ToleranceLike] | ToleranceLike | None = None,
     protected_paths: Sequence = (),
     opset: int = DEFAULT_OPSET,
     verbose: bool = True,
@@ -350,8 +292,8 @@ def export_model(
         metadata: from :func:`sparse_attn.export.metadata.build_metadata`.
         check_inputs: inputs (dicts of tensors) for the ORT-vs-PyTorch check; default
             ``[example_inputs]``.
-        tolerance: ``(atol, rtol)`` for all outputs, or per output name; default by dtype
-            (:data:`DEFAULT_TOLERANCE`). Passes when ``|ort - torch| <= atol + rtol*|torch|``.
+        tolerance: a :class:`~sparse_attn.opspec.Tolerance` or ``(atol, rtol)`` for all
+            outputs, or one per output name; default ``opspec.tolerance("graph", dtype)``.
         protected_paths: input files the export read (never overwritten).
         opset: default-domain opset.
         verbose: log the one-line summary (INFO) and the static-length notice (WARNING) on
@@ -362,13 +304,41 @@ def export_model(
 
     Raises:
         InvalidInputError: bad output path, unknown dynamic dim names, outputs not in order.
-        RuntimeError: a failed check (export, dynamic dims, checker, shape inference, ORT
+        CheckFailedError: a failed check (export, dynamic dims, checker, shape inference, ORT
             comparison); the message names the check. The output file is not written.
     """
-    import torch
-
     out = _resolve_output(output_path, protected_paths)
     example_inputs = dict(example_inputs)
+    _check_dynamic_axes(example_inputs, dynamic_axes)
+    model = model.eval()
+    _check_output_order(model, example_inputs, output_names)
+    max_seq_len = int(metadata.get(opspec.meta_key("max_seq_len"), 0)) or None
+    proto = _trace(model, example_inputs, output_names, dynamic_axes, max_seq_len, opset)
+    _attach_bodies(proto)
+    meta = _complete_metadata(proto, metadata)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp.onnx")
+    try:
+        onnx.save(proto, str(tmp))
+        _check_saved(tmp, dynamic_axes)
+        result = _check_ort(model, tmp, check_inputs or [example_inputs], output_names, tolerance)
+        result.metadata = meta
+        if verbose:
+            _log_summary(result, meta, out)
+        failed = [c for c in result.checks if not c["passed"]]
+        if failed:
+            details = "; ".join(c.get("detail", c["name"]) for c in failed)
+            raise CheckFailedError(f"ONNX Runtime output differs from PyTorch: {details}")
+        os.replace(tmp, out)
+        result.path = out
+        return result
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+# The stages of export_model, in order.
+def _check_dynamic_axes(example_inputs: Mapping, dynamic_axes: Mapping) -> None:
+    """Dynamic axes name known dims of existing inputs, with example sizes >= 2."""
     for name, axes in dynamic_axes.items():
         if name not in example_inputs:
             raise InvalidInputError(f"dynamic_axes names input {name!r} not in example_inputs")
@@ -377,13 +347,18 @@ def export_model(
                 raise InvalidInputError(
                     f"dynamic dim name must be one of {_DYNAMIC_DIMS}, got {dim!r}"
                 )
-            if example_inputs[name].shape[axis] < 2:
+            size = example_inputs[name].shape[axis]
+            if size < 2:
                 raise InvalidInputError(
-                    f"example input {name!r} axis {axis} ({dim}) is "
-                    f"{example_inputs[name].shape[axis]}; use >= 2 so torch.export keeps it dynamic"
+                    f"example input {name!r} axis {axis} ({dim}) is {size}; use >= 2 so "
+                    "torch.export keeps it dynamic"
                 )
-    max_seq_len = int(metadata.get("sparse_attn.max_seq_len", 0)) or None
-    model = model.eval()
+
+
+def _check_output_order(model, example_inputs: Mapping, output_names: Sequence[str]) -> None:
+    """The eager model returns a dict whose keys are ``output_names`` in order."""
+    import torch
+
     with torch.no_grad():
         eager = model(**example_inputs)
     if list(eager) != list(output_names):
@@ -391,11 +366,16 @@ def export_model(
             f"model returns outputs {list(eager)} but output_names is {list(output_names)}; "
             "return a dict in the ONNX output order"
         )
+
+
+def _trace(model, example_inputs, output_names, dynamic_axes, max_seq_len, opset):
+    """``torch.onnx.export(dynamo=True)`` with named dynamic dims; the ModelProto."""
+    import torch
+
+    seq = {"min": 1} if not max_seq_len else {"min": 1, "max": max_seq_len}
     dims = {
         "batch": torch.export.Dim("batch", min=1),
-        "seq_len": torch.export.Dim("seq_len", min=1, max=max_seq_len)
-        if max_seq_len
-        else torch.export.Dim("seq_len", min=1),
+        "seq_len": torch.export.Dim("seq_len", **seq),
     }
     dynamic_shapes = {
         name: {axis: dims[d] for axis, d in dynamic_axes.get(name, {}).items()} or None
@@ -418,71 +398,76 @@ def export_model(
         raise CheckFailedError(
             f"torch.onnx.export failed: {' '.join(str(exc).split())[:2000]}"
         ) from exc
-    proto = program.model_proto
-    check_custom_identities(proto)
-    n_fn = attach_functions(proto)
-    if n_fn == 0:
+    return program.model_proto
+
+
+def _attach_bodies(proto: onnx.ModelProto) -> None:
+    """Attach the function bodies, then refuse identities that shadow standard ONNX ops."""
+    if attach_functions(proto) == 0:
         raise CheckFailedError(
             f"the exported graph holds no {opspec.QUALIFIED_NAME} node; call "
             "sparse_attn.export.symbolic.sparse_attention in the model's forward"
         )
     check_custom_identities(proto)
+
+
+def _complete_metadata(proto: onnx.ModelProto, metadata: Mapping[str, str]) -> dict:
+    """The family's metadata plus versions and I/O signatures, written into ``proto``."""
     meta = dict(metadata)
     meta.update(meta_mod.version_metadata())
-    meta["sparse_attn.inputs"] = _json(meta_mod.io_signature(proto.graph.input))
-    meta["sparse_attn.outputs"] = _json(meta_mod.io_signature(proto.graph.output))
+    meta[opspec.meta_key("inputs")] = json.dumps(meta_mod.io_signature(proto.graph.input))
+    meta[opspec.meta_key("outputs")] = json.dumps(meta_mod.io_signature(proto.graph.output))
     missing = meta_mod.missing_keys(meta)
     if missing:
         raise InvalidInputError(f"metadata lacks keys {missing}; use metadata.build_metadata")
     meta_mod.set_metadata(proto, meta)
+    return meta
 
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp.onnx")
+
+def _check_saved(path: Path, dynamic_axes: Mapping) -> None:
+    """The saved file: dynamic dims still symbolic, ``onnx.checker``, strict shape inference."""
+    saved = onnx.load(str(path))
+    check_dynamic_dims(saved, dynamic_axes)
     try:
-        onnx.save(proto, str(tmp))
-        saved = onnx.load(str(tmp))
-        check_dynamic_dims(saved, dynamic_axes)
-        try:
-            onnx.checker.check_model(str(tmp), full_check=True)
-        except onnx.checker.ValidationError as exc:
-            raise CheckFailedError(f"onnx.checker failed: {exc}") from exc
-        try:
-            onnx.shape_inference.infer_shapes(saved, check_type=True, strict_mode=True)
-        except Exception as exc:
-            raise CheckFailedError(f"strict ONNX shape inference failed: {exc}") from exc
-        result = _check_ort(model, tmp, check_inputs or [example_inputs], output_names, tolerance)
-        result.metadata = meta
-        if verbose:  # logged: the caller (e.g. the CLI) decides what is shown
-            log.info("%s", result.summary)
-            if meta.get("sparse_attn.static_seq_len") == "true":
-                s = meta.get("sparse_attn.max_seq_len")
-                log.warning(
-                    "the pattern needs the end of the sequence, so %s has a static sequence "
-                    "length of %s tokens; pad every request to %s",
-                    out,
-                    s,
-                    s,
-                )
-        if not all(c["passed"] for c in result.checks):
-            details = "; ".join(
-                f"{c['name']}: {c.get('detail', '')}" for c in result.checks if not c["passed"]
-            )
-            raise CheckFailedError(f"ONNX Runtime output differs from PyTorch: {details}")
-        os.replace(tmp, out)
-        result.path = out
-        return result
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+        onnx.checker.check_model(str(path), full_check=True)
+    except onnx.checker.ValidationError as exc:
+        raise CheckFailedError(f"onnx.checker failed: {exc}") from exc
+    try:
+        onnx.shape_inference.infer_shapes(saved, check_type=True, strict_mode=True)
+    except Exception as exc:
+        raise CheckFailedError(f"strict ONNX shape inference failed: {exc}") from exc
 
 
-def _json(obj) -> str:
-    import json
+def _log_summary(result: ExportResult, meta: Mapping[str, str], out: Path) -> None:
+    """The check line (INFO) and the static-length notice (WARNING): the caller (e.g. the CLI)
+    decides what is shown."""
+    log.info("%s", result.summary)
+    if meta.get(opspec.meta_key("static_seq_len")) == "true":
+        s = meta.get(opspec.meta_key("max_seq_len"))
+        log.warning(
+            "the pattern needs the end of the sequence, so %s has a static sequence "
+            "length of %s tokens; pad every request to %s",
+            out,
+            s,
+            s,
+        )
 
-    return json.dumps(obj)
+
+def _tolerance_of(tolerance, name: str, dtype) -> opspec.Tolerance:
+    from sparse_attn.runtime.compare import as_tolerance
+
+    if isinstance(tolerance, Mapping):
+        return as_tolerance(tolerance[name])
+    if tolerance is not None:
+        return as_tolerance(tolerance)
+    return opspec.tolerance("graph", str(dtype))
 
 
 def _check_ort(model, path: Path, inputs_list, output_names, tolerance) -> ExportResult:
+    """ONNX Runtime (CPU) vs the eager model on every check input; worst result per output."""
     import torch
+
+    from sparse_attn.runtime.compare import compare_arrays, describe_failure
 
     sess = _ort_session(path)
     onnx_inputs = [i.name for i in sess.get_inputs()]
@@ -497,13 +482,12 @@ def _check_ort(model, path: Path, inputs_list, output_names, tolerance) -> Expor
         got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds), strict=True))
         for name in output_names:
             exp = _to_numpy(ref[name])
-            if isinstance(tolerance, Mapping):
-                tol = tolerance[name]
-            elif tolerance is not None:
-                tol = tuple(tolerance)
-            else:
-                tol = DEFAULT_TOLERANCE.get(str(exp.dtype), DEFAULT_TOLERANCE["float32"])
-            res = _compare(name, got[name], exp, tol)
+            tol = _tolerance_of(tolerance, name, exp.dtype)
+            res = compare_arrays(got[name], exp, tol)
+            res.update(name=name, atol=tol.atol, rtol=tol.rtol)
+            res.setdefault("max_abs_err", float("inf"))
+            if not res["passed"]:
+                res["detail"] = describe_failure(f"{name} (onnxruntime vs torch)", res)
             prev = worst.get(name)
             if (
                 prev is None
@@ -522,12 +506,3 @@ def _check_ort(model, path: Path, inputs_list, output_names, tolerance) -> Expor
         f"{'PASS' if ok else 'FAIL'}"
     )
     return ExportResult(path=path, metadata={}, checks=checks, summary=summary)
-
-
-def file_sha256(path) -> str:
-    """SHA-256 (hex) of a file (used by tests to show inputs are never overwritten)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

@@ -18,18 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from sparse_attn import opspec
 from sparse_attn.errors import InvalidInputError, UnsupportedEnvironmentError
-
-#: ``(atol, rtol)`` of the export-time ORT-vs-PyTorch check of a *whole* fp16 model. The
-#: fp16 graph in ONNX Runtime and torch's fp16 CPU kernels round differently (matmul
-#: accumulation, LayerNorm/RMSNorm internals) and the difference grows with depth. On
-#: MiniLM (6 layers) real tokens differ by ~4e-3 (the size of Hugging Face's own fp16 drift),
-#: but padded positions, which the check also compares, reach ~3e-2 on values of ~5.
-#: The op itself keeps fp32 softmax/accumulation.
-FP16_MODEL_TOLERANCE = (5e-2, 2e-2)
-
-#: dtype names accepted by every family's ``export_onnx`` (docs/spec.md).
-DTYPES = ("float32", "float16")
 
 
 def torch_dtype(name: str):
@@ -225,21 +215,6 @@ def config_to_json(config) -> dict:
     return json.loads(json.dumps(d, default=str))
 
 
-def worst_element(got, expected) -> str:
-    """One-line description of the largest absolute difference (for test failure messages)."""
-    g = np.asarray(got, dtype=np.float64)
-    e = np.asarray(expected, dtype=np.float64)
-    diff = np.abs(g - e)
-    diff = np.where(np.isnan(diff), np.inf, diff)
-    idx = np.unravel_index(int(np.argmax(diff)), diff.shape) if diff.size else ()
-    if not diff.size:
-        return "empty"
-    return (
-        f"max |diff| {float(diff[idx]):.3e} at {tuple(int(i) for i in idx)}: "
-        f"got {float(g[idx]):.6g}, expected {float(e[idx]):.6g}"
-    )
-
-
 def as_path(output_path) -> Path:
     """``Path(output_path)`` with the parent directory created.
 
@@ -400,8 +375,9 @@ def export_family(
         model_config: JSON-safe dict for ``build_torch_model`` (the layout hash is added).
         static_seq_len: True when S is fixed at ``max_seq_len`` (no ``seq_len`` dynamic axis);
             default: when a layout of the model ``requires_static_seq_len``.
-        tolerance: ``(atol, rtol)`` of the ORT check; default the exporter's per-dtype
-            tolerance for fp32 and :data:`FP16_MODEL_TOLERANCE` for fp16.
+        tolerance: ``(atol, rtol)`` or :class:`~sparse_attn.opspec.Tolerance` of the ORT
+            check; default ``opspec.tolerance("model", dtype)`` (a whole model: fp16 rounding
+            in ONNX Runtime and torch differs more with depth than one op's).
         causal, max_seq_len, dtype: metadata
             (:func:`sparse_attn.export.metadata.build_metadata`). ``max_seq_len`` is the
             model's input length; each op's length guard in the function body is its own
@@ -417,8 +393,8 @@ def export_family(
     layouts = model_layouts(model)
     if static_seq_len is None:
         static_seq_len = any(lay.requires_static_seq_len for lay in layouts)
-    if tolerance is None and dtype == "float16":
-        tolerance = FP16_MODEL_TOLERANCE
+    if tolerance is None:
+        tolerance = opspec.tolerance("model", dtype)
     model_config = dict(model_config, layout_hash=layouts_hash(layouts))
     dynamic_axes = exporter.dynamic_axes_for(
         example_inputs, static_seq_len=static_seq_len, seq_axis=1

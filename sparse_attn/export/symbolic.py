@@ -1,76 +1,103 @@
-"""The export-aware call of ``sparse_attn::BlockSparseAttention`` (docs/spec.md).
+"""The export-aware call of ``sparse_attn::BlockSparseAttention``.
 
 :func:`sparse_attention` is the one place a model calls the op. Under
 ``torch.onnx.export(..., dynamo=True)`` it emits a bare custom node with
 ``torch.onnx.ops.symbolic`` (a full onnxscript body through ``custom_translation_table``
-would be inlined by the exporter and the custom node lost, see FACTS); everywhere else it
-runs the torch custom op ``torch.ops.sparse_attn.block_sparse_attention``.
+would be inlined by the exporter and the custom node lost); everywhere else it runs the torch
+custom op ``torch.ops.sparse_attn.block_sparse_attention``. The node's inputs, attributes
+and output shape all come from ``opspec.SCHEMA``.
 """
 
 from __future__ import annotations
+
+import inspect
 
 import torch
 
 from sparse_attn import opspec
 
-#: Node-level ``metadata_props`` key holding the op's layout length (the body's guard).
-NODE_MAX_SEQ_LEN_KEY = "sparse_attn.max_seq_len"
+_ARG_NAMES = opspec.SCHEMA.call_arg_names()
+_OPTIONAL = set(opspec.SCHEMA.optional_inputs())
 
 
-def sparse_attention(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    row_ptr: torch.Tensor,
-    col_idx: torch.Tensor,
-    mask_idx: torch.Tensor,
-    masks: torch.Tensor,
-    key_padding_mask: torch.Tensor | None,
-    block_size: int,
-    scale: float,
-    max_seq_len: int | None = None,
-) -> torch.Tensor:
+def sparse_attention(*args, max_seq_len: int | None = None, **kwargs) -> torch.Tensor:
     """Block-sparse attention over a layout given as tensors; exportable to ONNX.
 
+    Arguments: the op's, in ``opspec.SCHEMA.call_arg_names()`` order (positional or by
+    name; ``key_padding_mask`` may be omitted):
+
+    * ``query [B, H, S, D]`` float32 or float16; ``key [B, Hkv, S, D]`` with ``H % Hkv == 0``;
+      ``value [B, Hkv, S, Dv]``, same dtype; ``D, Dv <= 256``;
+    * ``row_ptr``, ``col_idx``, ``mask_idx``, ``masks``: the layout for its ``seq_len``
+      (:func:`sparse_attn.ops.layout_tensors`), registered as module buffers so that they
+      become constant initializers of the exported model;
+    * ``key_padding_mask``: optional ``[B, S]`` (bool, or 0/1 integers), True = real token;
+    * ``block_size`` (tokens) and ``scale`` (a Python float): the node's attributes.
+
     Args:
-        query: ``[B, H, S, D]`` float32 or float16; key ``[B, H, S, D]``; value
-            ``[B, H, S, Dv]``, same dtype.
-        row_ptr: int32 ``[H, nQB + 1]``; col_idx, mask_idx: int32 ``[H, nnz]``; masks: uint8
-            ``[M >= 1, bs, bs]`` -- the full layout for ``max_seq_len``
-            (:func:`sparse_attn.ops.layout_tensors`), registered as module buffers so
-            that they become constant initializers of the exported model.
-        key_padding_mask: optional ``[B, S]`` (bool, or 0/1 integers), True = real token.
-        block_size: tokens per block (the node's ``block_size`` attribute).
-        scale: softmax scale (the node's ``scale`` attribute), a Python float.
-        max_seq_len: the layout's ``seq_len`` (optional). Recorded in the node's
-            ``metadata_props`` (``sparse_attn.max_seq_len``) so that the function body
-            refuses longer requests; without it the guard is ``nQB * block_size``.
+        max_seq_len: the layout's ``seq_len`` (optional). Recorded on the node
+            (``opspec.NODE_LAYOUT_SEQ_LEN_KEY`` in its ``metadata_props``) so that the
+            function body refuses longer requests; without it the guard is
+            ``nQB * block_size``.
 
     Returns:
         ``[B, H, S, Dv]`` in the dtype of ``query``: softmax/accumulation in fp32, rows
-        with no visible key are 0 (docs/spec.md).
+        with no visible key are 0.
 
     Raises:
+        TypeError: a missing or unknown argument.
         InvalidInputError: from the torch op on inconsistent shapes or arguments (eager).
     """
-    if key_padding_mask is not None and key_padding_mask.dtype != torch.bool:
-        key_padding_mask = key_padding_mask != 0
-    tensors = [query, key, value, row_ptr, col_idx, mask_idx, masks]
+    named = _bind(args, kwargs)
+    kpm = named["key_padding_mask"]
+    if kpm is not None and kpm.dtype != torch.bool:
+        named["key_padding_mask"] = kpm != 0
+    block_size, scale = int(named["block_size"]), float(named["scale"])
     if torch.onnx.is_in_onnx_export():
-        inputs = tensors if key_padding_mask is None else [*tensors, key_padding_mask]
+        inputs = [named[n] for n in opspec.SCHEMA.onnx_input_names()]
+        while inputs and inputs[-1] is None:  # absent trailing optional inputs
+            inputs.pop()
+        shapes = {n: None if named[n] is None else named[n].shape for n in opspec.INPUT_NAMES}
+        meta = None
+        if max_seq_len is not None:
+            meta = {opspec.NODE_LAYOUT_SEQ_LEN_KEY: str(int(max_seq_len))}
         return torch.onnx.ops.symbolic(
             opspec.QUALIFIED_NAME,
             inputs,
-            opspec.OpAttributes(int(block_size), float(scale)).as_onnx_attributes(),
-            dtype=query.dtype,
-            shape=(query.shape[0], query.shape[1], query.shape[2], value.shape[3]),
+            opspec.SCHEMA.onnx_attributes(block_size, scale),
+            dtype=named["query"].dtype,
+            shape=opspec.SCHEMA.output_shape(shapes),
             version=opspec.OP_VERSION,
-            metadata_props=None
-            if max_seq_len is None
-            else {NODE_MAX_SEQ_LEN_KEY: str(int(max_seq_len))},
+            metadata_props=meta,
         )
     import sparse_attn.ops  # noqa: F401  (registers torch.ops.sparse_attn.*)
 
-    return torch.ops.sparse_attn.block_sparse_attention(
-        *tensors, key_padding_mask, int(block_size), float(scale)
-    )
+    named["block_size"], named["scale"] = block_size, scale
+    return torch.ops.sparse_attn.block_sparse_attention(*(named[n] for n in _ARG_NAMES))
+
+
+def _bind(args, kwargs) -> dict:
+    if len(args) > len(_ARG_NAMES):
+        raise TypeError(f"sparse_attention takes {len(_ARG_NAMES)} arguments, got {len(args)}")
+    named = dict(zip(_ARG_NAMES, args, strict=False))
+    for k, v in kwargs.items():
+        if k not in _ARG_NAMES or k in named:
+            raise TypeError(f"sparse_attention got an unexpected or repeated argument {k!r}")
+        named[k] = v
+    for n in _ARG_NAMES:
+        if n not in named:
+            if n not in _OPTIONAL:
+                raise TypeError(f"sparse_attention is missing the argument {n!r}")
+            named[n] = None
+    return named
+
+
+def _signature() -> inspect.Signature:
+    """The schema's arguments (``key_padding_mask`` may be ``None``) + ``max_seq_len``."""
+    pos = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    params = [inspect.Parameter(n, pos) for n in _ARG_NAMES]
+    kw = inspect.Parameter("max_seq_len", inspect.Parameter.KEYWORD_ONLY, default=None)
+    return inspect.Signature([*params, kw])
+
+
+sparse_attention.__signature__ = _signature()

@@ -9,12 +9,12 @@ Backends (each a module exposing ``NAME``, ``not_supported_reasons(...)`` and
 * ``"reference"``: dense masked attention in float64, the oracle (O(S^2)).
 * ``"torch"``: block-sparse in PyTorch ops, CPU or GPU; uses the compiled CPU kernel
   (``cpu_ext``) for CPU tensors when it is available.
-* ``"triton"``: the GPU kernel (owned by the Triton part).
+* ``"triton"``: the GPU kernel (Triton; CPU only under ``TRITON_INTERPRET=1``).
 * ``"auto"``: the first of ``AUTO_ORDER`` that supports the inputs (Triton on CUDA, torch
   otherwise). The reference is never chosen automatically.
 
 Inside ``torch.compile`` the ``auto`` and ``torch`` backends run through the custom op
-``torch.ops.sparse_attn.block_sparse_attention`` (:mod:`sparse_attn.ops`), so the call
+``torch.ops.sparse_attn.block_sparse_attention`` (:mod:`sparse_attn.kernels.op`), so the call
 traces as one node (``fullgraph=True`` works).
 """
 
@@ -25,9 +25,10 @@ import importlib
 
 import torch
 
-from sparse_attn import ops
 from sparse_attn.errors import BackendNotSupportedError
+from sparse_attn.kernels import op as _op
 from sparse_attn.kernels._validate import validate_inputs
+from sparse_attn.op_arrays import call_with_layout
 
 __all__ = ["block_sparse_attention", "BACKENDS", "AUTO_ORDER", "available_backends"]
 
@@ -143,8 +144,4 @@ def block_sparse_attention(
 
 
 def _via_custom_op(query, key, value, layout, key_padding_mask, scale: float) -> torch.Tensor:
-    from sparse_attn.kernels.torch_backend import call_with_layout
-
-    return call_with_layout(
-        ops.block_sparse_attention, query, key, value, layout, key_padding_mask, scale
-    )
+    return call_with_layout(_op.OP, query, key, value, layout, key_padding_mask, scale)

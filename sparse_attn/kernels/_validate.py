@@ -63,7 +63,8 @@ def validate_inputs(
             f"layout must be a sparse_attn.BlockLayout (see sparse_attn.compile_layout), "
             f"got {type(layout).__name__}"
         )
-    b, h, _hkv, s, d, _dv = check_qkv_shapes(query, key, value)
+    dims = bind_shapes({"query": query, "key": key, "value": value})
+    b, h, s, d = dims["B"], dims["H"], dims["S"], dims["D"]
     if layout.num_heads not in (1, h):
         raise InvalidInputError(
             f"query has H={h} heads but the layout has num_heads={layout.num_heads}; compile the "
@@ -99,51 +100,36 @@ def validate_inputs(
     return resolve_scale(scale, d)
 
 
-def check_qkv_shapes(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
-) -> tuple[int, int, int, int, int, int]:
-    """Check the shapes of rank-4 ``query``, ``key`` and ``value`` against each other.
+def bind_shapes(tensors: dict, block_size: int | None = None) -> dict:
+    """Check tensor shapes against the op's schema (``opspec.SCHEMA``) and bind its dims.
 
     ``query [B, H, S, D]``, ``key [B, Hkv, S, D]``, ``value [B, Hkv, S, Dv]`` with
     ``H % Hkv == 0`` (grouped-query K/V: query head ``h`` reads K/V head ``h // (H // Hkv)``)
-    and ``1 <= D, Dv <= opspec.MAX_HEAD_DIM``.
+    and ``1 <= D, Dv <= opspec.MAX_HEAD_DIM``; the layout tensors when given (see the schema).
+    Sizes are compared, never converted, so ``torch.export`` keeps dynamic dims dynamic.
+
+    Args:
+        tensors: input name -> tensor (or ``None`` for an absent optional input).
+        block_size: the ``block_size`` attribute when the layout tensors are checked.
 
     Returns:
-        ``(B, H, Hkv, S, D, Dv)``.
+        ``{dim name: size}`` (``B``, ``H``, ``Hkv``, ``S``, ``D``, ``Dv``, ...).
 
     Raises:
         InvalidInputError: naming the expected and the received shapes.
     """
-    # no int() on the sizes: under torch.export they are symbols, and int() would fix them
-    b, h, s, d = query.shape
-    hkv = key.shape[1]
-    dv = value.shape[3]
-    if key.shape[0] != b or key.shape[2] != s or key.shape[3] != d:
+    shapes = {k: (None if t is None else tuple(t.shape)) for k, t in tensors.items()}
+    attrs = None if block_size is None else {"block_size": block_size}
+    try:
+        dims = opspec.SCHEMA.bind_shapes(shapes, attrs)
+    except ValueError as exc:
+        raise InvalidInputError(str(exc)) from None
+    if dims["B"] < 1 or dims["H"] < 1 or dims["Hkv"] < 1:
         raise InvalidInputError(
-            f"key must be [B={b}, Hkv, S={s}, D={d}] (query is {list(query.shape)}), "
-            f"got {list(key.shape)}"
+            f"batch and head counts must be >= 1, got query {list(shapes['query'])}, "
+            f"key {list(shapes['key'])}"
         )
-    if tuple(value.shape[:3]) != (b, hkv, s):
-        raise InvalidInputError(
-            f"value must be [B={b}, Hkv={hkv}, S={s}, Dv] like key {list(key.shape)}, "
-            f"got {list(value.shape)}"
-        )
-    if b < 1 or h < 1 or hkv < 1:
-        raise InvalidInputError(
-            f"batch and head counts must be >= 1, got query {list(query.shape)}, "
-            f"key {list(key.shape)}"
-        )
-    if h % hkv:
-        raise InvalidInputError(
-            f"query heads H={h} must be a multiple of key/value heads Hkv={hkv} (grouped-query "
-            f"attention: query head h reads K/V head h // (H // Hkv)); got H % Hkv = {h % hkv}"
-        )
-    for name, n in (("head_dim D of query/key", d), ("head_dim Dv of value", dv)):
-        if not 1 <= n <= opspec.MAX_HEAD_DIM:
-            raise InvalidInputError(
-                f"{name} must be in 1..{opspec.MAX_HEAD_DIM}, got {n}; split wider heads"
-            )
-    return b, h, hkv, s, d, dv
+    return dims
 
 
 def _check_key_padding_mask(
@@ -217,33 +203,25 @@ def validate_arrays(
         if not isinstance(t, torch.Tensor) or t.dim() != 4:
             got = list(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
             raise InvalidInputError(f"{name} must be a rank-4 tensor [B, H, S, D], got {got}")
-    b, h, _hkv, s, d, _dv = check_qkv_shapes(query, key, value)
     if not (key.dtype == query.dtype == value.dtype):
         raise InvalidInputError(
             f"query, key and value must share one dtype, got {_dtype_name(query.dtype)}, "
             f"{_dtype_name(key.dtype)}, {_dtype_name(value.dtype)}"
         )
-    if not isinstance(block_size, int) or block_size < 1:
+    if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 1:
         raise InvalidInputError(f"block_size must be an int >= 1, got {block_size!r}")
-    if row_ptr.dim() != 2 or row_ptr.shape[0] not in (1, h):
-        raise InvalidInputError(
-            f"row_ptr must be [H={h} (or 1), nQB+1], got {list(row_ptr.shape)}; the layout is "
-            "per query head: its num_heads must equal the number of heads of query (or be 1)"
-        )
-    nqb = row_ptr.shape[1] - 1
-    lh = row_ptr.shape[0]
-    if col_idx.dim() != 2 or col_idx.shape != mask_idx.shape or col_idx.shape[0] != lh:
-        raise InvalidInputError(
-            f"col_idx and mask_idx must both be [{lh}, nnz] (as many rows as row_ptr), got "
-            f"{list(col_idx.shape)} and {list(mask_idx.shape)}"
-        )
+    layout = {"row_ptr": row_ptr, "col_idx": col_idx, "mask_idx": mask_idx, "masks": masks}
+    for name, t in layout.items():
+        if not isinstance(t, torch.Tensor):
+            raise InvalidInputError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    dims = bind_shapes(
+        {"query": query, "key": key, "value": value, **layout, "key_padding_mask": None},
+        block_size,
+    )
+    b, s, d, nqb = dims["B"], dims["S"], dims["D"], dims["nQB"]
     for name, t in (("row_ptr", row_ptr), ("col_idx", col_idx), ("mask_idx", mask_idx)):
         if t.dtype.is_floating_point or t.dtype == torch.bool:
             raise InvalidInputError(f"{name} must be an integer tensor (int32), got {t.dtype}")
-    if masks.dim() != 3 or tuple(masks.shape[1:]) != (block_size, block_size):
-        raise InvalidInputError(
-            f"masks must be [M, {block_size}, {block_size}], got {list(masks.shape)}"
-        )
     if not 1 <= s <= nqb * block_size:
         raise InvalidInputError(
             f"sequence length S={s} must be in 1..{nqb * block_size} (nQB={nqb} blocks of "

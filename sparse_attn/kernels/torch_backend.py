@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from sparse_attn import op_arrays
 from sparse_attn.kernels._validate import validate_arrays
 
 NAME = "torch"
@@ -70,58 +71,9 @@ def attention(query, key, value, layout, key_padding_mask, scale: float) -> torc
     return call_with_layout(attention_arrays, query, key, value, layout, key_padding_mask, scale)
 
 
-def call_with_layout(entry, query, key, value, layout, key_padding_mask, scale: float):
-    """``entry(query, key, value, row_ptr, col_idx, mask_idx, masks, key_padding_mask,
-    block_size, scale)`` with ``layout``'s tensors on the query's device (:func:`layout_arrays`).
-
-    ``entry`` is an array-level entry with the op's signature: this backend's or the Triton
-    kernel's ``attention_arrays``, or the custom op itself. Returns what ``entry`` returns.
-    """
-    t = layout_arrays(layout, query.device)
-    return entry(
-        query,
-        key,
-        value,
-        t["row_ptr"],
-        t["col_idx"],
-        t["mask_idx"],
-        t["masks"],
-        key_padding_mask,
-        layout.block_size,
-        scale,
-    )
-
-
-def layout_arrays(layout, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-    """The layout as op input tensors on ``device`` (cached on the layout).
-
-    Returns:
-        dict with ``row_ptr`` int32 ``[H, nQB+1]``, ``col_idx`` / ``mask_idx`` int32
-        ``[H, nnz]`` and ``masks`` uint8 ``[M, bs, bs]``; when the layout has no partial
-        mask (M == 0) one all-zero mask is passed, and when nnz == 0 one padding column
-        (col 0, mask -1), so no tensor is empty.
-    """
-    key = ("torch_backend.arrays", str(torch.device(device)))
-    cached = layout._cache.get(key)
-    if cached is not None:
-        return cached
-    bs = layout.block_size
-    masks = layout.masks
-    if masks.shape[0] == 0:
-        masks = np.zeros((1, bs, bs), dtype=np.uint8)
-    col_idx, mask_idx = layout.col_idx, layout.mask_idx
-    if col_idx.shape[1] == 0:
-        col_idx = np.zeros((layout.num_heads, 1), dtype=np.int32)
-        mask_idx = np.full((layout.num_heads, 1), -1, dtype=np.int32)
-    out = {
-        "row_ptr": torch.from_numpy(np.ascontiguousarray(layout.row_ptr, dtype=np.int32)),
-        "col_idx": torch.from_numpy(np.ascontiguousarray(col_idx, dtype=np.int32)),
-        "mask_idx": torch.from_numpy(np.ascontiguousarray(mask_idx, dtype=np.int32)),
-        "masks": torch.from_numpy(np.ascontiguousarray(masks, dtype=np.uint8)),
-    }
-    out = {k: v.to(device) for k, v in out.items()}
-    layout._cache[key] = out
-    return out
+#: The layout conversion lives in :mod:`sparse_attn.op_arrays`; these names stay for importers.
+call_with_layout = op_arrays.call_with_layout
+layout_arrays = op_arrays.layout_to_tensors
 
 
 # ---------------------------------------------------------------------------- compiled path

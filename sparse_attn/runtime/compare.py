@@ -30,11 +30,13 @@ import json
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
+from sparse_attn import opspec
+from sparse_attn.opspec import Tolerance
 from sparse_attn.runtime.text import find_tokenizer_file
 
 #: Real multi-sentence texts used by ``check`` and the demo for text models.
@@ -53,34 +55,23 @@ CHECK_TEXTS = (
 )
 
 
-@dataclass(frozen=True)
-class Tolerance:
-    """Per-dtype comparison bounds.
-
-    Attributes:
-        atol: absolute tolerance (units of the output).
-        rtol: relative tolerance.
-        max_mismatch_fraction: largest fraction of elements allowed outside ``atol + rtol*|exp|``.
-        min_cosine: smallest per-row cosine similarity allowed for embedding outputs.
-    """
-
-    atol: float
-    rtol: float
-    max_mismatch_fraction: float
-    min_cosine: float
-
-
-#: Tolerance by the model's dtype (``sparse_attn.dtype`` metadata).
-TOLERANCES = {
-    "float32": Tolerance(atol=1e-4, rtol=1e-3, max_mismatch_fraction=0.0, min_cosine=0.99999),
-    "float16": Tolerance(atol=2e-2, rtol=2e-2, max_mismatch_fraction=1e-3, min_cosine=0.999),
-}
+#: Tolerance by the model's dtype (``sparse_attn.dtype`` metadata): the ``"model"`` rows of
+#: the op's one tolerance table (``opspec.SCHEMA.tolerances``).
+TOLERANCES = dict(opspec.SCHEMA.tolerances["model"])
 
 
 def tolerance_for(dtype: str | np.dtype | None) -> Tolerance:
-    """Tolerance of a dtype name (``float16`` -> fp16 bounds, anything else -> fp32 bounds)."""
-    name = np.dtype(dtype).name if dtype not in (None, "") else "float32"
-    return TOLERANCES["float16" if name in ("float16", "bfloat16") else "float32"]
+    """Tolerance of a model dtype name (``float16``/``bfloat16`` -> fp16 bounds, else fp32)."""
+    name = np.dtype(dtype).name if dtype not in (None, "", "bfloat16") else (dtype or "float32")
+    return opspec.tolerance("model", name)
+
+
+def as_tolerance(tol: Tolerance | tuple[float, float]) -> Tolerance:
+    """A :class:`~sparse_attn.opspec.Tolerance` from one, or from an ``(atol, rtol)`` pair."""
+    if isinstance(tol, Tolerance):
+        return tol
+    atol, rtol = tol
+    return Tolerance(float(atol), float(rtol))
 
 
 def _row_cosines(got: np.ndarray, exp: np.ndarray) -> np.ndarray:
@@ -95,14 +86,16 @@ def _row_cosines(got: np.ndarray, exp: np.ndarray) -> np.ndarray:
 
 
 def compare_arrays(
-    got: np.ndarray, expected: np.ndarray, tol: Tolerance, embedding: bool | None = None
+    got, expected, tol: Tolerance | tuple[float, float], embedding: bool | None = None
 ) -> dict:
-    """Compare one backend output with its reference.
+    """Compare one output with its reference: the project's one comparator.
+
+    Used by the export-time check, ``sparse-attn check`` and the tests (``tests/testing.py``).
 
     Args:
-        got: backend output (any float/int dtype).
+        got: output (numpy array, or a torch tensor: any float/int dtype).
         expected: reference output, same shape.
-        tol: tolerance to apply.
+        tol: tolerance to apply (a :class:`Tolerance` or ``(atol, rtol)``).
         embedding: whether ``passed`` also needs ``cosine_min >= tol.min_cosine``;
             default: outputs of rank 2.
 
@@ -111,8 +104,9 @@ def compare_arrays(
         ``cosine_min``, ``cosine_mean``, ``worst`` (``index``, ``got``, ``expected``),
         ``tolerance`` (the :class:`Tolerance` fields) and ``passed`` (see the module docstring).
     """
-    got = np.asarray(got)
-    expected = np.asarray(expected)
+    tol = as_tolerance(tol)
+    got = _as_numpy(got)
+    expected = _as_numpy(expected)
     base = {"shape": list(expected.shape), "dtype": got.dtype.name, "tolerance": asdict(tol)}
     if got.shape != expected.shape:
         return {
@@ -168,6 +162,31 @@ def compare_arrays(
         "worst": {"index": list(idx), "got": float(g[idx]), "expected": float(e[idx])},
         "passed": bool(passed),
     }
+
+
+def _as_numpy(x) -> np.ndarray:
+    if hasattr(x, "detach"):  # a torch tensor
+        x = x.detach().cpu()
+        if str(x.dtype) == "torch.bfloat16":  # numpy has no bfloat16: widen exactly
+            x = x.float()
+        return x.numpy()
+    return np.asarray(x)
+
+
+def describe_failure(name: str, res: dict) -> str:
+    """One line on a failed comparison: worst element, errors, share out of tolerance."""
+    if "error" in res:
+        return f"{name}: {res['error']}"
+    w = res.get("worst") or {}
+    tol = res.get("tolerance", {})
+    return (
+        f"{name}: {res.get('num_mismatches', 0)} elements "
+        f"({100 * res.get('mismatch_fraction', 0.0):.3g}%) exceed atol={tol.get('atol', 0):g} "
+        f"rtol={tol.get('rtol', 0):g}; worst at index {tuple(w.get('index', ()))}: got "
+        f"{w.get('got')!r}, expected {w.get('expected')!r}; max_abs_err="
+        f"{res.get('max_abs_err', float('nan')):.3g} max_rel_err="
+        f"{res.get('max_rel_err', float('nan')):.3g}"
+    )
 
 
 def compare_outputs(
