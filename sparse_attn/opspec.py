@@ -368,16 +368,21 @@ class OpSchema:
                 )
 
     def output_shape(self, shapes: Mapping[str, Sequence], index: int = 0) -> tuple:
-        """Shape of output ``index`` from the input shapes (the fake implementation's rule)."""
-        bound = {}
+        """Shape of output ``index`` from the input shapes (the fake implementation's rule).
+
+        Only the dims the output names are read, and a size is taken as it is (no
+        arithmetic), so symbolic sizes of torch or TensorRT pass through unchanged.
+        """
+        needed = {_parse_dim(d)[0] for d in self.outputs[index].dims}
+        bound: dict[str, object] = {}
         for spec in self.inputs:
             shape = shapes.get(spec.name)
             if shape is None:
                 continue
             for dim, size in zip(spec.dims, shape, strict=False):
-                base, off = _parse_dim(dim)
-                bound.setdefault(base, size - off)
-        return tuple(bound[_parse_dim(d)[0]] + _parse_dim(d)[1] for d in self.outputs[index].dims)
+                if dim in needed and dim not in bound:
+                    bound[dim] = size
+        return tuple(bound[d] for d in self.outputs[index].dims)
 
     @staticmethod
     def _dims_text(spec: TensorSpec, bound: Mapping[str, object]) -> str:

@@ -2,9 +2,9 @@
 
 There is no TensorRT (and no GPU) on the CI machine. What runs here:
 
-* the plugin's identity, inputs and fields are compared with :mod:`sparse_attn.opspec`, both
-  through ``describe()`` and by parsing the source of the decorated functions (their
-  parameter names are what ``tensorrt.plugin`` registers);
+* the plugin's identity, inputs and fields are compared with :mod:`sparse_attn.opspec`,
+  through ``describe()`` and through the signatures handed to ``tensorrt.plugin`` (derived
+  from ``opspec.SCHEMA``; ``tensorrt.plugin`` registers their parameter names and types);
 * ``register()`` raises ``UnsupportedEnvironmentError`` without TensorRT;
 * the AOT glue (plugin fields -> kernel spec -> PTX, launch grid, int32 extra args) is driven
   through a *recording stand-in* for ``tensorrt.plugin`` that only captures the decorated
@@ -16,7 +16,6 @@ The tests marked ``tensorrt`` need a real TensorRT + GPU and skip here with a re
 
 from __future__ import annotations
 
-import ast
 import inspect
 import sys
 import types
@@ -51,39 +50,68 @@ def test_describe_agrees_with_opspec():
     assert d["outputs"] == list(opspec.OUTPUT_NAMES)
 
 
-def _decorated_functions() -> dict[str, ast.FunctionDef]:
-    """``{decorator: function}`` for the ``@trtp.<decorator>(...)`` functions in the module."""
-    tree = ast.parse(inspect.getsource(tp))
-    found = {}
-    for node in ast.walk(tree):
-        if isinstance(node, ast.FunctionDef):
-            for dec in node.decorator_list:
-                if (
-                    isinstance(dec, ast.Call)
-                    and isinstance(dec.func, ast.Attribute)
-                    and isinstance(dec.func.value, ast.Name)
-                    and dec.func.value.id == "trtp"
-                ):
-                    found[dec.func.attr] = (node, dec)
-    return found
+def test_plugin_and_node_signatures_derive_from_the_schema():
+    """The plugin's three signatures and the ONNX node come from opspec.SCHEMA.
 
-
-def test_decorated_signatures_are_the_opspec_names():
-    """tensorrt.plugin takes input and field names from the parameter names: check them."""
-    found = _decorated_functions()
-    assert set(found) == {"register", "aot_impl", "impl"}, sorted(found)
-    expected = [*opspec.INPUT_NAMES, *opspec.PLUGIN_FIELDS]
+    Derived here independently from the schema's declarations (inputs, plugin fields and
+    their types), then compared with what the plugin hands ``tensorrt.plugin`` and with the
+    node the exporter writes.
+    """
+    _, trtp = _stand_in_modules()
+    sigs = tp.plugin_signatures(trtp)
+    tensors = [t.name for t in opspec.SCHEMA.inputs]
+    fields = {a.name: a.py_type for a in opspec.SCHEMA.attributes if a.plugin_field}
+    assert fields == {"block_size": int, "scale": float}
     trailing = {"register": [], "aot_impl": ["outputs", "tactic"], "impl": ["outputs", "stream"]}
-    for deco, (fn, call) in found.items():
-        # the id is the opspec constant, never a spelled-out string
-        assert len(call.args) == 1 and isinstance(call.args[0], ast.Name), deco
-        assert call.args[0].id == "PLUGIN_ID"
-        names = [a.arg for a in fn.args.args]
-        assert names == expected + trailing[deco], (deco, names)
-        ann = {a.arg: ast.unparse(a.annotation) for a in fn.args.args if a.annotation}
-        assert ann["block_size"] == "int" and ann["scale"] == "float", (deco, ann)
-        kind = "trtp.TensorDesc" if deco != "impl" else "trtp.Tensor"
-        assert all(ann[n] == kind for n in opspec.INPUT_NAMES), (deco, ann)
+    for kind, sig in sigs.items():
+        names = list(sig.parameters)
+        assert names == tensors + list(fields) + trailing[kind], (kind, names)
+        kind_t = trtp.Tensor if kind == "impl" else trtp.TensorDesc
+        for name in tensors:
+            assert sig.parameters[name].annotation is kind_t, (kind, name)
+        for name, typ in fields.items():
+            assert sig.parameters[name].annotation is typ, (kind, name)
+        for p in sig.parameters.values():
+            assert p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+            assert p.default is inspect.Parameter.empty  # tensorrt.plugin refuses defaults
+    assert sigs["register"].return_annotation is trtp.TensorDesc
+    assert len(sigs["aot_impl"].return_annotation.__args__) == 4
+    # the ONNX node: inputs in the schema's order, its attributes, the fixed routing values
+    attrs = opspec.SCHEMA.onnx_attributes(32, 0.125)
+    assert list(attrs) == [a.name for a in opspec.SCHEMA.attributes]
+    assert attrs["plugin_namespace"] == opspec.PLUGIN_NAMESPACE
+    assert attrs["plugin_version"] == opspec.PLUGIN_VERSION
+    assert opspec.SCHEMA.onnx_input_names() == tuple(tensors)
+    # the torch op and the C++ schema string: tensors, then the argument attributes
+    torch_sig = opspec.SCHEMA.torch_schema_string()
+    assert torch_sig.startswith("block_sparse_attention(Tensor query, Tensor key")
+    assert "Tensor? key_padding_mask, int block_size, float scale) -> Tensor" in torch_sig
+
+
+def test_exported_node_follows_the_schema(tmp_path):
+    """The node ``symbolic.sparse_attention`` emits: the schema's inputs and attributes."""
+    onnx = pytest.importorskip("onnx")
+    from sparse_attn.export.attention import export_onnx
+
+    out = export_onnx(
+        tmp_path / "a.onnx",
+        pattern="band(w=4)",
+        block_size=16,
+        max_seq_len=40,
+        num_heads=2,
+        head_dim=8,
+        verbose=False,
+    )
+    model = onnx.load(str(out))
+    (node,) = [n for n in model.graph.node if n.op_type == opspec.OP_TYPE]
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    assert list(attrs) == [a.name for a in opspec.SCHEMA.attributes]
+    assert attrs["block_size"] == 16 and attrs["plugin_namespace"] == b"sparse_attn"
+    assert len(node.input) == len(opspec.SCHEMA.onnx_input_names())  # with key_padding_mask
+    inits = {t.name for t in model.graph.initializer}
+    layout_at = [opspec.INPUT_NAMES.index(n) for n in opspec.LAYOUT_INPUTS]
+    assert all(node.input[i] in inits for i in layout_at)
+    assert {p.key: p.value for p in node.metadata_props}[opspec.NODE_LAYOUT_SEQ_LEN_KEY] == "40"
 
 
 @pytest.mark.skipif(_tensorrt_available(), reason="TensorRT is installed here")
@@ -132,8 +160,9 @@ def _stand_in_modules():
     for kind in ("register", "aot_impl", "impl", "autotune"):
         setattr(trtp, kind, recorder(kind))
     trtp.TensorDesc = _Desc
-    trtp.Tensor = object
+    trtp.Tensor = type("Tensor", (), {})
     trtp.KernelLaunchParams = types.SimpleNamespace
+    trtp.ShapeExprs = types.SimpleNamespace(from_tuple=list)
     trtp.SymIntExprs = lambda n: [None] * n
     trtp.SymInt32 = lambda v: v
     trtp.cdiv = lambda a, b: -(-int(a) // int(b))

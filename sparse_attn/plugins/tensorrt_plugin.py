@@ -1,10 +1,10 @@
 """TensorRT plugin ``sparse_attn::BlockSparseAttention`` through ``tensorrt.plugin`` (QDP).
 
-Thin glue (ARCHITECTURE: "TensorRT: glue only"): the kernel is the Triton kernel of
+Thin glue: the kernel is the Triton kernel of
 :mod:`sparse_attn.kernels.triton_kernel`; this module declares the plugin's shape and dtype
 rule, an ahead-of-time implementation (PTX + launch parameters, so an engine runs without
 Python, e.g. under ``trtexec``) and a JIT implementation (the Triton launcher on TensorRT's
-stream). Every name comes from :mod:`sparse_attn.opspec`.
+stream). Every name, and the three functions' signatures, come from ``opspec.SCHEMA``.
 
 Importing this module never needs TensorRT; :func:`register` does, and raises
 :class:`UnsupportedEnvironmentError` without it.
@@ -13,7 +13,7 @@ Plugin contract (TensorRT's ONNX parser maps the node here because the node carr
 ``plugin_namespace``/``plugin_version`` attributes, docs/spec.md):
 
 * inputs, in :data:`opspec.INPUT_NAMES` order: ``query [B,H,S,D]``, ``key [B,Hkv,S,D]``,
-  ``value [B,Hkv,S,Dv]`` (``H % Hkv == 0``; float32 | float16 | bfloat16, all the same),
+  ``value [B,Hkv,S,Dv]`` (float32 | float16 | bfloat16, all the same; ``H % Hkv == 0``),
   ``row_ptr``, ``col_idx``,
   ``mask_idx`` (int32), ``masks`` (uint8), ``key_padding_mask [B,S]`` (bool). The plugin
   always takes the 8 inputs: :func:`sparse_attn.engines.prepare_onnx_for_tensorrt` adds an
@@ -27,9 +27,10 @@ Plugin contract (TensorRT's ONNX parser maps the node here because the node carr
   PTX. The PTX targets the compute capability of the GPU that builds the engine.
 """
 
-# No ``from __future__ import annotations`` here: tensorrt.plugin reads the annotations of the
-# decorated functions (trtp.TensorDesc, int, float, Tuple[...]) and they name local variables.
+# No ``from __future__ import annotations`` here: the signatures handed to tensorrt.plugin hold
+# real annotation objects (trtp.TensorDesc, int, float, Tuple[...]), never strings.
 import functools
+import inspect
 import logging
 
 from sparse_attn import opspec
@@ -44,11 +45,43 @@ PLUGIN_NAME = opspec.OP_TYPE
 PLUGIN_VERSION = opspec.PLUGIN_VERSION
 #: Plugin inputs (all required by the plugin; see module docstring).
 PLUGIN_INPUTS = opspec.INPUT_NAMES
-#: Plugin attributes (fields) and their Python types as declared to ``tensorrt.plugin``.
-PLUGIN_ATTRIBUTES = {"block_size": int, "scale": float}
+#: Plugin fields and their Python types (``opspec.SCHEMA.plugin_fields()``).
+PLUGIN_ATTRIBUTES = {a.name: a.py_type for a in opspec.SCHEMA.plugin_fields()}
 PLUGIN_OUTPUTS = opspec.OUTPUT_NAMES
+#: ``{"register" | "aot_impl" | "impl": inspect.Signature}`` of the registered functions
+#: (set by :func:`register`; :func:`plugin_signatures` builds them from the schema).
+SIGNATURES: dict = {}
 
-_DTYPE_NAMES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
+
+def plugin_signatures(trtp) -> dict:
+    """The signatures ``tensorrt.plugin`` reads from the plugin's three functions.
+
+    Derived from ``opspec.SCHEMA``: tensors (``trtp.TensorDesc``, or ``trtp.Tensor`` in the
+    JIT implementation) in input order, then the plugin fields with their Python types,
+    then what ``tensorrt.plugin`` appends (``outputs``, ``tactic`` / ``stream``). The AOT
+    function's return annotation is the one ``tensorrt.plugin`` checks for.
+
+    Args:
+        trtp: the ``tensorrt.plugin`` module (or a stand-in with the same names).
+    """
+
+    def sig(tensor, extra, ret):
+        params = opspec.SCHEMA.plugin_parameters(tensor, extra)
+        return inspect.Signature(params, return_annotation=ret)
+
+    aot_ret = tuple[str | bytes, str | bytes, trtp.KernelLaunchParams, trtp.SymIntExprs]
+    return {
+        "register": sig(trtp.TensorDesc, (), trtp.TensorDesc),
+        "aot_impl": sig(
+            trtp.TensorDesc, (("outputs", tuple[trtp.TensorDesc]), ("tactic", int)), aot_ret
+        ),
+        "impl": sig(trtp.Tensor, (("outputs", tuple[trtp.Tensor]), ("stream", int)), None),
+    }
+
+
+def _named(signature: inspect.Signature, args, kwargs) -> dict:
+    """The call's arguments by name (tensorrt.plugin may pass fields as keywords)."""
+    return dict(signature.bind(*args, **kwargs).arguments)
 
 
 def describe() -> dict:
@@ -155,54 +188,39 @@ def register() -> None:
     missing; after registration checks that TensorRT's plugin registry holds a creator
     ``(PLUGIN_NAME, PLUGIN_VERSION, PLUGIN_NAMESPACE)``.
     """
-    global _REGISTERED
+    global _REGISTERED, SIGNATURES
     if _REGISTERED:
         return
     trt, trtp = _import_tensorrt()
-    from typing import Tuple  # noqa: UP035 - tensorrt.plugin inspects typing annotations
 
-    # The parameter names below ARE the plugin's input and field names (tensorrt.plugin reads
-    # them from the signature); tests/test_tensorrt_plugin.py checks them against opspec.
-    @trtp.register(PLUGIN_ID)
-    def _desc(
-        query: trtp.TensorDesc,
-        key: trtp.TensorDesc,
-        value: trtp.TensorDesc,
-        row_ptr: trtp.TensorDesc,
-        col_idx: trtp.TensorDesc,
-        mask_idx: trtp.TensorDesc,
-        masks: trtp.TensorDesc,
-        key_padding_mask: trtp.TensorDesc,
-        block_size: int,
-        scale: float,
-    ) -> trtp.TensorDesc:
-        # output [B, H, S, Dv] in the query dtype: H from query (value has Hkv heads)
-        out = query.like()
-        out.shape_expr[3] = value.shape_expr[3]
+    # tensorrt.plugin reads the input and field names and types from each function's
+    # signature (inspect.signature); the signatures are derived from opspec.SCHEMA.
+    def _desc(*args, **kwargs):
+        n = _named(SIGNATURES["register"], args, kwargs)
+        # output [B, H, S, Dv] in the query's dtype: the schema's output dims
+        out = n["query"].like()
+        shapes = {name: n[name].shape_expr for name in PLUGIN_INPUTS}
+        out.shape_expr = trtp.ShapeExprs.from_tuple(opspec.SCHEMA.output_shape(shapes))
         return out
 
-    @trtp.aot_impl(PLUGIN_ID)
-    def _aot(
-        query: trtp.TensorDesc,
-        key: trtp.TensorDesc,
-        value: trtp.TensorDesc,
-        row_ptr: trtp.TensorDesc,
-        col_idx: trtp.TensorDesc,
-        mask_idx: trtp.TensorDesc,
-        masks: trtp.TensorDesc,
-        key_padding_mask: trtp.TensorDesc,
-        block_size: int,
-        scale: float,
-        outputs: Tuple[trtp.TensorDesc],  # noqa: UP006
-        tactic: int,
-    ):
+    def _aot(*args, **kwargs):
         from sparse_attn.plugins.aot import launch_grid, runtime_int_values
 
+        n = _named(SIGNATURES["aot_impl"], args, kwargs)
         spec = kernel_spec_from_descs(
-            trt, query, value, row_ptr, col_idx, key_padding_mask, block_size, scale, masks, key
+            trt,
+            n["query"],
+            n["value"],
+            n["row_ptr"],
+            n["col_idx"],
+            n["key_padding_mask"],
+            n["block_size"],
+            n["scale"],
+            n["masks"],
+            n["key"],
         )
         ck = _compile_cached(spec, _current_arch())
-        batch, seq = query.shape_expr[0], query.shape_expr[2]
+        batch, seq = n["query"].shape_expr[0], n["query"].shape_expr[2]
         gx, gy, _ = launch_grid(spec, batch, seq, cdiv=trtp.cdiv)
         params = trtp.KernelLaunchParams()
         params.grid_x = gx
@@ -215,32 +233,21 @@ def register() -> None:
             extra[i] = trtp.SymInt32(v)
         return ck.name, ck.ptx, params, extra
 
-    @trtp.impl(PLUGIN_ID)
-    def _jit(
-        query: trtp.Tensor,
-        key: trtp.Tensor,
-        value: trtp.Tensor,
-        row_ptr: trtp.Tensor,
-        col_idx: trtp.Tensor,
-        mask_idx: trtp.Tensor,
-        masks: trtp.Tensor,
-        key_padding_mask: trtp.Tensor,
-        block_size: int,
-        scale: float,
-        outputs: Tuple[trtp.Tensor],  # noqa: UP006
-        stream: int,
-    ) -> None:
+    def _jit(*args, **kwargs) -> None:
         import torch
 
         from sparse_attn.kernels.triton_kernel import attention_arrays
 
-        with torch.cuda.stream(torch.cuda.ExternalStream(stream)):
-            t = [
-                torch.as_tensor(x, device="cuda")
-                for x in (query, key, value, row_ptr, col_idx, mask_idx, masks, key_padding_mask)
-            ]
-            out = torch.as_tensor(outputs[0], device="cuda")
-            attention_arrays(*t, int(block_size), float(scale), out=out)
+        n = _named(SIGNATURES["impl"], args, kwargs)
+        with torch.cuda.stream(torch.cuda.ExternalStream(n["stream"])):
+            t = [torch.as_tensor(n[name], device="cuda") for name in PLUGIN_INPUTS]
+            out = torch.as_tensor(n["outputs"][0], device="cuda")
+            attention_arrays(*t, int(n["block_size"]), float(n["scale"]), out=out)
+
+    SIGNATURES = plugin_signatures(trtp)
+    for kind, fn in (("register", _desc), ("aot_impl", _aot), ("impl", _jit)):
+        fn.__signature__ = SIGNATURES[kind]
+        getattr(trtp, kind)(PLUGIN_ID)(fn)
 
     registry = trt.get_plugin_registry()
     creator = None
