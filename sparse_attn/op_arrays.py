@@ -174,19 +174,21 @@ def layout_from_node(node, constants: Mapping[str, object]) -> BlockLayout:
         (:func:`node_metadata`), else ``nQB * block_size``.
 
     Raises:
-        RuntimeError: no ``block_size`` attribute, or a layout input that is not a constant.
+        CheckFailedError: no ``block_size`` attribute, or a layout input that is not a constant.
     """
     from onnx import helper, numpy_helper
 
+    from sparse_attn.errors import CheckFailedError
+
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     if "block_size" not in attrs:
-        raise RuntimeError(f"node {node.name!r} has no block_size attribute")
+        raise CheckFailedError(f"node {node.name!r} has no block_size attribute")
     arrays = []
     for name in opspec.LAYOUT_INPUTS:
         i = opspec.INPUT_NAMES.index(name)
         src = node.input[i] if i < len(node.input) else ""
         if src not in constants:
-            raise RuntimeError(
+            raise CheckFailedError(
                 f"layout input {name!r} of node {node.name!r} is not a constant "
                 f"({src!r}); register the layout tensors as buffers"
             )
