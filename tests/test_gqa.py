@@ -159,3 +159,25 @@ def test_grouped_kv_bad_shapes_are_refused(shapes, match):
     t = sparse_attn.ops.layout_tensors(layout)
     with pytest.raises(InvalidInputError, match=match):
         sparse_attn.ops.OP(q, k, v, *t.values(), None, 16, 0.25)
+
+
+def test_plan_is_made_once_per_layout_and_shape(monkeypatch):
+    """The layout is copied and hashed once (flashinfer-style plan/run), not per call."""
+    monkeypatch.setenv(torch_backend.DISABLE_CPU_EXT_ENV, "1")
+    calls = []
+    real = torch_backend._array_digest
+    monkeypatch.setattr(torch_backend, "_array_digest", lambda *a: calls.append(1) or real(*a))
+    layout = sparse_attn.compile_layout(PATTERN, seq_len=64, block_size=16, num_heads=4)
+    q, k, v, kpm = _inputs(4, 2, 16, 16, 50, torch.float32)
+    first = block_sparse_attention(q, k, v, layout, key_padding_mask=kpm, backend="torch")
+    for _ in range(3):
+        again = block_sparse_attention(q, k, v, layout, key_padding_mask=kpm, backend="torch")
+    assert len(calls) == 1 and torch.equal(first, again)
+    t = sparse_attn.ops.layout_tensors(layout)
+    for _ in range(3):  # the op with the same buffers: planned once as well
+        sparse_attn.ops.OP(q, k, v, *t.values(), kpm, 16, 0.25)
+    assert len(calls) == 2
+    p = torch_backend.plan(layout, seq_len=50, num_heads=4, num_kv_heads=2)
+    assert torch.equal(p.run(q, k, v, kpm), first)
+    with pytest.raises(InvalidInputError, match="this plan is for H=4, Hkv=2, S=50"):
+        p.run(q[:, :, :40], k[:, :, :40], v[:, :, :40])

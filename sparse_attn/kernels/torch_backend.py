@@ -41,7 +41,8 @@ import numpy as np
 import torch
 
 from sparse_attn import op_arrays
-from sparse_attn.kernels._validate import validate_arrays
+from sparse_attn.errors import InvalidInputError
+from sparse_attn.kernels._validate import resolve_scale, validate_arrays
 
 NAME = "torch"
 
@@ -67,8 +68,22 @@ def not_supported_reasons(query, key, value, layout, key_padding_mask) -> list[s
 
 
 def attention(query, key, value, layout, key_padding_mask, scale: float) -> torch.Tensor:
-    """Backend entry (inputs validated by the dispatcher). See :func:`attention_arrays`."""
-    return call_with_layout(attention_arrays, query, key, value, layout, key_padding_mask, scale)
+    """Backend entry (inputs validated by the dispatcher). See :func:`attention_arrays`.
+
+    The compiled kernel takes the layout's cached tensors; the PyTorch path runs the
+    layout's cached :class:`AttentionPlan` (no host copy or hash of the layout per call).
+    """
+    if query.device.type == "cpu":
+        ext = _cpu_ext()
+        if ext is not None and _cpu_ext_takes(
+            ext, query, key, value, key_padding_mask, layout.block_size
+        ):
+            return call_with_layout(
+                _run_cpu_ext(ext), query, key, value, layout, key_padding_mask, scale
+            )
+    b, h, s, _ = query.shape
+    p = plan(layout, seq_len=s, num_heads=h, num_kv_heads=key.shape[1], device=query.device)
+    return p.run(query, key, value, key_padding_mask, scale)
 
 
 #: The layout conversion lives in :mod:`sparse_attn.op_arrays`; these names stay for importers.
@@ -147,7 +162,6 @@ def _array_digest(*arrays: np.ndarray) -> str:
 
 def _check_csr(rp: np.ndarray, ci: np.ndarray, mi: np.ndarray, m: int) -> None:
     """Refuse a malformed CSR layout with a clear message (before any indexing)."""
-    from sparse_attn.errors import InvalidInputError
 
     nqb, nnz = rp.shape[1] - 1, ci.shape[1]
     if (rp[:, 0] != 0).any() or (np.diff(rp, axis=1) < 0).any() or (rp[:, -1] > nnz).any():
@@ -242,6 +256,141 @@ def _make_plan(
     return plan
 
 
+class AttentionPlan:
+    """A layout prepared once for one request shape; :meth:`run` is the fast path.
+
+    As flashinfer's ``plan()`` / ``run()``: :func:`plan` copies the layout to the device,
+    checks its CSR structure, buckets its rows and hashes it once; :meth:`run` only checks
+    the inputs against the planned shape and computes. Plans of a layout are cached on it,
+    so the dispatcher's calls never redo this work.
+
+    Attributes:
+        block_size: tokens per block.
+        seq_len: the request length S the plan is for (``<=`` the layout's length).
+        num_heads / num_kv_heads: H and Hkv (``H % Hkv == 0``).
+        device: where the plan's index tensors live.
+    """
+
+    def __init__(
+        self, arrays, block_size: int, seq_len: int, num_heads: int, num_kv_heads: int, device
+    ):
+        if num_kv_heads < 1 or num_heads % num_kv_heads:
+            raise InvalidInputError(
+                f"num_heads H={num_heads} must be a multiple of num_kv_heads Hkv={num_kv_heads}"
+            )
+        self.block_size = int(block_size)
+        self.seq_len = int(seq_len)
+        self.num_heads = int(num_heads)
+        self.num_kv_heads = int(num_kv_heads)
+        self.device = torch.device(device)
+        self._arrays = arrays
+        self._plan = _make_plan(
+            *arrays,
+            self.block_size,
+            self.seq_len,
+            self.device,
+            self.num_heads,
+            self.num_heads // self.num_kv_heads,
+        )
+
+    def run(self, query, key, value, key_padding_mask=None, scale: float | None = None):
+        """Attention for inputs of the planned shape.
+
+        Args:
+            query: ``[B, H, S, D]``; key ``[B, Hkv, S, D]``; value ``[B, Hkv, S, Dv]``; one
+                float dtype, on the plan's device; H, Hkv and S as planned.
+            key_padding_mask: optional ``[B, S]`` bool, True = real token.
+            scale: softmax scale, default ``1/sqrt(D)``.
+
+        Returns:
+            ``[B, H, S, Dv]`` in the dtype of ``query``.
+
+        Raises:
+            InvalidInputError: inputs that do not match the plan or each other.
+        """
+        want = (self.num_heads, self.num_kv_heads, self.seq_len, self.device)
+        got = (query.shape[1], key.shape[1], query.shape[2], query.device)
+        if got != want:
+            raise InvalidInputError(
+                f"this plan is for H={want[0]}, Hkv={want[1]}, S={want[2]} on {want[3]}, got "
+                f"H={got[0]}, Hkv={got[1]}, S={got[2]} on {got[3]}; make a plan for these inputs"
+            )
+        validate_arrays(
+            query,
+            key,
+            value,
+            *self._arrays,
+            key_padding_mask,
+            self.block_size,
+            resolve_scale(scale, query.shape[-1]),
+        )
+        if key_padding_mask is not None and key_padding_mask.dtype != torch.bool:
+            key_padding_mask = key_padding_mask != 0
+        return _attention_torch(
+            self._plan,
+            query,
+            key,
+            value,
+            key_padding_mask,
+            self.block_size,
+            resolve_scale(scale, query.shape[-1]),
+        )
+
+
+def plan(
+    layout,
+    *,
+    seq_len: int,
+    num_heads: int | None = None,
+    num_kv_heads: int | None = None,
+    device="cpu",
+) -> AttentionPlan:
+    """The :class:`AttentionPlan` of ``layout`` for requests of ``seq_len`` tokens.
+
+    Args:
+        layout: :class:`~sparse_attn.layout.BlockLayout`.
+        seq_len: request length S, ``1 <= S <= layout.seq_len``.
+        num_heads: H, default the layout's heads; num_kv_heads: Hkv, default H.
+        device: device of the inputs.
+
+    Returns:
+        The plan, cached on the layout (one per S, H, Hkv and device).
+    """
+    h = layout.num_heads if num_heads is None else int(num_heads)
+    hkv = h if num_kv_heads is None else int(num_kv_heads)
+    dev = torch.device(device)
+    key = ("torch_backend.plan", int(seq_len), h, hkv, str(dev))
+    cached = layout._cache.get(key)
+    if cached is None:
+        arrays = tuple(op_arrays.layout_to_tensors(layout, dev).values())
+        cached = AttentionPlan(arrays, layout.block_size, seq_len, h, hkv, dev)
+        layout._cache[key] = cached
+    return cached
+
+
+#: Plans of array-level calls, keyed by the identity of the layout tensors (their storage,
+#: version counter and shape): the op is called with the same buffers every time, so the
+#: layout is copied to the host and hashed once, not per call. Entries hold the tensors,
+#: so a key's storage cannot be freed and reused while it is cached.
+_ARRAY_PLANS: OrderedDict = OrderedDict()
+
+
+def _plan_for_arrays(arrays, block_size: int, query, num_kv_heads: int) -> AttentionPlan:
+    ident = tuple((t.data_ptr(), t._version, tuple(t.shape), t.dtype) for t in arrays)
+    key = (ident, block_size, query.shape[2], query.shape[1], num_kv_heads, str(query.device))
+    hit = _ARRAY_PLANS.get(key)
+    if hit is not None:
+        _ARRAY_PLANS.move_to_end(key)
+        return hit
+    p = AttentionPlan(
+        arrays, block_size, query.shape[2], query.shape[1], num_kv_heads, query.device
+    )
+    _ARRAY_PLANS[key] = p
+    while len(_ARRAY_PLANS) > _PLAN_CACHE_SIZE:
+        _ARRAY_PLANS.popitem(last=False)
+    return p
+
+
 # ---------------------------------------------------------------------------- compute
 def attention_arrays(
     query: torch.Tensor,
@@ -281,36 +430,47 @@ def attention_arrays(
     if query.device.type == "cpu":
         ext = _cpu_ext()
         if ext is not None and _cpu_ext_takes(ext, query, key, value, key_padding_mask, block_size):
-            h = query.shape[1]
-            return ext.attention_arrays(
+            return _run_cpu_ext(ext)(
                 query,
                 key,
                 value,
-                *(
-                    t.to(torch.int32).expand(h, -1).contiguous()
-                    for t in (row_ptr, col_idx, mask_idx)
-                ),
+                row_ptr,
+                col_idx,
+                mask_idx,
                 masks,
                 key_padding_mask,
-                int(block_size),
-                float(scale),
+                block_size,
+                scale,
             )
-    return _attention_torch(
-        query, key, value, row_ptr, col_idx, mask_idx, masks, key_padding_mask, block_size, scale
-    )
+    p = _plan_for_arrays((row_ptr, col_idx, mask_idx, masks), int(block_size), query, key.shape[1])
+    return p.run(query, key, value, key_padding_mask, scale)
+
+
+def _run_cpu_ext(ext):
+    """The compiled kernel's array entry, with a one-head layout widened to every head."""
+
+    def run(query, key, value, row_ptr, col_idx, mask_idx, masks, kpm, block_size, scale):
+        h = query.shape[1]
+        rp, ci, mi = (
+            t.to(torch.int32).expand(h, -1).contiguous() for t in (row_ptr, col_idx, mask_idx)
+        )
+        return ext.attention_arrays(
+            query, key, value, rp, ci, mi, masks, kpm, int(block_size), float(scale)
+        )
+
+    return run
 
 
 def _attention_torch(
-    query, key, value, row_ptr, col_idx, mask_idx, masks, key_padding_mask, block_size, scale
+    plan: _Plan, query, key, value, key_padding_mask, block_size: int, scale: float
 ) -> torch.Tensor:
+    """The PyTorch path over a plan (grouped-query K/V are never repeated: the plan's key
+    indices address K/V head ``h // (H // Hkv)`` directly)."""
     b, h, s, d = query.shape
     dv = value.shape[-1]
     bs = int(block_size)
     device = query.device
     cdt = torch.float64 if query.dtype == torch.float64 else torch.float32
-    # grouped-query K/V are never repeated: the plan's key indices address K/V head h // group
-    group = h // key.shape[1]
-    plan = _make_plan(row_ptr, col_idx, mask_idx, masks, bs, s, device, h, group)
     nb = plan.nb
     sp = nb * bs
     pad = sp - s
