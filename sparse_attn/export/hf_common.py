@@ -413,7 +413,7 @@ def export_family(
     )
     vocab = _vocab_size(model) if "input_ids" in example_inputs else None
     if vocab:  # every text model records it: runtimes refuse out-of-range token ids
-        metadata["sparse_attn.vocab_size"] = str(vocab)
+        metadata[opspec.meta_key("vocab_size")] = str(vocab)
     result = exporter.export_model(
         model,
         example_inputs,

@@ -1,4 +1,8 @@
-"""``metadata_props`` of exported models (keys: ``opspec.META_KEYS``)."""
+"""``metadata_props`` of exported models.
+
+Every key is declared once, with its meaning, in ``opspec.SCHEMA.meta_keys`` (the model-level
+ones are ``opspec.META_KEYS``); this module only fills in their values.
+"""
 
 from __future__ import annotations
 
@@ -88,19 +92,23 @@ def build_metadata(
     """
     first = layout if isinstance(layout, BlockLayout) else layout[0]
     static = first.requires_static_seq_len if static_seq_len is None else static_seq_len
-    return {
-        "sparse_attn.model": model,
-        "sparse_attn.pattern": first.spec if pattern is None else pattern,
-        "sparse_attn.causal": json.dumps(bool(first.causal if causal is None else causal)),
-        "sparse_attn.block_size": str(int(first.block_size)),
-        "sparse_attn.max_seq_len": str(int(max_seq_len)),
-        "sparse_attn.static_seq_len": json.dumps(bool(static)),
-        "sparse_attn.num_heads": str(int(num_heads)),
-        "sparse_attn.head_dim": str(int(head_dim)),
-        "sparse_attn.dtype": dtype,
-        "sparse_attn.layout_hash": layouts_hash(layout),
-        "sparse_attn.model_config": json.dumps(model_config, sort_keys=True),
+    values = {
+        "model": model,
+        "pattern": first.spec if pattern is None else pattern,
+        "causal": json.dumps(bool(first.causal if causal is None else causal)),
+        "block_size": str(int(first.block_size)),
+        "max_seq_len": str(int(max_seq_len)),
+        "static_seq_len": json.dumps(bool(static)),
+        "num_heads": str(int(num_heads)),
+        "head_dim": str(int(head_dim)),
+        "dtype": dtype,
+        "layout_hash": layouts_hash(layout),
+        "model_config": json.dumps(model_config, sort_keys=True),
     }
+    meta = {opspec.meta_key(k): v for k, v in values.items()}
+    family_keys = [k.name for k in opspec.SCHEMA.meta_keys if k.written_by == "family"]
+    assert sorted(meta) == sorted(family_keys), "build_metadata and opspec.SCHEMA disagree"
+    return meta
 
 
 def version_metadata() -> dict[str, str]:
@@ -110,9 +118,9 @@ def version_metadata() -> dict[str, str]:
     import sparse_attn
 
     return {
-        "sparse_attn.version": sparse_attn.__version__,
-        "torch_version": torch.__version__,
-        "onnx_version": onnx.__version__,
+        opspec.meta_key("version"): sparse_attn.__version__,
+        opspec.meta_key("torch_version"): torch.__version__,
+        opspec.meta_key("onnx_version"): onnx.__version__,
     }
 
 
