@@ -237,8 +237,10 @@ def test_gpu_check_self_test_on_cpu(tmp_path):
     )  # fmt: skip
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     report = json.loads((tmp_path / "gpu_check.json").read_text())
-    assert len(report["correctness"]) == 4 and all(r["passed"] for r in report["correctness"])
-    assert any(r.get("hkv", r["h"]) < r["h"] and r["d"] == 256 for r in report["correctness"])
+    runs = report["correctness"]
+    assert len(runs) >= 5 and all(r["passed"] for r in runs), [r for r in runs if not r["passed"]]
+    grouped = [r for r in runs if r["hkv"] != r["h"]] if all("hkv" in r for r in runs) else []
+    assert grouped and any(max(r["d"], r["dv"]) == 256 for r in runs)  # GQA and D = 256 covered
     assert report["timings"][0]["triton_ms"] > 0
 
 
