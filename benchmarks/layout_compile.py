@@ -18,10 +18,9 @@ import argparse
 import json
 import pathlib
 import platform
-import resource
 import sys
-import time
-import tracemalloc
+
+from sparse_attn.bench.layout_suite import measure_compile as measure
 
 SPECS = [
     "bigbird",
@@ -33,49 +32,6 @@ SPECS = [
     "band(w=256) | global(n=64)",
     "dilated(w=128, d=4) | random(r=3, seed=0) | causal",
 ]
-
-
-def _max_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-
-
-def measure(spec: str, seq_len: int, block_size: int, num_heads: int, repeat: int) -> dict:
-    """Compile ``spec`` and return timings (s), memory (MiB) and layout statistics."""
-    from sparse_attn.layout import compile_layout
-
-    rss0 = _max_rss_mib()
-    tracemalloc.start()
-    t0 = time.perf_counter()
-    layout = compile_layout(spec, seq_len, block_size, num_heads=num_heads)
-    first = time.perf_counter() - t0
-    _, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    times = [first]
-    for _ in range(repeat - 1):
-        t0 = time.perf_counter()
-        compile_layout(spec, seq_len, block_size, num_heads=num_heads)
-        times.append(time.perf_counter() - t0)
-    st = layout.stats()
-    arrays = sum(a.nbytes for a in (layout.row_ptr, layout.col_idx, layout.mask_idx, layout.masks))
-    return {
-        "spec": spec,
-        "expanded": st["spec"],
-        "seq_len": seq_len,
-        "block_size": block_size,
-        "num_heads": num_heads,
-        "compile_s_best": min(times),
-        "compile_s_first": first,
-        "peak_traced_mib": peak / 2**20,
-        "max_rss_growth_mib": max(0.0, _max_rss_mib() - rss0),
-        "layout_mib": arrays / 2**20,
-        "dense_mask_mib": num_heads * seq_len * seq_len / 2**20,
-        "nnz_blocks": int(layout.nnz.sum()),
-        "full_blocks": st["full_blocks"],
-        "partial_blocks": st["partial_blocks"],
-        "num_masks": st["num_masks"],
-        "density_tokens": st["density_tokens"],
-        "density_blocks": st["density_blocks"],
-    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,20 +1,16 @@
 """Layout suite: time and peak memory of compiling each preset at a long length (S = 65,536).
 
-When the repository's ``benchmarks/layout_compile.py`` (the pattern compiler's own
-benchmark) exposes ``measure(spec, seq_len, block_size, num_heads, repeat) -> dict``, its
-figures are used (best-of-``repeat`` compile time, ``tracemalloc`` peak of one compile:
-``compile_layout`` allocates only NumPy buffers, which tracemalloc sees); otherwise :func:`sparse_attn.layout.compile_layout` is timed here, with the peak
-memory measured as in :class:`sparse_attn.bench.harness.PeakRSS`.
+:func:`measure_compile` is the measurement (best-of-``repeat`` compile time, ``tracemalloc``
+peak of one compile); the script ``benchmarks/layout_compile.py`` prints its table from the
+same function.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import resource
 import time
+import tracemalloc
 from collections.abc import Callable, Sequence
-from pathlib import Path
-
-from sparse_attn.bench.harness import PeakRSS
 
 DEFAULT_LAYOUT_PATTERNS = (
     "band(w=256) | global(n=64)",
@@ -25,19 +21,55 @@ DEFAULT_LAYOUT_PATTERNS = (
 )
 
 
-def _external_measure():
-    """``measure`` of ``benchmarks/layout_compile.py`` when it has one, else None."""
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "layout_compile.py"
-    if not path.is_file():
-        return None
-    try:
-        spec = importlib.util.spec_from_file_location("_sparse_attn_layout_compile", path)
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)  # type: ignore[union-attr]
-    except Exception:  # noqa: BLE001 - a broken script falls back to our own timing
-        return None
-    fn = getattr(mod, "measure", None)
-    return fn if callable(fn) else None
+def _max_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def measure_compile(spec: str, seq_len: int, block_size: int, num_heads: int, repeat: int) -> dict:
+    """Compile ``spec`` ``repeat`` times; timings (s), memory (MiB) and layout statistics.
+
+    Returns a dict with ``compile_s_best`` / ``compile_s_first`` (wall-clock seconds),
+    ``peak_traced_mib`` (``tracemalloc`` peak of the first compile: ``compile_layout``
+    allocates only NumPy buffers, which tracemalloc sees), ``max_rss_growth_mib``,
+    ``layout_mib`` (the layout's arrays), ``dense_mask_mib`` (the ``H * S^2`` boolean mask
+    it avoids), ``nnz_blocks``, ``full_blocks``, ``partial_blocks``, ``num_masks``,
+    ``density_tokens``, ``density_blocks``.
+    """
+    from sparse_attn.layout import compile_layout
+
+    rss0 = _max_rss_mib()
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    layout = compile_layout(spec, seq_len, block_size, num_heads=num_heads)
+    first = time.perf_counter() - t0
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    times = [first]
+    for _ in range(repeat - 1):
+        t0 = time.perf_counter()
+        compile_layout(spec, seq_len, block_size, num_heads=num_heads)
+        times.append(time.perf_counter() - t0)
+    st = layout.stats()
+    arrays = sum(a.nbytes for a in (layout.row_ptr, layout.col_idx, layout.mask_idx, layout.masks))
+    return {
+        "spec": spec,
+        "expanded": st["spec"],
+        "seq_len": seq_len,
+        "block_size": block_size,
+        "num_heads": num_heads,
+        "compile_s_best": min(times),
+        "compile_s_first": first,
+        "peak_traced_mib": peak / 2**20,
+        "max_rss_growth_mib": max(0.0, _max_rss_mib() - rss0),
+        "layout_mib": arrays / 2**20,
+        "dense_mask_mib": num_heads * seq_len * seq_len / 2**20,
+        "nnz_blocks": int(layout.nnz.sum()),
+        "full_blocks": st["full_blocks"],
+        "partial_blocks": st["partial_blocks"],
+        "num_masks": st["num_masks"],
+        "density_tokens": st["density_tokens"],
+        "density_blocks": st["density_blocks"],
+    }
 
 
 def run_layout_suite(
@@ -55,7 +87,6 @@ def run_layout_suite(
     (peak RSS increase during the first compile), ``density_tokens``, ``stored_blocks``,
     ``num_masks``; or ``status="n/a"`` with the reason.
     """
-    external = _external_measure()
     cells = []
     for pat in patterns:
         cell = {
@@ -67,43 +98,16 @@ def run_layout_suite(
             "status": "n/a",
         }
         try:
-            if external is not None:
-                res = dict(external(pat, seq_len, block_size, num_heads, repeat=max(1, repeats)))
-                cell.update(
-                    res,
-                    status="ok",
-                    reason=None,
-                    source="benchmarks/layout_compile.py (peak = tracemalloc peak of one compile)",
-                    compile_s=res.get("compile_s_best"),
-                    peak_mem_mib=res.get("peak_traced_mib"),
-                    stored_blocks=res.get("nnz_blocks"),
-                )
-            else:
-                from sparse_attn.layout import compile_layout
-
-                times = []
-                peak_mib = None
-                lay = None
-                for i in range(max(1, repeats)):
-                    with PeakRSS() as peak:
-                        t0 = time.perf_counter()
-                        lay = compile_layout(pat, seq_len, block_size, num_heads=num_heads)
-                        times.append(time.perf_counter() - t0)
-                    if i == 0:
-                        peak_mib = peak.peak_mib
-                st = lay.stats()
-                cell.update(
-                    status="ok",
-                    reason=None,
-                    source="sparse_attn.bench (compile_layout)",
-                    compile_s=min(times),
-                    peak_mem_mib=peak_mib,
-                    density_tokens=st["density_tokens"],
-                    density_blocks=st["density_blocks"],
-                    stored_blocks=st["full_blocks"] + st["partial_blocks"],
-                    num_masks=st["num_masks"],
-                )
-                del lay
+            res = measure_compile(pat, seq_len, block_size, num_heads, repeat=max(1, repeats))
+            cell.update(
+                res,
+                status="ok",
+                reason=None,
+                source="sparse_attn.bench.layout_suite (peak = tracemalloc peak of one compile)",
+                compile_s=res["compile_s_best"],
+                peak_mem_mib=res["peak_traced_mib"],
+                stored_blocks=res["nnz_blocks"],
+            )
         except Exception as exc:  # noqa: BLE001 - reported as the cell's reason
             cell["reason"] = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
         cells.append(cell)
