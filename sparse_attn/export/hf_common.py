@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from sparse_attn import opspec
-from sparse_attn.errors import InvalidInputError, UnsupportedEnvironmentError
+from sparse_attn.errors import InvalidInputError
 
 
 def torch_dtype(name: str):
@@ -85,12 +85,8 @@ def resolve_layout(pattern, *, max_seq_len: int, block_size: int, num_heads: int
                 f"give one pattern per head or a single pattern"
             )
         return lay
-    try:
-        from sparse_attn.layout import compile_layout
-    except ImportError as exc:  # pattern compiler not available in this checkout
-        raise UnsupportedEnvironmentError(
-            f"sparse_attn.layout.compile_layout is not available ({exc}); pass a BlockLayout"
-        ) from exc
+    from sparse_attn.layout import compile_layout
+
     try:
         return compile_layout(
             pattern, seq_len=max_seq_len, block_size=block_size, num_heads=num_heads, causal=causal
@@ -102,11 +98,11 @@ def resolve_layout(pattern, *, max_seq_len: int, block_size: int, num_heads: int
 
 
 def sparse_attention_module(layout, scale: float | None = None):
-    """The project's attention module for ``layout`` (H4's ``SparseAttention``).
+    """The project's attention module for ``layout`` (``export.modules.SparseAttention``).
 
-    Its ``forward(query, key, value, key_padding_mask=None)`` takes ``[B, H, S, D]`` tensors
-    (``value`` ``[B, H, S, Dv]``) and a ``[B, S]`` bool key padding mask (True = real token),
-    and returns ``[B, H, S, Dv]`` in the query's dtype; under ``torch.onnx.export`` it emits
+    Its ``forward(query, key, value, key_padding_mask=None)`` takes ``query [B, H, S, D]``,
+    ``key [B, Hkv, S, D]``, ``value [B, Hkv, S, Dv]`` and a ``[B, S]`` bool key padding mask
+    (True = real token), and returns ``[B, H, S, Dv]`` in the query's dtype; under ``torch.onnx.export`` it emits
     one ``sparse_attn::BlockSparseAttention`` node.
     """
     from sparse_attn.export.modules import SparseAttention
