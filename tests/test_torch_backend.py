@@ -29,6 +29,7 @@ import sparse_attn
 from sparse_attn.errors import BackendNotSupportedError, InvalidInputError
 from sparse_attn.kernels import block_sparse_attention, torch_backend
 from sparse_attn.kernels.reference import reference_attention
+from sparse_attn.op_arrays import layout_to_tensors
 
 
 def _cpu_ext_available() -> bool:
@@ -467,7 +468,7 @@ def test_layout_with_an_empty_head_and_strided_inputs(path):
 def test_array_entry_rejects_malformed_layouts(monkeypatch, corrupt, match):
     monkeypatch.setenv(torch_backend.DISABLE_CPU_EXT_ENV, "1")
     lay = layout_from_masks(band_mask(48, 5)[None] | causal_mask(48)[None], 16)
-    t = {k: v.clone() for k, v in torch_backend.layout_arrays(lay).items()}
+    t = {k: v.clone() for k, v in layout_to_tensors(lay).items()}
     if corrupt == "col":
         t["col_idx"][0, 0] = 7
     elif corrupt == "mask":

@@ -134,8 +134,8 @@ def test_nonfinite_value_of_key_hidden_by_partial_tile():
 def test_finite_value_variants_agree_bitwise():
     """The variant without the non-finite-V handling (used when V is finite) gives the very
     same result as the safe one."""
-    from sparse_attn.kernels.torch_backend import layout_arrays
     from sparse_attn.kernels.triton_kernel import attention_arrays
+    from sparse_attn.op_arrays import layout_to_tensors as layout_arrays
 
     s = 40
     layout = layout_from_masks(np.stack([causal_mask(s), band_mask(s, 6)]), 16)
@@ -188,8 +188,8 @@ def test_causal_and_scale_and_noncontiguous():
 
 def test_layout_shared_by_all_heads_at_array_level():
     """The array entry accepts a one-head layout for H heads (head stride 0)."""
-    from sparse_attn.kernels.torch_backend import layout_arrays
     from sparse_attn.kernels.triton_kernel import attention_arrays
+    from sparse_attn.op_arrays import layout_to_tensors as layout_arrays
 
     s = 29
     one = layout_from_masks(band_mask(s, 4), 16)
@@ -203,8 +203,8 @@ def test_layout_shared_by_all_heads_at_array_level():
 
 def test_preallocated_out_is_written_in_place():
     """``out=`` (how the TensorRT JIT plugin passes its output buffer); wrong buffers refused."""
-    from sparse_attn.kernels.torch_backend import layout_arrays
     from sparse_attn.kernels.triton_kernel import attention_arrays
+    from sparse_attn.op_arrays import layout_to_tensors as layout_arrays
 
     s = 21
     layout = layout_from_masks(np.stack([band_mask(s, 3), causal_mask(s)]), 16)

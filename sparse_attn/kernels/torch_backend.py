@@ -78,17 +78,12 @@ def attention(query, key, value, layout, key_padding_mask, scale: float) -> torc
         if ext is not None and _cpu_ext_takes(
             ext, query, key, value, key_padding_mask, layout.block_size
         ):
-            return call_with_layout(
+            return op_arrays.call_with_layout(
                 _run_cpu_ext(ext), query, key, value, layout, key_padding_mask, scale
             )
     b, h, s, _ = query.shape
     p = plan(layout, seq_len=s, num_heads=h, num_kv_heads=key.shape[1], device=query.device)
     return p.run(query, key, value, key_padding_mask, scale)
-
-
-#: The layout conversion lives in :mod:`sparse_attn.op_arrays`; these names stay for importers.
-call_with_layout = op_arrays.call_with_layout
-layout_arrays = op_arrays.layout_to_tensors
 
 
 # ---------------------------------------------------------------------------- compiled path

@@ -142,8 +142,8 @@ def attention(query, key, value, layout, key_padding_mask, scale: float) -> torc
     Returns:
         ``[B, H, S, Dv]`` in ``query``'s dtype (softmax and accumulation in fp32).
     """
-    from sparse_attn.kernels.torch_backend import call_with_layout
     from sparse_attn.kernels.triton_kernel import attention_arrays
+    from sparse_attn.op_arrays import call_with_layout
 
     return call_with_layout(
         attention_arrays, query, key, value, layout, key_padding_mask, float(scale)
