@@ -15,7 +15,7 @@ from sparse_attn.errors import InvalidInputError
 
 #: Floating dtypes the dispatcher accepts at all; each backend narrows this down through
 #: its ``not_supported_reasons``.
-ACCEPTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+ACCEPTED_DTYPES = tuple(getattr(torch, name) for name in opspec.TORCH_DTYPES)
 
 
 def _dtype_name(dtype: torch.dtype) -> str:

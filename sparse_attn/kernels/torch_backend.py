@@ -40,13 +40,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from sparse_attn import op_arrays
+from sparse_attn import op_arrays, opspec
 from sparse_attn.errors import InvalidInputError
 from sparse_attn.kernels._validate import resolve_scale, validate_arrays
 
 NAME = "torch"
 
-SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+SUPPORTED_DTYPES = tuple(getattr(torch, n) for n in opspec.TORCH_DTYPES)
 #: Environment variable that disables the compiled CPU kernel (``cpu_ext.DISABLE_ENV``; the
 #: rule, any value but "" or "0", is ``cpu_ext.is_available``'s).
 DISABLE_CPU_EXT_ENV = "SPARSE_ATTN_DISABLE_CPU_EXT"
@@ -57,14 +57,20 @@ _CHUNK_SCORE_ELEMENTS = 1 << 18
 _PLAN_CACHE_SIZE = 32
 
 
+#: What this backend takes: every dtype the op accepts, grouped K/V, D and Dv up to 256.
+LIMITS = opspec.BackendLimits(NAME, opspec.TORCH_DTYPES)
+
+
 def not_supported_reasons(query, key, value, layout, key_padding_mask) -> list[str]:
     """Why this backend cannot take these (validated) inputs; empty = supported."""
-    reasons = []
-    if query.dtype not in SUPPORTED_DTYPES:
-        reasons.append(
-            f"dtype {query.dtype} not supported (float32, float16, bfloat16, float64 are)"
-        )
-    return reasons
+    return LIMITS.not_supported_reasons(
+        dtype=str(query.dtype).replace("torch.", ""),
+        head_dim=int(query.shape[-1]),
+        value_dim=int(value.shape[-1]),
+        num_heads=int(query.shape[1]),
+        num_kv_heads=int(key.shape[1]),
+        block_size=int(layout.block_size),
+    )
 
 
 def attention(query, key, value, layout, key_padding_mask, scale: float) -> torch.Tensor:
