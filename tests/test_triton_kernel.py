@@ -307,8 +307,8 @@ def _gqa_check(q, k, v, layout, kpm=None, scale=None, config=None, name="triton 
     if config is None:
         out = block_sparse_attention(q, k, v, layout, kpm, scale, backend="triton")
     else:
-        from sparse_attn.kernels.torch_backend import layout_arrays
         from sparse_attn.kernels.triton_kernel import attention_arrays
+        from sparse_attn.op_arrays import layout_to_tensors as layout_arrays
 
         a = layout_arrays(layout, "cpu")
         out = attention_arrays(
