@@ -600,6 +600,11 @@ SCHEMA = OpSchema(
         ),
         MetaKey("sparse_attn.vocab_size", "vocabulary size of a text model", "optional"),
         MetaKey(
+            "sparse_attn.layer_patterns",
+            "JSON: the pattern of each layer of a Hugging Face checkpoint",
+            "optional",
+        ),
+        MetaKey(
             "sparse_attn.layout_seq_len",
             "on each op node: the seq_len its layout was compiled for (the body's guard)",
             "node",

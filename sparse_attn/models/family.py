@@ -25,8 +25,10 @@ import json
 import sys
 from pathlib import Path
 
+from sparse_attn import opspec
 from sparse_attn.errors import InvalidInputError
 from sparse_attn.export import hf_common
+from sparse_attn.runtime.compare import compare_arrays, describe_failure
 
 NAME = "hf"
 DEFAULT_BLOCK_SIZE = 64
@@ -34,7 +36,7 @@ DEFAULT_BLOCK_SIZE = 64
 DEFAULT_MAX_SEQ_LEN = 4096
 INPUT_NAMES = ("input_ids", "attention_mask")
 #: Metadata key holding the per-layer pattern table (JSON list of dicts).
-LAYER_PATTERNS_KEY = "sparse_attn.layer_patterns"
+LAYER_PATTERNS_KEY = opspec.meta_key("layer_patterns")
 #: ``(atol, rtol)`` of the sparse-vs-unmodified check in float32 (op vs eager softmax order).
 HF_CHECK_TOLERANCE = (2e-4, 2e-4)
 #: ``(atol, rtol)`` of the export-time ONNX Runtime vs PyTorch check in float32. Whole
@@ -330,7 +332,8 @@ def hf_check(model, inputs: dict, tolerance=HF_CHECK_TOLERANCE) -> dict:
         if bool(bad.any()):
             raise RuntimeError(
                 f"sparse model differs from the unmodified Hugging Face model on {name}: "
-                f"{hf_common.worst_element(g.numpy(), r.numpy())}; the per-layer patterns do not "
+                f"{describe_failure(name, compare_arrays(g, r, (atol, rtol)))}; the per-layer "
+                "patterns do not "
                 "reproduce this architecture"
             )
     return errs
@@ -540,7 +543,7 @@ def export_onnx(
         static_seq_len=False,
     )
     metadata[LAYER_PATTERNS_KEY] = json.dumps(table)
-    tol = hf_common.FP16_MODEL_TOLERANCE if dtype == "float16" else ORT_CHECK_TOLERANCE
+    tol = opspec.tolerance("model", dtype) if dtype == "float16" else ORT_CHECK_TOLERANCE
     result = exporter.export_model(
         model,
         example,
