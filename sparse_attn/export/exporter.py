@@ -145,13 +145,14 @@ def _constant_arrays(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     return out
 
 
-def attach_functions(model: onnx.ModelProto) -> int:
+def attach_functions(model: onnx.ModelProto, max_seq_len: int | None = None) -> int:
     """Attach the block-sparse function body to every ``BlockSparseAttention`` node.
 
     Nodes with the same layout, scale and key-padding presence share one FunctionProto;
     when there are several such variants each node gets ``overload = "v<i>"`` (IR >= 10).
     The function imports the model's default-domain opset. Requests longer than the
-    op's layout length make the body fail: the layout's ``seq_len`` as the node records it
+    op's layout length make the body fail: ``max_seq_len`` when given (the generation
+    export's prefill length), else the layout's ``seq_len`` as the node records it
     (:func:`sparse_attn.op_arrays.layout_from_node`).
     Modifies ``model`` in place.
 
@@ -175,7 +176,7 @@ def attach_functions(model: onnx.ModelProto) -> int:
         scale = float(attrs.get("scale", 0.0))
         kpm_at = opspec.INPUT_NAMES.index("key_padding_mask")
         has_kpm = len(node.input) > kpm_at and node.input[kpm_at] != ""
-        limit = layout.seq_len
+        limit = max_seq_len or layout.seq_len
         hkv = function_body.static_kv_heads(model.graph, node.input[1])
         if hkv is not None and layout.num_heads % hkv:
             hkv = None  # not a divisor: the body's run-time check reports it
