@@ -88,8 +88,8 @@ def layout_to_tensors(layout: BlockLayout, device="cpu") -> dict:
 
 
 def call_with_layout(entry, query, key, value, layout, key_padding_mask, scale: float):
-    """``entry(query, key, value, row_ptr, col_idx, mask_idx, masks, key_padding_mask,
-    block_size, scale)`` with ``layout``'s arrays on the query's device.
+    """``entry(...)`` called with the op's arguments, ``layout``'s arrays on the query's
+    device and its ``block_size``.
 
     ``entry`` is any array-level entry with the op's calling convention
     (``opspec.SCHEMA.call_arg_names()``): a backend's ``attention_arrays`` or the custom op.

@@ -198,6 +198,29 @@ class BackendLimits:
         return reasons
 
 
+class BoundCall(dict):
+    """One array-level call's arguments by name, in the schema's call order
+    (:meth:`OpSchema.bind_call`); also readable as attributes (``call.query``).
+    ``call.args()`` gives them back positionally."""
+
+    def __getattr__(self, name: str):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def args(self) -> tuple:
+        """The values in call order (to forward to another array-level entry)."""
+        return tuple(self.values())
+
+    def replace(self, **changes) -> BoundCall:
+        """A copy with some arguments replaced (names must exist)."""
+        unknown = set(changes) - set(self)
+        if unknown:
+            raise TypeError(f"unknown argument(s) {', '.join(sorted(unknown))}")
+        return BoundCall({**self, **changes})
+
+
 # ------------------------------------------------------------------------------ schema
 @dataclass(frozen=True)
 class OpSchema:
@@ -247,6 +270,32 @@ class OpSchema:
     def call_arg_names(self) -> tuple[str, ...]:
         """The array-level entry's arguments: every input, then ``block_size, scale``."""
         return self.input_names() + tuple(a.name for a in self.argument_attributes())
+
+    def bind_call(self, args: Sequence, kwargs: Mapping[str, object] | None = None) -> BoundCall:
+        """Bind an array-level call's arguments to :meth:`call_arg_names` (positional or by name).
+
+        The array-level entries of the backends take ``*args, **kwargs`` and bind them here,
+        so that none of them restates the signature.
+
+        Raises:
+            TypeError: too many or missing arguments, an unknown or repeated name (as Python
+                does for a function with this signature).
+        """
+        names = self.call_arg_names()
+        kwargs = dict(kwargs or {})
+        if len(args) > len(names):
+            raise TypeError(f"takes {len(names)} arguments ({', '.join(names)}), got {len(args)}")
+        bound = BoundCall(zip(names, args, strict=False))
+        for key, val in kwargs.items():
+            if key not in names:
+                raise TypeError(f"unexpected argument {key!r}; arguments are {', '.join(names)}")
+            if key in bound:
+                raise TypeError(f"argument {key!r} given twice (by position and by name)")
+            bound[key] = val
+        missing = [n for n in names if n not in bound]
+        if missing:
+            raise TypeError(f"missing argument(s) {', '.join(missing)}")
+        return BoundCall((n, bound[n]) for n in names)
 
     def attribute(self, name: str) -> AttrSpec:
         for a in self.attributes:

@@ -177,28 +177,22 @@ def resolve_scale(scale: float | None, head_dim: int) -> float:
     return val
 
 
-def validate_arrays(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    row_ptr: torch.Tensor,
-    col_idx: torch.Tensor,
-    mask_idx: torch.Tensor,
-    masks: torch.Tensor,
-    key_padding_mask: torch.Tensor | None,
-    block_size: int,
-    scale: float,
-) -> None:
+def validate_arrays(*args, **kwargs) -> None:
     """Check the inputs of the array-level entry ``attention_arrays`` (and the torch op).
 
+    Arguments: the op's call, positional or by name (``opspec.SCHEMA.call_arg_names()``).
     Shapes: query ``[B, H, S, D]``, key ``[B, Hkv, S, D]``, value ``[B, Hkv, S, Dv]`` with
     ``H % Hkv == 0``, ``row_ptr [H or 1, nQB+1]``, ``col_idx``/``mask_idx [H or 1, nnz]``
     (integer), ``masks [M, bs, bs]``,
     ``key_padding_mask`` ``None`` or ``[B, S]``; ``S <= nQB * block_size``.
 
     Raises:
+        TypeError: missing, extra or unknown arguments.
         InvalidInputError: on any inconsistency.
     """
+    call = opspec.SCHEMA.bind_call(args, kwargs)
+    query, key, value = call.query, call.key, call.value
+    block_size, key_padding_mask = call.block_size, call.key_padding_mask
     for name, t in (("query", query), ("key", key), ("value", value)):
         if not isinstance(t, torch.Tensor) or t.dim() != 4:
             got = list(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
@@ -210,7 +204,7 @@ def validate_arrays(
         )
     if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 1:
         raise InvalidInputError(f"block_size must be an int >= 1, got {block_size!r}")
-    layout = {"row_ptr": row_ptr, "col_idx": col_idx, "mask_idx": mask_idx, "masks": masks}
+    layout = {name: call[name] for name in opspec.SCHEMA.layout_inputs()}
     for name, t in layout.items():
         if not isinstance(t, torch.Tensor):
             raise InvalidInputError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -219,7 +213,8 @@ def validate_arrays(
         block_size,
     )
     b, s, d, nqb = dims["B"], dims["S"], dims["D"], dims["nQB"]
-    for name, t in (("row_ptr", row_ptr), ("col_idx", col_idx), ("mask_idx", mask_idx)):
+    for name in ("row_ptr", "col_idx", "mask_idx"):
+        t = call[name]
         if t.dtype.is_floating_point or t.dtype == torch.bool:
             raise InvalidInputError(f"{name} must be an integer tensor (int32), got {t.dtype}")
     if not 1 <= s <= nqb * block_size:
@@ -229,4 +224,4 @@ def validate_arrays(
         )
     if key_padding_mask is not None:
         _check_key_padding_mask(key_padding_mask, b, s, query.device)
-    resolve_scale(scale, d)
+    resolve_scale(call.scale, d)

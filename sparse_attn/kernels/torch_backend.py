@@ -393,21 +393,10 @@ def _plan_for_arrays(arrays, block_size: int, query, num_kv_heads: int) -> Atten
 
 
 # ---------------------------------------------------------------------------- compute
-def attention_arrays(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    row_ptr: torch.Tensor,
-    col_idx: torch.Tensor,
-    mask_idx: torch.Tensor,
-    masks: torch.Tensor,
-    key_padding_mask: torch.Tensor | None,
-    block_size: int,
-    scale: float,
-) -> torch.Tensor:
+def attention_arrays(*args, **kwargs) -> torch.Tensor:
     """Block-sparse attention with the layout given as tensors (the op's array interface).
 
-    Args:
+    Args (the op's call, positional or by name: ``opspec.SCHEMA.call_arg_names()``):
         query: ``[B, H, S, D]`` float32/float16/bfloat16/float64.
         key: ``[B, H, S, D]``; value: ``[B, H, S, Dv]``; same dtype and device.
         row_ptr: int ``[H, nQB+1]`` CSR row pointers of the FULL layout (max seq_len).
@@ -423,41 +412,35 @@ def attention_arrays(
         skipped and keys ``>= S`` masked (top-left crop); rows with no visible key are 0.
 
     Raises:
+        TypeError: missing, extra or unknown arguments.
         InvalidInputError: on inconsistent shapes or arguments.
     """
-    validate_arrays(
-        query, key, value, row_ptr, col_idx, mask_idx, masks, key_padding_mask, block_size, scale
-    )
+    call = opspec.SCHEMA.bind_call(args, kwargs)
+    validate_arrays(**call)
+    query, key, value = call.query, call.key, call.value
+    kpm, block_size = call.key_padding_mask, call.block_size
     if query.device.type == "cpu":
         ext = _cpu_ext()
-        if ext is not None and _cpu_ext_takes(ext, query, key, value, key_padding_mask, block_size):
-            return _run_cpu_ext(ext)(
-                query,
-                key,
-                value,
-                row_ptr,
-                col_idx,
-                mask_idx,
-                masks,
-                key_padding_mask,
-                block_size,
-                scale,
-            )
-    p = _plan_for_arrays((row_ptr, col_idx, mask_idx, masks), int(block_size), query, key.shape[1])
-    return p.run(query, key, value, key_padding_mask, scale)
+        if ext is not None and _cpu_ext_takes(ext, query, key, value, kpm, block_size):
+            return _run_cpu_ext(ext)(**call)
+    layout = tuple(call[name] for name in opspec.SCHEMA.layout_inputs())
+    p = _plan_for_arrays(layout, int(block_size), query, key.shape[1])
+    return p.run(query, key, value, kpm, call.scale)
 
 
 def _run_cpu_ext(ext):
-    """The compiled kernel's array entry, with a one-head layout widened to every head."""
+    """The compiled kernel's array entry (the op's call), with a one-head layout widened to
+    every head."""
 
-    def run(query, key, value, row_ptr, col_idx, mask_idx, masks, kpm, block_size, scale):
-        h = query.shape[1]
-        rp, ci, mi = (
-            t.to(torch.int32).expand(h, -1).contiguous() for t in (row_ptr, col_idx, mask_idx)
-        )
-        return ext.attention_arrays(
-            query, key, value, rp, ci, mi, masks, kpm, int(block_size), float(scale)
-        )
+    def run(*args, **kwargs) -> torch.Tensor:
+        call = opspec.SCHEMA.bind_call(args, kwargs)
+        h = call.query.shape[1]
+        widened = {
+            name: call[name].to(torch.int32).expand(h, -1).contiguous()
+            for name in ("row_ptr", "col_idx", "mask_idx")
+        }
+        call = call.replace(**widened, block_size=int(call.block_size), scale=float(call.scale))
+        return ext.attention_arrays(*call.args())
 
     return run
 

@@ -489,25 +489,17 @@ def _needs_nonfinite_variant(value, assume_finite_v) -> bool:
 
 
 def attention_arrays(
-    query,
-    key,
-    value,
-    row_ptr,
-    col_idx,
-    mask_idx,
-    masks,
-    key_padding_mask,
-    block_size: int,
-    scale: float,
-    *,
+    *args,
     out=None,
     precise_pv: bool | None = None,
     assume_finite_v: bool | None = None,
     config: LaunchConfig | None = None,
+    **kwargs,
 ):
     """Launch the kernel on arrays (the array-level contract of the kernels package).
 
-    Args:
+    Args (the op's call, positional or by name: ``opspec.SCHEMA.call_arg_names()``; then the
+    keyword-only ``out``, ``precise_pv``, ``assume_finite_v``, ``config``):
         query: ``[B, H, S, D]`` fp32/fp16/bf16, CUDA (compiled) or CPU (Triton interpreter,
             needs ``TRITON_INTERPRET=1``); D in 1..:data:`MAX_HEAD_DIM`.
         key: ``[B, Hkv, S, D]``, same dtype and device, ``H % Hkv == 0``: query head ``h``
@@ -538,11 +530,16 @@ def attention_arrays(
         ``[B, H, S, Dv]`` in ``query``'s dtype.
 
     Raises:
+        TypeError: missing, extra or unknown arguments.
         ValueError: ``H`` not a multiple of ``Hkv``, or a wrong ``out`` buffer (the backend
             module validates everything else before calling).
     """
     import torch
 
+    call = opspec.SCHEMA.bind_call(args, kwargs)
+    query, key, value = call.query, call.key, call.value
+    row_ptr, col_idx, mask_idx, masks = (call[n] for n in opspec.SCHEMA.layout_inputs())
+    key_padding_mask, block_size, scale = call.key_padding_mask, call.block_size, call.scale
     bsz, nh, slen, hd = query.shape
     nkv = key.shape[1]
     dv = value.shape[-1]

@@ -43,6 +43,7 @@
 #include <vector>
 
 #include "attn_common.h"
+#include "sa_op_schema.h"  // generated: SA_ATTENTION_ARRAYS_SCHEMA
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define SA_X86_DISPATCH 1
@@ -359,10 +360,9 @@ at::Tensor attention_arrays(const at::Tensor& query_in, const at::Tensor& key_in
 }  // namespace
 
 TORCH_LIBRARY(sparse_attn_cpu, m) {
-  m.def(
-      "attention_arrays(Tensor query, Tensor key, Tensor value, Tensor row_ptr, "
-      "Tensor col_idx, Tensor mask_idx, Tensor masks, Tensor? key_padding_mask, "
-      "int block_size, float scale) -> Tensor");
+  // The schema string comes from the Python op description (opspec.SCHEMA), written into
+  // sa_op_schema.h in the build directory by cpu_ext.build().
+  m.def(SA_ATTENTION_ARRAYS_SCHEMA);
   // No tensor arguments: catch-all kernels registered with the schema.
   m.def("isa() -> str", &isa_op);
   m.def("supported_isas() -> str[]", &supported_isas_op);
