@@ -129,3 +129,17 @@ def test_detector_leaves_derived_code_alone():
         "    return ext(*call.args())\n"
     )
     assert _py_copies(source) == []
+
+
+def test_bind_call_positional_keyword_and_errors():
+    vals = tuple(range(len(NAMES)))
+    call = opspec.SCHEMA.bind_call(vals[:3], dict(zip(NAMES[3:], vals[3:], strict=True)))
+    assert call.args() == vals and call.query == 0 and call.scale == vals[-1]
+    with pytest.raises(TypeError, match="missing argument"):
+        opspec.SCHEMA.bind_call(vals[:-1])
+    with pytest.raises(TypeError, match="takes"):
+        opspec.SCHEMA.bind_call((*vals, 0))
+    with pytest.raises(TypeError, match="unexpected argument 'kpm'"):
+        opspec.SCHEMA.bind_call(vals, {"kpm": None})
+    with pytest.raises(TypeError, match="given twice"):
+        opspec.SCHEMA.bind_call(vals, {"query": None})
