@@ -32,7 +32,15 @@ _CLEANUP_SIGNALS = tuple(
 
 
 class Terminated(SystemExit):
-    """Raised in the main thread when a termination signal arrives (exit code 128 + signal)."""
+    """Raised in the main thread when a termination signal arrives (exit code 128 + signal).
+
+    ``Terminated.received`` keeps the number of the last signal handled, because the exception
+    can be replaced on its way out: a signal that lands inside a C extension's module
+    initialisation (e.g. ``import onnxruntime``) surfaces as an ``ImportError``.
+    """
+
+    #: Number of the last termination signal handled, or None (reset by whoever owns the run).
+    received: int | None = None
 
     def __init__(self, signum: int) -> None:
         super().__init__(128 + int(signum))
@@ -40,6 +48,7 @@ class Terminated(SystemExit):
 
 
 def _raise_terminated(signum, frame) -> None:  # noqa: ARG001 - signal handler signature
+    Terminated.received = int(signum)
     raise Terminated(signum)
 
 

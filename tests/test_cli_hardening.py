@@ -192,3 +192,20 @@ def test_sigterm_during_export_leaves_no_temporary_file(tmp_path):
     assert proc.returncode == 143, (proc.returncode, err[-2000:])
     assert "Traceback" not in err, err[-2000:]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_termination_signal_decides_the_exit_code_even_when_its_exception_was_replaced():
+    # A SIGTERM that lands inside a C extension's import surfaces as an ImportError, which the
+    # library reports as a missing package; the CLI must still say "terminated" (143).
+    from sparse_attn.cli import exit_code_for
+    from sparse_attn.errors import UnsupportedEnvironmentError
+    from sparse_attn.fileio import Terminated
+
+    exc = UnsupportedEnvironmentError("onnxruntime is not installed")
+    assert exit_code_for(exc)[0] == 1
+    Terminated.received = 15
+    try:
+        code, message = exit_code_for(exc)
+    finally:
+        Terminated.received = None
+    assert (code, message) == (143, "terminated by signal 15")

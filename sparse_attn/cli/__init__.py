@@ -189,6 +189,8 @@ def exit_code_for(exc: BaseException) -> tuple[int, str]:
         return 130, "interrupted"
     if isinstance(exc, Terminated):
         return exc.code, f"terminated by signal {exc.signum}"
+    if Terminated.received is not None:  # the signal's exception was replaced on its way out
+        return 128 + Terminated.received, f"terminated by signal {Terminated.received}"
     if isinstance(exc, click.exceptions.Exit):
         return int(exc.exit_code), ""
     if isinstance(exc, click.exceptions.Abort):
@@ -224,12 +226,13 @@ def main(argv: list[str] | None = None) -> int:
     import signal
     import threading
 
-    from sparse_attn.fileio import terminate_as_exception
+    from sparse_attn.fileio import Terminated, terminate_as_exception
 
     args = list(sys.argv[1:] if argv is None else argv)
     main_thread = threading.current_thread() is threading.main_thread()
     old_int = signal.getsignal(signal.SIGINT) if main_thread else None
     _Interrupted.seen = False
+    Terminated.received = None
     try:
         if main_thread:
             signal.signal(signal.SIGINT, _Interrupted.handler)
