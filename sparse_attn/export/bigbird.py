@@ -165,13 +165,7 @@ def load_checkpoint_model(model_dir, *, dtype: str = "float32"):
 
     from sparse_attn.models import checkpoint
 
-    path = checkpoint.resolve(model_dir)
-    cfg = checkpoint.load_config(path)
-    if cfg.model_type != BigBirdModel.config_class.model_type:
-        raise InvalidInputError(
-            f"{path} holds a {cfg.model_type!r} checkpoint, not bigbird; use sparse-attn export "
-            "--model PATH"
-        )
+    path, cfg = checkpoint.load_config_for(model_dir, BigBirdModel, "bigbird")
     if cfg.attention_type != "block_sparse":
         raise InvalidInputError(
             f"{path} has attention_type={cfg.attention_type!r}; the bigbird adapter exports "

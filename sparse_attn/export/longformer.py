@@ -109,13 +109,7 @@ def load_checkpoint_model(model_dir, *, dtype: str = "float32"):
 
     from sparse_attn.models import checkpoint
 
-    path = checkpoint.resolve(model_dir)
-    cfg = checkpoint.load_config(path)
-    if cfg.model_type != LongformerModel.config_class.model_type:
-        raise InvalidInputError(
-            f"{path} holds a {cfg.model_type!r} checkpoint, not longformer; use sparse-attn export "
-            "--model PATH"
-        )
+    path, cfg = checkpoint.load_config_for(model_dir, LongformerModel, "longformer")
     windows = layer_windows(cfg)
     if any(w < 2 or w % 2 for w in windows):
         raise InvalidInputError(f"attention_window values must be even and >= 2, got {windows}")

@@ -154,6 +154,30 @@ def load_config(path: Path):
         ) from exc
 
 
+def load_config_for(model_dir, model_cls, family: str):
+    """Resolve a checkpoint directory and load its config, which must be ``model_cls``'s.
+
+    Used by the adapters of architectures that bypass the attention registry; ``family`` is
+    the adapter's name, as the error message gives it.
+
+    Returns:
+        ``(path, config)``.
+
+    Raises:
+        InvalidInputError: as :func:`resolve` and :func:`load_config`, or a checkpoint of
+            another architecture.
+    """
+    path = resolve(model_dir)
+    cfg = load_config(path)
+    expected = model_cls.config_class.model_type
+    if cfg.model_type != expected:
+        raise InvalidInputError(
+            f"{path} holds a {cfg.model_type!r} checkpoint, not {family}; use sparse-attn "
+            "export --model PATH"
+        )
+    return path, cfg
+
+
 def is_causal_lm(config) -> bool:
     """True when the checkpoint is exported as a causal LM (``logits``), else as an encoder."""
     from sparse_attn.models.layers import is_causal
