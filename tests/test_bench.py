@@ -387,24 +387,28 @@ def test_prefill_cells_schema_on_a_tiny_checkpoint(tiny_gemma_dir, tmp_path):
         workdir=tmp_path,
         model=str(tiny_gemma_dir),
         lengths=(40,),
-        impls=("ours_torch", "hf_sdpa"),
+        impls=("ours_ort", "ours_torch", "hf_sdpa"),
         repeats=2,
         threads=1,
         timeout_s=300,
         log=lambda m: None,
     )
-    assert [c["impl"] for c in cells] == ["ours_torch", "hf_sdpa"]
+    assert [c["impl"] for c in cells] == ["ours_ort", "ours_torch", "hf_sdpa"]
+    assert [p.name.split("_S")[0] for p in tmp_path.glob("*.onnx")] == [
+        f"{tiny_gemma_dir.name}_sparse_logits-last"
+    ]
     for c in cells:
         assert c["status"] == "ok", c
         assert c["suite"] == "model" and c["seq_len"] == 40 and c["reason"] is None
+        assert c["logits"] == "last"
         assert PREFILL_OK_KEYS <= set(c), set(c) ^ PREFILL_OK_KEYS
         assert c["repeats"] == 2 and len(c["times_ms"]) == 2
         assert c["min_ms"] <= c["median_ms"] <= c["max_ms"]
         assert c["peak_mem_mib"] >= c["loaded_rss_mib"] > 0
-    assert cells[1]["speedup_vs_hf_sdpa"] == pytest.approx(1.0)
+    assert cells[2]["speedup_vs_hf_sdpa"] == pytest.approx(1.0)
     json.dumps(cells)
     table = markdown(cells)
-    assert table.count("\n") == 3 and "Hugging Face sdpa" in table
+    assert table.count("\n") == 4 and "Hugging Face sdpa" in table
 
 
 def test_prefill_cells_over_budget_are_na_not_run(tiny_gemma_dir, tmp_path):

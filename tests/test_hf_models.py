@@ -350,3 +350,36 @@ def test_float16_export_stays_within_twice_hf_own_fp16_drift(ckpt_dirs, tmp_path
     real = inp["attention_mask"].numpy().astype(bool)
     err = np.abs(got.astype(np.float32) - exp)[real].max()
     assert err <= 2 * drift[real].max() + 1e-3, (err, drift[real].max())
+
+
+# ----------------------------------------------------------------------------- --logits last
+@pytest.mark.parametrize("name", ["gemma3_text", "gemma2"])
+def test_last_token_logits_export_matches_unmodified_head(ckpt_dirs, tmp_path, capsys, name):
+    """``--logits last``: ``[B, 1, vocab]`` at each row's last real token equals the unmodified
+    model's full logits gathered there (right padding, a one-token row, and Gemma 2's final
+    logit soft-capping, which the gathered head must apply too)."""
+    overrides = {"final_logit_softcapping": 0.05} if name == "gemma2" else {}
+    ck = save_tiny(name, tmp_path / name, **overrides) if overrides else ckpt_dirs[name]
+    out = _export(ck, tmp_path / f"{name}_last.onnx", "--logits", "last")
+    assert "PASS" in capsys.readouterr().out
+    meta = {p.key: p.value for p in onnx.load(str(out), load_external_data=False).metadata_props}
+    assert json.loads(meta["sparse_attn.model_config"])["logits"] == "last"
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    ref = _unmodified(ck)
+    for s in (*LENGTHS, 1):
+        inp = _inputs(s, seed=200 + s, pad=min(6, s - 1))
+        if s > 10:
+            inp["attention_mask"][0, 1:] = 0  # a row with one real token
+        got = sess.run(None, {k: v.numpy() for k, v in inp.items()})[0]
+        full = _hf_outputs(ref, inp)["logits"]
+        last = inp["attention_mask"].sum(-1) - 1
+        exp = full[torch.arange(2), last].unsqueeze(1).numpy()
+        assert got.shape == exp.shape == (2, 1, 128)
+        np.testing.assert_allclose(got, exp, atol=1e-4, rtol=1e-4, err_msg=f"{name} S={s}")
+
+
+def test_last_token_logits_refused_for_encoders(ckpt_dirs, tmp_path, capsys):
+    argv = ["export", "--model", str(ckpt_dirs["bert"]), "--logits", "last"]
+    code, err = _err(capsys, [*argv, "-o", str(tmp_path / "x.onnx")])
+    assert code == 2 and len(err.splitlines()) == 1 and "causal LM" in err
+    assert not (tmp_path / "x.onnx").exists()

@@ -58,9 +58,11 @@ class BenchConfig:
         max_cell_gib: attention cells estimated above this are n/a.
         suites: which of ``SUITES`` run.
         minilm_seq_len, long_seq_len, long_layers, model_repeats: model suite sizes.
-        prefill_model, prefill_lengths, prefill_impls, prefill_repeats, prefill_timeout_s:
+        prefill_model, prefill_lengths, prefill_impls, prefill_repeats, prefill_timeout_s,
+        prefill_logits:
             model suite, decoder prefill (:mod:`sparse_attn.bench.gemma`; repeats drop to 1
-            at S >= 8192; a cell over the timeout is n/a). ``prefill_lengths=()`` skips it.
+            at S >= 8192; a cell over the timeout is n/a; ``prefill_logits`` ``"last"`` or
+            ``"all"`` positions' logits). ``prefill_lengths=()`` skips it.
         layout_seq_len, layout_patterns: layout suite.
         gemm_n: size of the square matmul measuring the fp32 GEMM ceiling.
     """
@@ -100,6 +102,7 @@ class BenchConfig:
     )
     prefill_repeats: int = 3
     prefill_timeout_s: float = 900.0
+    prefill_logits: str = "last"
 
     @classmethod
     def full(cls) -> BenchConfig:
@@ -296,6 +299,7 @@ def run_bench(
                 threads=cfg.threads,
                 timeout_s=cfg.prefill_timeout_s,
                 log=log,
+                logits=cfg.prefill_logits,
             )
             result["model"]["cells"] += prefill
             result["model"]["config"]["prefill"] = {
@@ -303,6 +307,7 @@ def run_bench(
                 "lengths": list(cfg.prefill_lengths),
                 "impls": list(cfg.prefill_impls),
                 "repeats": cfg.prefill_repeats,
+                "logits": cfg.prefill_logits,
             }
         result["model"]["duration_s"] = time.perf_counter() - t_suite
     else:

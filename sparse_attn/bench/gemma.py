@@ -1,9 +1,11 @@
 """Model-level suite, decoder part: a Hugging Face checkpoint's prefill (default Gemma 3 270M).
 
 One prefill = one forward of ``input_ids [1, S]`` (random ids, seeded) with an all-ones
-``attention_mask``, returning the logits of every position (``[1, S, vocab]`` float32: at
-Gemma's 262,144-token vocabulary that is 1 GiB per 1,024 tokens, the same in every
-implementation). Implementations (:data:`IMPLS`):
+``attention_mask``, returning the logits of the last position (``logits="last"``, the
+default: ``[1, 1, vocab]``, what a generation's prefill needs; our exports are made with
+``logits="last"`` and Hugging Face's forward is called with ``logits_to_keep=1``) or of every
+position (``logits="all"``: ``[1, S, vocab]`` float32, at Gemma's 262,144-token vocabulary
+1 GiB per 1,024 tokens, the same in every implementation). Implementations (:data:`IMPLS`):
 
 * ``ours_ort``: our ONNX export (``sparse_attn.models.export_onnx``, the config's per-layer
   patterns) in ONNX Runtime.
@@ -68,12 +70,13 @@ def _config_sizes(model_dir: Path) -> dict:
     }
 
 
-def estimate_gib(impl: str, seq_len: int, sizes: dict) -> float:
-    """Rough peak memory of one cell in GiB (weights twice for ONNX Runtime, logits, the
+def estimate_gib(impl: str, seq_len: int, sizes: dict, logits: str = "last") -> float:
+    """Rough peak memory of one cell in GiB (weights twice for ONNX Runtime, full logits, the
     widest activation, and for eager/dense paths the ``H x S x S`` scores of one layer)."""
     s = seq_len
     b = sizes["weights_bytes"] * (2 if impl.endswith("_ort") else 1)
-    b += 2 * 4 * s * sizes["vocab"]  # logits (+ one copy on the way out)
+    if logits == "all":
+        b += 2 * 4 * s * sizes["vocab"]  # logits (+ one copy on the way out)
     b += 4 * 4 * s * max(sizes["inter"], sizes["hidden"])
     if impl in ("hf_eager", "dense_ort"):
         b += 3 * 4 * sizes["heads"] * s * s
@@ -133,7 +136,9 @@ def _worker(args) -> dict:
         if args.impl == "ours_torch":
             from sparse_attn.models import build_model
 
-            model = build_model(args.model, max_seq_len=args.seq_len, warn=False)
+            model = build_model(
+                args.model, max_seq_len=args.seq_len, warn=False, logits=args.logits
+            )
         else:
             path = ckpt.resolve(args.model)
             config = ckpt.load_config(path)
@@ -143,6 +148,8 @@ def _worker(args) -> dict:
                 model.set_attn_implementation(HF_ATTN[args.impl])
         model.eval()
         tfeeds = {k: torch.from_numpy(v) for k, v in feeds.items()}
+        if args.logits == "last" and args.impl != "ours_torch":
+            tfeeds["logits_to_keep"] = 1  # batch 1, no padding: the last real token
 
         def fn():
             with torch.no_grad():
@@ -194,6 +201,7 @@ def _export(args) -> None:
         layers=layers,
         max_seq_len=args.seq_len,
         verbose=False,
+        logits=args.logits,
     )
 
 
@@ -242,6 +250,7 @@ def run_gemma_suite(
     timeout_s: float = 900.0,
     export_timeout_s: float = 1800.0,
     log: Callable[[str], None] = print,
+    logits: str = "last",
 ) -> list[dict]:
     """Prefill cells of ``model`` for each S and implementation (module docstring).
 
@@ -253,6 +262,8 @@ def run_gemma_suite(
         threads: torch / ONNX Runtime intra-op threads. max_gib: cells estimated above this
             are n/a (default: 90 % of ``MemAvailable``). timeout_s / export_timeout_s: time
             budget of a cell / of one export, in seconds (exceeded: n/a).
+        logits: ``"last"`` (the last position's logits, as a prefill for generation) or
+            ``"all"`` (every position's).
 
     Returns:
         Cells (``suite="model"``, ``model``, ``impl``, ``variant``, ``seq_len``,
@@ -271,7 +282,7 @@ def run_gemma_suite(
         reason = f"checkpoint {model!r} unavailable: {' '.join(str(exc).split())[:200]}"
         for s in lengths:
             for impl in impls:
-                cells.append(_na(model, impl, s, reason))
+                cells.append(_na(model, impl, s, reason, logits))
         log(f"[model] {model}: n/a ({reason})")
         return cells
     if max_gib is None:
@@ -281,8 +292,8 @@ def run_gemma_suite(
     for s in lengths:
         onnx_paths: dict[str, Path | str] = {}
         for impl in impls:
-            est = estimate_gib(impl, s, sizes)
-            cell = _na(model, impl, s, None)
+            est = estimate_gib(impl, s, sizes, logits)
+            cell = _na(model, impl, s, None, logits)
             cell["est_gib"] = round(est, 2)
             if est > max_gib:
                 cell["reason"] = f"estimated {est:.1f} GiB > {max_gib:.1f} GiB budget"
@@ -290,13 +301,14 @@ def run_gemma_suite(
                 tag = "dense" if impl == "dense_ort" else "sparse"
                 if tag not in onnx_paths:
                     onnx_paths[tag] = _ensure_export(
-                        workdir / f"{name}_{tag}_S{s}_{code}.onnx",
+                        workdir / f"{name}_{tag}_logits-{logits}_S{s}_{code}.onnx",
                         model_dir,
                         s,
                         tag == "dense",
                         export_timeout_s,
                         threads,
                         log,
+                        logits,
                     )
                 got = onnx_paths[tag]
                 if isinstance(got, str):
@@ -317,6 +329,8 @@ def run_gemma_suite(
                     str(0 if big else warmup),
                     "--threads",
                     str(threads),
+                    "--logits",
+                    logits,
                 ]
                 if impl.endswith("_ort"):
                     argv += [
@@ -369,24 +383,26 @@ def run_gemma_suite(
     return cells
 
 
-def _na(model: str, impl: str, s: int, reason: str | None) -> dict:
+def _na(model: str, impl: str, s: int, reason: str | None, logits: str = "last") -> dict:
     return {
         "suite": "model",
         "model": model,
         "impl": impl,
         "variant": LABELS.get(impl, impl),
         "seq_len": s,
+        "logits": logits,
         "status": "n/a",
         "reason": reason,
     }
 
 
-def _ensure_export(path, model_dir, s, dense, timeout_s, threads, log) -> Path | str:
+def _ensure_export(path, model_dir, s, dense, timeout_s, threads, log, logits) -> Path | str:
     """The cached export at ``path`` (made in a subprocess when missing), or the n/a reason."""
     if path.exists():
         return path
     tmp = path.with_name(path.stem + f".tmp{os.getpid()}.onnx")
     argv = ["export", "--model", str(model_dir), "--seq-len", str(s), "--onnx", str(tmp)]
+    argv += ["--logits", logits]
     if dense:
         argv.append("--dense")
     log(f"[model] exporting {path.name} ...")
@@ -442,6 +458,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--onnx")
     p.add_argument("--dense", action="store_true")
+    p.add_argument("--logits", choices=("last", "all"), default="last")
     args = p.parse_args(argv)
     if args.mode == "export":
         _export(args)

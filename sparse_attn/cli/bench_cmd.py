@@ -111,6 +111,11 @@ def _name_list(name: str, text: str | None, known) -> tuple[str, ...] | None:
     type=BoundedInt(1, 1000),
     help="model suite: timed prefills per cell below S=8192 (default 3; 1 at larger S).",
 )
+@click.option(
+    "--prefill-logits",
+    type=click.Choice(["last", "all"]),
+    help="model suite: logits of the last position (default, a generation prefill) or of all.",
+)
 @click.option("--no-plot", is_flag=True, help="Do not write the PNG plot.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result JSON instead of markdown.")
 def command(
@@ -136,6 +141,7 @@ def command(
     prefill_impls,
     prefill_model,
     prefill_repeats,
+    prefill_logits,
     no_plot,
     as_json,
 ):
@@ -175,6 +181,8 @@ def command(
         upd["prefill_model"] = prefill_model
     if prefill_repeats is not None:
         upd["prefill_repeats"] = prefill_repeats
+    if prefill_logits is not None:
+        upd["prefill_logits"] = prefill_logits
     if gen_model is not None:
         upd["generate_model"] = gen_model
     if gen_new_tokens is not None:

@@ -137,6 +137,13 @@ def _export_command(cmd: click.Command) -> click.Command:
     "window-bounded KV cache (docs/generation.md); -o is then a directory.",
 )
 @click.option(
+    "--logits",
+    type=click.Choice(["all", "last"]),
+    default=None,
+    help="Causal LM checkpoints: logits of every position (all, default) or of each row's "
+    "last real token only (last: [batch, 1, vocab], a prefill's output).",
+)
+@click.option(
     "-o",
     "--output",
     required=True,
@@ -145,7 +152,18 @@ def _export_command(cmd: click.Command) -> click.Command:
 )
 @click.pass_context
 def command(
-    ctx, model_name, pattern, layers, block_size, max_seq_len, causal, dtype, task, output, **family
+    ctx,
+    model_name,
+    pattern,
+    layers,
+    block_size,
+    max_seq_len,
+    causal,
+    dtype,
+    task,
+    logits,
+    output,
+    **family,
 ):
     """Export a model with sparse attention to one ONNX file.
 
@@ -164,6 +182,11 @@ def command(
     if task == "generate":
         from sparse_attn.cli.generate_cmd import export_for_generation
 
+        if logits is not None:
+            raise InvalidInputError(
+                "--logits does not apply to --task generate (its prefill returns the last "
+                "position's logits)"
+            )
         export_for_generation(
             model_name, given, pattern, layers, block_size, max_seq_len, causal, dtype, output
         )
@@ -182,9 +205,14 @@ def command(
             causal=causal,
             dtype=dtype,
             output=output,
+            logits=logits,
         )
         click.echo(f"wrote {path}")
         return
+    if logits is not None:
+        raise InvalidInputError(
+            f"--logits applies to causal LM checkpoints, not to --model {model_name}"
+        )
     if layers is not None:
         raise InvalidInputError(
             f"--layers applies to checkpoint exports, not to --model {model_name}"

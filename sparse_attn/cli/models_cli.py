@@ -30,6 +30,7 @@ def export_checkpoint(
     causal: bool,
     dtype: str,
     output,
+    logits: str | None = None,
 ):
     """``sparse-attn export --model PATH|NAME``: a checkpoint directory or built-in model.
 
@@ -57,6 +58,8 @@ def export_checkpoint(
             )
         if layers is not None:
             raise InvalidInputError(f"--layers does not apply to {adapter} checkpoints")
+        if logits is not None:
+            raise InvalidInputError(f"--logits does not apply to {adapter} checkpoints (encoders)")
         return family.export_onnx(
             output,
             pattern=pattern,
@@ -93,6 +96,7 @@ def export_checkpoint(
                 block_size=block_size,
                 max_seq_len=max_seq_len,
                 dtype=dtype,
+                logits=logits,
             )
         finally:
             from sparse_attn.models.layers import PatternOverrideWarning

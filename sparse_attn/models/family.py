@@ -8,7 +8,8 @@ switches the unmodified transformers model to the registered sparse attention
 
 * inputs ``input_ids``, ``attention_mask`` int64 ``[batch, seq_len]`` (1 = real token, right
   padding; positions ``0..S-1``), B and S dynamic (S in 1..max_seq_len);
-* outputs ``logits [B, S, vocab]`` for a causal LM, ``last_hidden_state [B, S, hidden]``
+* outputs ``logits [B, S, vocab]`` for a causal LM (``logits="last"``: ``[B, 1, vocab]``, each
+  row's last real token only, what a prefill needs), ``last_hidden_state [B, S, hidden]``
   (plus ``pooler_output`` where the model has a pooler) for an encoder;
 * one ``BlockSparseAttention`` node per attention layer; metadata
   ``sparse_attn.layer_patterns`` holds the per-layer table (layer, kind, pattern, the model's
@@ -35,6 +36,8 @@ DEFAULT_BLOCK_SIZE = 64
 #: Default ``max_seq_len`` when the model allows more positions.
 DEFAULT_MAX_SEQ_LEN = 4096
 INPUT_NAMES = ("input_ids", "attention_mask")
+#: Values of ``logits``: every position, or each row's last real token (causal LMs only).
+LOGITS_MODES = ("all", "last")
 #: Metadata key holding the per-layer pattern table (JSON list of dicts).
 LAYER_PATTERNS_KEY = opspec.meta_key("layer_patterns")
 #: ``(atol, rtol)`` of the sparse-vs-unmodified check in float32 (op vs eager softmax order).
@@ -100,16 +103,18 @@ def _module_class():
             layouts: ``BlockLayout`` per layer.
             calls: the model's probe (:func:`sparse_attn.models.attention.probe`).
             causal_lm: output ``logits`` (else ``last_hidden_state`` [+ ``pooler_output``]).
+            logits: ``"all"`` (``[B, S, vocab]``) or ``"last"`` (``[B, 1, vocab]``).
 
         ``forward(input_ids, attention_mask)`` (int64 ``[B, S]``) returns a dict of outputs.
         """
 
-        def __init__(self, hf, patterns, layouts, calls, causal_lm: bool) -> None:
+        def __init__(self, hf, patterns, layouts, calls, causal_lm: bool, logits="all") -> None:
             super().__init__()
             from sparse_attn.models import attention as attn
 
             self.hf = hf
             self.causal_lm = bool(causal_lm)
+            self.logits = logits
             self.patterns = list(patterns)
             self.layer_layouts = list(layouts)
             self.calls = list(calls)
@@ -123,14 +128,68 @@ def _module_class():
             return self.hf.config
 
         def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict:
-            return model_outputs(self.hf, input_ids, attention_mask, self.causal_lm)
+            return model_outputs(
+                self.hf, input_ids, attention_mask, self.causal_lm, logits=self.logits
+            )
 
     return SparseModel
 
 
-def model_outputs(hf, input_ids, attention_mask, causal_lm: bool) -> dict:
-    """The export's outputs of ``hf`` (whatever its attention implementation is)."""
+def check_logits_mode(logits, causal_lm: bool) -> str:
+    """``logits`` checked against :data:`LOGITS_MODES` and the model kind.
+
+    Raises:
+        InvalidInputError: an unknown mode, or ``"last"`` for an encoder (it has no logits).
+    """
+    mode = "all" if logits is None else logits
+    if mode not in LOGITS_MODES:
+        raise InvalidInputError(f"logits={logits!r}: use one of {', '.join(LOGITS_MODES)}")
+    if mode == "last" and not causal_lm:
+        raise InvalidInputError(
+            "--logits last applies to causal LM checkpoints; this checkpoint is exported as an "
+            "encoder (last_hidden_state)"
+        )
+    return mode
+
+
+def last_token_index(attention_mask):
+    """Index of each row's last real token: ``attention_mask [B, S]`` (1 = real, right
+    padding) -> int64 ``[B]`` (0 for a row without real tokens)."""
+    import torch
+
+    return (attention_mask.to(torch.int64).sum(-1) - 1).clamp(min=0)
+
+
+def last_token_logits(hf, input_ids, attention_mask):
+    """``[B, 1, vocab]`` logits of each row's last real token, without the ``[B, S, vocab]``
+    tensor: the decoder's hidden states are gathered at :func:`last_token_index` and go
+    through the model's output embedding and its final logit soft-capping, as in the
+    model's own head (the export check compares them with the unmodified model's logits)."""
+    import torch
+
+    from sparse_attn.models.layers import text_config
+
+    out = hf.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    hidden = out.last_hidden_state
+    idx = last_token_index(attention_mask)
+    rows = torch.arange(hidden.shape[0], device=hidden.device)
+    last = hidden[rows, idx].unsqueeze(1)
+    logits = hf.get_output_embeddings()(last)
+    cap = getattr(text_config(hf.config), "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+def model_outputs(hf, input_ids, attention_mask, causal_lm: bool, logits: str = "all") -> dict:
+    """The export's outputs of ``hf`` (whatever its attention implementation is).
+
+    ``logits="last"`` (causal LM): ``[B, 1, vocab]`` at each row's last real token
+    (:func:`last_token_logits`).
+    """
     if causal_lm:
+        if logits == "last":
+            return {"logits": last_token_logits(hf, input_ids, attention_mask)}
         out = hf(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         return {"logits": out.logits}
     out = hf(input_ids=input_ids, attention_mask=attention_mask)
@@ -171,6 +230,7 @@ def build_model(
     dtype: str = "float32",
     warn: bool = True,
     loaded=None,
+    logits: str = "all",
 ):
     """The checkpoint with sparse attention, as an eval-mode ``torch.nn.Module``.
 
@@ -183,6 +243,7 @@ def build_model(
         dtype: ``"float32"`` | ``"float16"``.
         warn: warn when a user pattern replaces a model window.
         loaded: an already loaded ``(model, config)`` of ``model_dir`` (saves a reload).
+        logits: causal LMs: ``"all"`` positions or each row's ``"last"`` real token.
 
     Returns:
         ``SparseModel`` with ``patterns``, ``layer_layouts``, ``hf``, ``num_heads``, ``head_dim``.
@@ -204,6 +265,7 @@ def build_model(
     else:
         config = loaded[1]
     max_seq_len = check_max_seq_len(config, max_seq_len)
+    logits = check_logits_mode(logits, ckpt.is_causal_lm(config))
     patterns = layer_patterns(config, max_seq_len, pattern, layers, warn=warn)
     hf = loaded[0] if loaded is not None else ckpt.load_model(path, config)
     calls = attn.probe(hf)
@@ -211,7 +273,9 @@ def build_model(
     layouts = compile_layouts(
         patterns, max_seq_len=max_seq_len, block_size=block_size, num_heads=calls[0].num_heads
     )
-    model = _module_class()(hf, patterns, layouts, calls, ckpt.is_causal_lm(config)).eval()
+    model = _module_class()(
+        hf, patterns, layouts, calls, ckpt.is_causal_lm(config), logits=logits
+    ).eval()
     model.model_dir = str(Path(path).resolve())
     model.max_seq_len = max_seq_len
     model.block_size = block_size
@@ -301,7 +365,23 @@ def hf_reference_outputs(model, inputs: dict) -> dict:
 
     hf = model.hf
     with attn_implementation(hf, "eager"), torch.no_grad():
-        return model_outputs(hf, inputs["input_ids"], inputs["attention_mask"], model.causal_lm)
+        return reference_outputs(
+            hf, inputs["input_ids"], inputs["attention_mask"], model.causal_lm, model.logits
+        )
+
+
+def reference_outputs(hf, input_ids, attention_mask, causal_lm: bool, logits: str) -> dict:
+    """The export's outputs computed by the model's own forward only: with ``logits="last"``
+    the full ``[B, S, vocab]`` logits of the model's head, gathered at each row's last real
+    token (so the check also covers :func:`last_token_logits`)."""
+    import torch
+
+    out = model_outputs(hf, input_ids, attention_mask, causal_lm)
+    if causal_lm and logits == "last":
+        full = out["logits"]
+        rows = torch.arange(full.shape[0], device=full.device)
+        out = {"logits": full[rows, last_token_index(attention_mask)].unsqueeze(1)}
+    return out
 
 
 def hf_check(model, inputs: dict, tolerance=HF_CHECK_TOLERANCE) -> dict:
@@ -324,7 +404,7 @@ def hf_check(model, inputs: dict, tolerance=HF_CHECK_TOLERANCE) -> dict:
     for name, r in ref.items():
         g = got[name].float()
         r = r.float()
-        if g.dim() >= 3:
+        if g.dim() >= 3 and g.shape[:2] == real.shape:
             g, r = g[real], r[real]
         diff = (g - r).abs()
         errs[name] = float(diff.max()) if diff.numel() else 0.0
@@ -357,6 +437,7 @@ def model_config_for(model, *, pattern, layers, dtype) -> dict:
         "dtype": dtype,
         "vocab_size": int(getattr(tc, "vocab_size", 0) or 0) or None,
         "causal_lm": model.causal_lm,
+        "logits": model.logits,
     }
 
 
@@ -376,6 +457,7 @@ def build_torch_model(model_config: dict):
             max_seq_len=model_config["max_seq_len"],
             dtype=model_config.get("dtype", "float32"),
             warn=False,
+            logits=model_config.get("logits", "all"),
         )
     except KeyError as exc:
         raise InvalidInputError(f"hf model_config lacks {exc}; re-export the model") from exc
@@ -411,7 +493,9 @@ def build_reference_model(model_config: dict):
             hf = self.sparse.hf
             impl = MASKED_EAGER if user_layers else "eager"
             with attn_implementation(hf, impl), torch.no_grad():
-                return model_outputs(hf, input_ids, attention_mask, self.sparse.causal_lm)
+                return reference_outputs(
+                    hf, input_ids, attention_mask, self.sparse.causal_lm, self.sparse.logits
+                )
 
     if user_layers:
         _register_masked_eager()
@@ -475,6 +559,7 @@ def export_onnx(
     dtype: str = "float32",
     causal: bool = False,
     verbose: bool = True,
+    logits: str = "all",
 ):
     """Export a checkpoint with sparse attention to one ONNX file (module docstring).
 
@@ -487,6 +572,9 @@ def export_onnx(
         dtype: ``"float32"`` | ``"float16"``.
         causal: ignored: causality is the model's own (accepted for the common signature).
         verbose: print the per-layer table and the checks.
+        logits: causal LMs: ``"all"`` (``logits [B, S, vocab]``) or ``"last"`` (``[B, 1,
+            vocab]``, each row's last real token: a prefill's output, without the full-vocabulary
+            tensor of every position).
 
     Returns:
         The written path.
@@ -508,6 +596,7 @@ def export_onnx(
         block_size=block_size,
         max_seq_len=max_seq_len,
         dtype="float32",
+        logits=logits,
     )
     max_seq_len = model.max_seq_len
     if verbose:
