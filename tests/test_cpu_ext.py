@@ -510,6 +510,34 @@ def test_fp16_values_near_overflow(isa):
     assert_close(out, exp, 1.0, 2e-3, f"fp16 near overflow {isa}")
 
 
+@pytest.mark.parametrize("bs", [32, 64])
+def test_partial_tiles_rows_skipped_per_column_group(isa, bs):
+    """Partial tiles whose visible keys differ between groups of 16 query rows.
+
+    The kernel skips, per group of 16 query columns, the key rows of a run that no column of
+    the group sees (the causal diagonal, the left edge of a sliding window, sparse random
+    tiles); every visible key must still count, and NaN/Inf in padded keys must not leak.
+    """
+    rng = np.random.default_rng(bs)
+    b, h, hkv, s, d, dv = 2, 4, 1, 333, 40, 24
+    window = np.tri(s, dtype=bool) & ~np.tri(s, k=-100, dtype=bool)  # 100-key causal window
+    sparse = window & (rng.random((s, s)) < 0.2)
+    sparse[:, 70:75] = False  # keys visible to nobody in the middle of a tile
+    mask = np.stack([window, window, sparse, band_global(s, 40, 3)])
+    layout = BlockLayout.from_token_mask(mask, bs)
+    q, k, v = rand(b, h, s, d, seed=1), rand(b, hkv, s, d, seed=2), rand(b, hkv, s, dv, seed=3)
+    kpm = torch.ones(b, s, dtype=torch.bool)
+    kpm[0, s - 20 :] = False
+    kpm[1, 90:97] = False
+    for bb in range(b):
+        k[bb, :, ~kpm[bb]] = math.nan
+        v[bb, :, ~kpm[bb]] = math.inf
+    out = run(q, k, v, layout, kpm)
+    assert torch.isfinite(out).all(), "NaN/Inf of padded keys leaked"
+    exp = reference(q, k, v, mask, kpm, d**-0.5, exact_nan=False)
+    assert_close(out, exp, 2e-5, 2e-5, f"per-group key rows, block {bs}, {isa}")
+
+
 def test_head_dim_and_group_limits_are_reported():
     q = rand(1, 4, 8, 300)
     assert "300" in cpu_ext.not_supported_reason(q, q[:, :1], q[:, :1], 16)

@@ -35,6 +35,10 @@ struct Params {
   // Partial-tile masks transposed to key-major int32: maskT[k][key j][query i] = -1 (visible)
   // or 0, i < rpad (columns i >= bs are -1, they only feed discarded padding columns).
   const int32_t* maskT;
+  // Visible key rows of each partial-tile mask per group of 16 query columns:
+  // mask_rows[(k * rpad / 16 + q) * 2 + {0, 1}] = [first, last + 1) key j visible to any
+  // column of group q of mask k (0, 0 when none), so the GEMMs skip rows all-masked there.
+  const int32_t* mask_rows;
   const uint8_t* kpm;  // key_padding_mask [B, S] (1 = real token) or nullptr
   float* out;          // fp32 [B, H, S, Dv] contiguous
   int64_t H;
@@ -59,6 +63,11 @@ struct Workspace {
   float* vbuf;   // [run_keys][Dv] V run converted to fp32 (16-bit inputs)
   float* vclean; // [run_keys][Dv] V run with NaN/Inf replaced by 0 (rare path)
   float* row;    // [16][max(D, Dv)] conversion / transposition scratch
+  float* bpack;  // [kPackFloats] one packed panel of B for the GEMMs (contiguous rows)
+  int32_t* krange;  // [2][N / 16] visible key rows [lo, hi) of the run per 16-column group
 };
+
+// Floats of Workspace::bpack: KC (128) rows x 64 columns, the largest panel of any ISA.
+constexpr int64_t kPackFloats = 128 * 64;
 
 }  // namespace sparse_attn_cpu

@@ -275,9 +275,12 @@ static inline void micro_nv(int nv, int64_t K, const float* a, int64_t am, int64
 }
 
 // C[M, N] (+)= A[M, K] B[K, N]; N is a multiple of W. Column panels outside, then chunks
-// of KC along K (so the panel of B, KC x NV_MAX*W floats, stays in L1 for all row panels),
-// row panels of MR_MAX inside.
+// of KC along K, row panels of MR_MAX inside. Each KC x NV_MAX*W panel of B is first copied
+// into contiguous rows (bpack) so that it stays in L1 for all row panels: in place, its rows
+// are ldb floats apart (1 KiB for 4 heads x 64 queries), and 128 rows at such a stride
+// fall into a few L1 sets and evict each other, so every row panel re-read B from L2.
 constexpr int64_t KC = 128;
+static_assert(KC * NV_MAX * W <= ::sparse_attn_cpu::kPackFloats, "bpack too small");
 
 template <bool ACC>
 static inline void gemm_panel(int mr, int nv, int64_t K, const float* a, int64_t am, int64_t ak,
@@ -293,23 +296,56 @@ static inline void gemm_panel(int mr, int nv, int64_t K, const float* a, int64_t
   }
 }
 
-template <bool ACC>
+// RANGE: 0 all of C, 1 only rows [lo, hi) of C in each column panel, 2 only k in [lo, hi)
+// (the other k add nothing: their B rows are 0 there), where [lo, hi) is the union of
+// krange[q], krange[NG + q] over the 16-column groups q of the panel. Skipped rows of C are
+// left as they were (the caller masks them to -inf).
+template <bool ACC, int RANGE>
 static void gemm(int64_t M, int64_t N, int64_t K, const float* a, int64_t am, int64_t ak,
-                 const float* b, int64_t ldb, float* c, int64_t ldc, const float* colscale) {
+                 const float* b, int64_t ldb, float* c, int64_t ldc, const float* colscale,
+                 float* bpack, const int32_t* krange) {
+  const int64_t ng = N / 16;
   for (int64_t n0 = 0; n0 < N; n0 += NV_MAX * W) {
     const int nv = static_cast<int>(imin(NV_MAX, (N - n0) / W));
-    for (int64_t k0 = 0; k0 < K; k0 += KC) {
-      const int64_t kc = imin(KC, K - k0);
+    const int64_t ldp = static_cast<int64_t>(nv) * W;
+    int64_t mlo = 0, mhi = M, klo = 0, khi = K;
+    if (RANGE != 0) {
+      int64_t lo = RANGE == 1 ? M : K, hi = 0;
+      for (int64_t q = n0 / 16; q <= (n0 + ldp - 1) / 16; ++q) {
+        if (krange[q] >= krange[ng + q]) continue;
+        lo = krange[q] < lo ? krange[q] : lo;
+        hi = krange[ng + q] > hi ? krange[ng + q] : hi;
+      }
+      if (lo > hi) lo = hi;
+      if (RANGE == 1) mlo = lo, mhi = hi;
+      else klo = lo, khi = hi;
+    }
+    if (klo >= khi) {  // nothing to add: only the rescale of C
+      if (ACC && colscale != nullptr)
+        for (int64_t m0 = mlo; m0 < mhi; m0 += MR_MAX)
+          gemm_panel<ACC>(static_cast<int>(imin(MR_MAX, mhi - m0)), nv, 0, a, am, ak, b, ldb,
+                          c + m0 * ldc + n0, ldc, colscale + n0);
+      continue;
+    }
+    for (int64_t k0 = klo; k0 < khi; k0 += KC) {
+      const int64_t kc = imin(KC, khi - k0);
       const float* bk = b + k0 * ldb + n0;
+      const bool pack = mhi - mlo > MR_MAX;  // B is reused by several row panels
+      if (pack) {
+        for (int64_t k = 0; k < kc; ++k)
+          for (int v = 0; v < nv; ++v) vstore(bpack + k * ldp + v * W, vload(bk + k * ldb + v * W));
+      }
+      const float* bp = pack ? bpack : bk;
+      const int64_t ldbp = pack ? ldp : ldb;
       const float* ak0 = a + k0 * ak;
-      for (int64_t m0 = 0; m0 < M; m0 += MR_MAX) {
-        const int mr = static_cast<int>(imin(MR_MAX, M - m0));
+      for (int64_t m0 = mlo; m0 < mhi; m0 += MR_MAX) {
+        const int mr = static_cast<int>(imin(MR_MAX, mhi - m0));
         float* cm = c + m0 * ldc + n0;
-        if (k0 == 0)
-          gemm_panel<ACC>(mr, nv, kc, ak0 + m0 * am, am, ak, bk, ldb, cm, ldc,
+        if (k0 == klo)
+          gemm_panel<ACC>(mr, nv, kc, ak0 + m0 * am, am, ak, bp, ldbp, cm, ldc,
                           ACC ? colscale + n0 : nullptr);
         else
-          gemm_panel<true>(mr, nv, kc, ak0 + m0 * am, am, ak, bk, ldb, cm, ldc, nullptr);
+          gemm_panel<true>(mr, nv, kc, ak0 + m0 * am, am, ak, bp, ldbp, cm, ldc, nullptr);
       }
     }
   }
@@ -452,7 +488,31 @@ static void process_item(const Params& P, const Item& it, const Workspace& ws) {
       lda_k = D;
     }
     float* st = ws.st;
-    gemm<false>(C, N, D, ka, lda_k, 1, qt, N, st, N, nullptr);
+    // Visible key rows of the run per 16-column group (the heads of the item share one
+    // layout row, so group q of every head has the same range).
+    const int64_t ngr = rpad / 16, ng = N / 16;
+    for (int64_t q = 0; q < ngr; ++q) {
+      int64_t lo = C, hi = 0;
+      for (int32_t t = e; t < e2; ++t) {
+        const int64_t c0 = (static_cast<int64_t>(crow[t]) - crow[e]) * bs;
+        const int64_t bc = imin(bs, C - c0);
+        int64_t jlo = 0, jhi = bc;
+        if (mrow[t] >= 0) {
+          const int32_t* mr_ = P.mask_rows + (static_cast<int64_t>(mrow[t]) * ngr + q) * 2;
+          jlo = mr_[0];
+          jhi = imin(mr_[1], bc);
+        }
+        if (jlo >= jhi) continue;
+        lo = c0 + jlo < lo ? c0 + jlo : lo;
+        hi = c0 + jhi > hi ? c0 + jhi : hi;
+      }
+      if (lo > hi) lo = hi;
+      for (int g = 0; g < it.nh; ++g) {
+        ws.krange[g * ngr + q] = static_cast<int32_t>(lo);
+        ws.krange[ng + g * ngr + q] = static_cast<int32_t>(hi);
+      }
+    }
+    gemm<false, 1>(C, N, D, ka, lda_k, 1, qt, N, st, N, nullptr, ws.bpack, ws.krange);
 
     // ---- masks: partial tiles, key padding (selected, never added: NaN-safe)
     for (int32_t t = e; t < e2; ++t) {
@@ -503,7 +563,7 @@ static void process_item(const Params& P, const Item& it, const Workspace& ws) {
       finite = all_finite(va, C, Dv, ldv);
     }
     if (finite) {
-      gemm<true>(Dv, N, C, va, 1, ldv, st, N, ot, N, ws.alpha);
+      gemm<true, 2>(Dv, N, C, va, 1, ldv, st, N, ot, N, ws.alpha, ws.bpack, ws.krange);
     } else {
       // NaN/Inf in V: multiply a cleaned copy (non-finite -> 0), then add the non-finite
       // values back only where p != 0, so that 0 * NaN never reaches a row that cannot
@@ -514,7 +574,7 @@ static void process_item(const Params& P, const Item& it, const Workspace& ws) {
           const float x = va[j * ldv + d];
           vc[j * Dv + d] = x * 0.f == 0.f ? x : 0.f;
         }
-      gemm<true>(Dv, N, C, vc, 1, Dv, st, N, ot, N, ws.alpha);
+      gemm<true, 2>(Dv, N, C, vc, 1, Dv, st, N, ot, N, ws.alpha, ws.bpack, ws.krange);
       for (int64_t j = 0; j < C; ++j)
         for (int64_t d = 0; d < Dv; ++d) {
           const float raw = va[j * ldv + d];

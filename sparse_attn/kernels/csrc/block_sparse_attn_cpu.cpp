@@ -269,6 +269,22 @@ at::Tensor attention_arrays(const at::Tensor& query_in, const at::Tensor& key_in
         for (int64_t j = 0; j < bs; ++j)
           maskT[(t * bs + j) * rpad + i] = mk[(t * bs + i) * bs + j] ? -1 : 0;
   }
+  const int64_t ngroups = rpad / 16;
+  std::vector<int32_t> mask_rows(static_cast<size_t>(std::max<int64_t>(M, 1) * ngroups * 2), 0);
+  for (int64_t t = 0; t < M; ++t)
+    for (int64_t q = 0; q < ngroups; ++q) {
+      int64_t lo = bs, hi = 0;
+      for (int64_t j = 0; j < bs; ++j)
+        for (int64_t i = q * 16; i < q * 16 + 16; ++i)
+          if (maskT[(t * bs + j) * rpad + i] != 0) {
+            lo = std::min(lo, j);
+            hi = std::max(hi, j + 1);
+          }
+      if (lo < hi) {
+        mask_rows[(t * ngroups + q) * 2] = static_cast<int32_t>(lo);
+        mask_rows[(t * ngroups + q) * 2 + 1] = static_cast<int32_t>(hi);
+      }
+    }
 
   // Work items: per (K/V head, query block), the G query heads of the group split into runs
   // of consecutive heads with identical CSR rows, each run cut into pieces of at most
@@ -333,6 +349,7 @@ at::Tensor attention_arrays(const at::Tensor& query_in, const at::Tensor& key_in
   P.row_ptr = rp, P.col_idx = cp, P.mask_idx = mp;
   P.rp_stride = nqb_layout + 1, P.nnz = nnz, P.layout_heads = Hl;
   P.maskT = maskT.data();
+  P.mask_rows = mask_rows.data();
   P.kpm = kpm.defined() ? kpm.data_ptr<uint8_t>() : nullptr;
   P.out = out.data_ptr<float>();
   P.H = H;
@@ -346,8 +363,11 @@ at::Tensor attention_arrays(const at::Tensor& query_in, const at::Tensor& key_in
   at::parallel_for(0, nthreads, 1, [&](int64_t, int64_t) {
     const int64_t rk = P.run_keys;
     AlignedBuf qt(D * ncols), st(rk * ncols), ot(Dv * ncols), m(ncols), l(ncols), al(ncols),
-        kb(rk * D), vb(rk * Dv), vc(rk * Dv), row(16 * std::max(D, Dv));
-    const Workspace ws{qt.ptr, st.ptr, ot.ptr, m.ptr, l.ptr, al.ptr, kb.ptr, vb.ptr, vc.ptr, row.ptr};
+        kb(rk * D), vb(rk * Dv), vc(rk * Dv), row(16 * std::max(D, Dv)),
+        bp(sparse_attn_cpu::kPackFloats);
+    std::vector<int32_t> kr(static_cast<size_t>(2 * (ncols / 16 + 1)));
+    const Workspace ws{qt.ptr, st.ptr, ot.ptr,  m.ptr,  l.ptr,     al.ptr,
+                       kb.ptr, vb.ptr, vc.ptr, row.ptr, bp.ptr, kr.data()};
     for (;;) {
       const int64_t i = next.fetch_add(1);
       if (i >= total) break;
