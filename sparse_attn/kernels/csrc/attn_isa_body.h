@@ -330,7 +330,8 @@ static void gemm(int64_t M, int64_t N, int64_t K, const float* a, int64_t am, in
     for (int64_t k0 = klo; k0 < khi; k0 += KC) {
       const int64_t kc = imin(KC, khi - k0);
       const float* bk = b + k0 * ldb + n0;
-      const bool pack = mhi - mlo > MR_MAX;  // B is reused by several row panels
+      // Pack when B is reused by several row panels and its rows are not contiguous already.
+      const bool pack = mhi - mlo > MR_MAX && ldb != ldp;
       if (pack) {
         for (int64_t k = 0; k < kc; ++k)
           for (int v = 0; v < nv; ++v) vstore(bpack + k * ldp + v * W, vload(bk + k * ldb + v * W));
