@@ -257,8 +257,10 @@ def run_gemma_suite(
     Args:
         workdir: cache of exported ONNX files. model: checkpoint directory or built-in name.
         lengths: prefill lengths S (tokens). impls: subset of :data:`IMPLS`.
-        repeats: timed calls per cell at S < ``large_s``; 1 (and no warm-up except flex's
-            compile call) at S >= ``large_s``.
+        repeats: timed calls per cell at S < ``large_s``; 1 at S >= ``large_s``.
+        warmup: untimed calls before the timed ones (at most 1 at S >= ``large_s``; flex
+            always gets one, its compile call). Its first call is reported as
+            ``first_call_ms``.
         threads: torch / ONNX Runtime intra-op threads. max_gib: cells estimated above this
             are n/a (default: 90 % of ``MemAvailable``). timeout_s / export_timeout_s: time
             budget of a cell / of one export, in seconds (exceeded: n/a).
@@ -326,7 +328,7 @@ def run_gemma_suite(
                     "--repeats",
                     str(1 if big else repeats),
                     "--warmup",
-                    str(0 if big else warmup),
+                    str(min(warmup, 1) if big else warmup),
                     "--threads",
                     str(threads),
                     "--logits",
