@@ -53,7 +53,7 @@ struct Item {
 
 // Per-thread scratch (fp32, 64-byte aligned), sized by the driver for the largest item.
 struct Workspace {
-  float* qt;     // [D][N]   scaled Q^T of the item
+  float* qt;     // [D][N]   scaled Q^T of the item, panel-major (see gemm in attn_isa_body.h)
   float* st;     // [run_keys][N] scores, then probabilities (key-major)
   float* ot;     // [Dv][N]  output accumulator, transposed
   float* m;      // [N] running max (base 2)

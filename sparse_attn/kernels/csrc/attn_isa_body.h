@@ -7,10 +7,11 @@
 //
 // Layout of the work (one Item: query block r of nh heads sharing K/V head hk):
 //   qt [D][N]      Q^T of the nh heads, scaled by scale * log2(e) (N = nh * rpad columns,
-//                  column g * rpad + i = query i of head h0 + g; padding columns are 0)
+//                  column g * rpad + i = query i of head h0 + g; padding columns are 0),
+//                  stored panel-major (panels of PW columns, see gemm's BPM)
 //   st [C][N]      scores of a run of C keys, S^T = K_run Q^T (key-major), then p
 //   ot [Dv][N]     output accumulator O^T += V_run^T P^T, rescaled by alpha per column
-// Both products are C[M, N] (+)= A[M, K] B[K, N] with B row-major (qt or st) and A read
+// Both products are C[M, N] (+)= A[M, K] B[K, N] with B = qt or st and A read
 // by broadcast from K or V rows in place (fp32) or from a converted copy (fp16 / bf16). The
 // online softmax (FlashAttention, Dao et al. 2022, Alg. 1) runs down the key axis of st, so
 // it is vertical vector arithmetic over query columns (no horizontal reductions).
@@ -280,6 +281,7 @@ static inline void micro_nv(int nv, int64_t K, const float* a, int64_t am, int64
 // are ldb floats apart (1 KiB for 4 heads x 64 queries), and 128 rows at such a stride
 // fall into a few L1 sets and evict each other, so every row panel re-read B from L2.
 constexpr int64_t KC = 128;
+constexpr int64_t PW = NV_MAX * W;  // columns of a GEMM column panel
 static_assert(KC * NV_MAX * W <= ::sparse_attn_cpu::kPackFloats, "bpack too small");
 
 template <bool ACC>
@@ -299,8 +301,9 @@ static inline void gemm_panel(int mr, int nv, int64_t K, const float* a, int64_t
 // RANGE: 0 all of C, 1 only rows [lo, hi) of C in each column panel, 2 only k in [lo, hi)
 // (the other k add nothing: their B rows are 0 there), where [lo, hi) is the union of
 // krange[q], krange[NG + q] over the 16-column groups q of the panel. Skipped rows of C are
-// left as they were (the caller masks them to -inf).
-template <bool ACC, int RANGE>
+// left as they were (the caller masks them to -inf). BPM: B is stored panel-major (panel
+// n0 / PW holds K rows of min(PW, N - n0) floats from b + n0 * K), needing no copy (Q^T).
+template <bool ACC, int RANGE, bool BPM = false>
 static void gemm(int64_t M, int64_t N, int64_t K, const float* a, int64_t am, int64_t ak,
                  const float* b, int64_t ldb, float* c, int64_t ldc, const float* colscale,
                  float* bpack, const int32_t* krange) {
@@ -329,15 +332,15 @@ static void gemm(int64_t M, int64_t N, int64_t K, const float* a, int64_t am, in
     }
     for (int64_t k0 = klo; k0 < khi; k0 += KC) {
       const int64_t kc = imin(KC, khi - k0);
-      const float* bk = b + k0 * ldb + n0;
+      const float* bk = BPM ? b + n0 * K + k0 * ldp : b + k0 * ldb + n0;
       // Pack when B is reused by several row panels and its rows are not contiguous already.
-      const bool pack = mhi - mlo > MR_MAX && ldb != ldp;
+      const bool pack = !BPM && mhi - mlo > MR_MAX && ldb != ldp;
       if (pack) {
         for (int64_t k = 0; k < kc; ++k)
           for (int v = 0; v < nv; ++v) vstore(bpack + k * ldp + v * W, vload(bk + k * ldb + v * W));
       }
       const float* bp = pack ? bpack : bk;
-      const int64_t ldbp = pack ? ldp : ldb;
+      const int64_t ldbp = pack || BPM ? ldp : ldb;
       const float* ak0 = a + k0 * ak;
       for (int64_t m0 = mlo; m0 < mhi; m0 += MR_MAX) {
         const int mr = static_cast<int>(imin(MR_MAX, mhi - m0));
@@ -440,11 +443,22 @@ static void process_item(const Params& P, const Item& it, const Workspace& ws) {
           for (int64_t d = 0; d < D; ++d) dst[d] = 0.f;
         }
       }
-      float* col = qt + g * rpad + i0;
-      for (int64_t d = 0; d < D; ++d) {
-        float* qd = col + d * N;
+      // Panel-major (see gemm's BPM): the 16 columns lie in one panel when PW % 16 == 0.
+      const int64_t n16 = g * rpad + i0;
+      if (PW % 16 == 0) {
+        const int64_t p0 = n16 / PW * PW, wp = imin(PW, N - p0);
+        float* col = qt + p0 * D + (n16 - p0);
+        for (int64_t d = 0; d < D; ++d) {
+          float* qd = col + d * wp;
 #pragma GCC unroll 16
-        for (int i = 0; i < 16; ++i) qd[i] = ws.row[i * D + d] * P.qscale;
+          for (int i = 0; i < 16; ++i) qd[i] = ws.row[i * D + d] * P.qscale;
+        }
+      } else {
+        for (int i = 0; i < 16; ++i) {
+          const int64_t n = n16 + i, p0 = n / PW * PW, wp = imin(PW, N - p0);
+          float* col = qt + p0 * D + (n - p0);
+          for (int64_t d = 0; d < D; ++d) col[d * wp] = ws.row[i * D + d] * P.qscale;
+        }
       }
     }
   }
@@ -513,7 +527,7 @@ static void process_item(const Params& P, const Item& it, const Workspace& ws) {
         ws.krange[ng + g * ngr + q] = static_cast<int32_t>(hi);
       }
     }
-    gemm<false, 1>(C, N, D, ka, lda_k, 1, qt, N, st, N, nullptr, ws.bpack, ws.krange);
+    gemm<false, 1, true>(C, N, D, ka, lda_k, 1, qt, N, st, N, nullptr, ws.bpack, ws.krange);
 
     // ---- masks: partial tiles, key padding (selected, never added: NaN-safe)
     for (int32_t t = e; t < e2; ++t) {
