@@ -383,3 +383,17 @@ def test_last_token_logits_refused_for_encoders(ckpt_dirs, tmp_path, capsys):
     code, err = _err(capsys, [*argv, "-o", str(tmp_path / "x.onnx")])
     assert code == 2 and len(err.splitlines()) == 1 and "causal LM" in err
     assert not (tmp_path / "x.onnx").exists()
+
+
+@pytest.mark.slow  # Inductor compiles the whole model (about 10 s)
+def test_sparse_model_under_torch_compile_matches_unmodified(ckpt_dirs):
+    """The registry path compiled by Inductor (what ``ours_torch_compiled`` of the bench
+    runs) equals transformers eager at S > window, with padding."""
+    model = family.build_model(ckpt_dirs["gemma3_text"], block_size=BLOCK, max_seq_len=MAX_S)
+    compiled = torch.compile(model, dynamic=False)
+    ref = _unmodified(ckpt_dirs["gemma3_text"])
+    inp = _inputs(77, seed=5)
+    with torch.no_grad():
+        got = compiled(**inp)["logits"]
+    exp = _hf_outputs(ref, inp)["logits"]
+    _assert_real_close(got.numpy(), exp.numpy(), inp["attention_mask"], "compiled", 1e-5, 1e-5)

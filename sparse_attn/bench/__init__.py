@@ -99,6 +99,8 @@ class BenchConfig:
         "hf_eager",
         "hf_sdpa",
         "hf_flex",
+        "ours_torch_compiled",
+        "hf_sdpa_compiled",
     )
     prefill_repeats: int = 3
     prefill_timeout_s: float = 900.0

@@ -16,6 +16,10 @@ position (``logits="all"``: ``[1, S, vocab]`` float32, at Gemma's 262,144-token 
 * ``hf_eager``, ``hf_sdpa``, ``hf_flex``: the unmodified model with transformers'
   ``eager``, ``sdpa`` and ``flex_attention`` implementations. ``flex_attention`` compiles on
   its first call: that call is untimed and reported as ``compile_s``.
+* ``ours_torch_compiled``, ``hf_sdpa_compiled``: ``ours_torch`` and ``hf_sdpa`` with the
+  whole model under ``torch.compile(dynamic=False)`` (Inductor fuses the norms and
+  element-wise ops around the attention; our op stays one opaque call). The compiling first
+  call is untimed and reported as ``compile_s``, as for flex.
 
 Every cell runs in a fresh subprocess (``python -m sparse_attn.bench.gemma worker ...``), so
 its peak memory is the process' ``VmHWM`` (peak resident set, MiB: weights, activations and
@@ -40,7 +44,18 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-IMPLS = ("ours_ort", "ours_torch", "dense_ort", "hf_eager", "hf_sdpa", "hf_flex")
+IMPLS = (
+    "ours_ort",
+    "ours_torch",
+    "ours_torch_compiled",
+    "dense_ort",
+    "hf_eager",
+    "hf_sdpa",
+    "hf_sdpa_compiled",
+    "hf_flex",
+)
+#: Implementations whose first call compiles (untimed; ``compile_s`` = first call - median).
+COMPILING = frozenset({"hf_flex", "ours_torch_compiled", "hf_sdpa_compiled"})
 LABELS = {
     "ours_ort": "ours, ONNX Runtime (sparse export)",
     "ours_torch": "ours, PyTorch (HF + registered op)",
@@ -48,8 +63,15 @@ LABELS = {
     "hf_eager": "Hugging Face eager",
     "hf_sdpa": "Hugging Face sdpa",
     "hf_flex": "Hugging Face flex_attention",
+    "ours_torch_compiled": "ours, PyTorch, torch.compile",
+    "hf_sdpa_compiled": "Hugging Face sdpa, torch.compile",
 }
-HF_ATTN = {"hf_eager": "eager", "hf_sdpa": "sdpa", "hf_flex": "flex_attention"}
+HF_ATTN = {
+    "hf_eager": "eager",
+    "hf_sdpa": "sdpa",
+    "hf_sdpa_compiled": "sdpa",
+    "hf_flex": "flex_attention",
+}
 DEFAULT_LENGTHS = (2048, 8192, 32768)
 QUICK_LENGTHS = (512,)
 _RESULT_TAG = "GEMMA_BENCH_RESULT "
@@ -133,7 +155,7 @@ def _worker(args) -> dict:
     else:
         from sparse_attn.models import checkpoint as ckpt
 
-        if args.impl == "ours_torch":
+        if args.impl.startswith("ours_torch"):
             from sparse_attn.models import build_model
 
             model = build_model(
@@ -147,8 +169,10 @@ def _worker(args) -> dict:
             if hasattr(model, "set_attn_implementation"):
                 model.set_attn_implementation(HF_ATTN[args.impl])
         model.eval()
+        if args.impl.endswith("_compiled"):
+            model = torch.compile(model, dynamic=False)
         tfeeds = {k: torch.from_numpy(v) for k, v in feeds.items()}
-        if args.logits == "last" and args.impl != "ours_torch":
+        if args.logits == "last" and not args.impl.startswith("ours_torch"):
             tfeeds["logits_to_keep"] = 1  # batch 1, no padding: the last real token
 
         def fn():
@@ -158,7 +182,7 @@ def _worker(args) -> dict:
     load_s = time.perf_counter() - t0
     loaded_rss = _vmrss_mib()
     first_ms = None
-    warmup = max(args.warmup, 1 if args.impl == "hf_flex" else 0)
+    warmup = max(args.warmup, 1 if args.impl in COMPILING else 0)
     for i in range(warmup):
         t1 = time.perf_counter()
         fn()
@@ -183,7 +207,7 @@ def _worker(args) -> dict:
         "times_ms": [round(t, 2) for t in times],
         "cpu_median_ms": statistics.median(cpu),
         "first_call_ms": first_ms,
-        "compile_s": (first_ms - med) / 1e3 if args.impl == "hf_flex" and first_ms else None,
+        "compile_s": (first_ms - med) / 1e3 if args.impl in COMPILING and first_ms else None,
         "load_s": load_s,
         "loaded_rss_mib": loaded_rss,
         "peak_mem_mib": _vmhwm_mib(),

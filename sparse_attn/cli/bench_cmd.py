@@ -103,7 +103,7 @@ def _name_list(name: str, text: str | None, known) -> tuple[str, ...] | None:
 @click.option(
     "--prefill-impls",
     help="model suite: prefill implementations (default all): ours_ort, ours_torch, "
-    "dense_ort, hf_eager, hf_sdpa, hf_flex.",
+    "dense_ort, hf_eager, hf_sdpa, hf_flex, ours_torch_compiled, hf_sdpa_compiled.",
 )
 @click.option("--prefill-model", help="model suite: checkpoint or built-in (default gemma3-270m).")
 @click.option(
