@@ -94,13 +94,14 @@ def _config_sizes(model_dir: Path) -> dict:
 
 def estimate_gib(impl: str, seq_len: int, sizes: dict, logits: str = "last") -> float:
     """Rough peak memory of one cell in GiB (weights twice for ONNX Runtime, full logits, the
-    widest activation, and for eager/dense paths the ``H x S x S`` scores of one layer)."""
+    widest activation, and for eager attention the ``H x S x S`` scores of one layer; the
+    dense export runs the op's chunked body, whose working set does not grow with S^2)."""
     s = seq_len
     b = sizes["weights_bytes"] * (2 if impl.endswith("_ort") else 1)
     if logits == "all":
         b += 2 * 4 * s * sizes["vocab"]  # logits (+ one copy on the way out)
     b += 4 * 4 * s * max(sizes["inter"], sizes["hidden"])
-    if impl in ("hf_eager", "dense_ort"):
+    if impl == "hf_eager":
         b += 3 * 4 * sizes["heads"] * s * s
     return b / 2**30
 
