@@ -4,7 +4,10 @@ Two measurements, printed as tables and written as one JSON file:
 
 * **time**: the sparse op's function body and the dense graph run in one process with the
   same session options, interleaved (sparse, dense, sparse, ...) so that load from other
-  processes hits both alike; medians of wall and process CPU time. Default case:
+  processes hits both alike, or with ``--order blocks`` each graph's runs together after a
+  pause (on a quiet machine with ONNX Runtime's default thread spinning, the session that
+  ran last keeps spinning into the other's run when interleaved); medians of wall and
+  process CPU time. Default case:
   ``band(w=256) | global(n=64)``, S = 4096, H = 8, D = 64, block 64.
 * **memory**: each model runs twice in a fresh subprocess; the process's peak resident
   set (``VmHWM``) is recorded together with the resident set
@@ -202,8 +205,8 @@ def measure_memory(case: dict, which: str, timeout: float = 1800) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def measure_time(case: dict, repeat: int, spin: bool) -> dict:
-    """Interleaved sparse/dense runs in this process: medians and minima (ms)."""
+def measure_time(case: dict, repeat: int, spin: bool, order: str = "interleaved") -> dict:
+    """Sparse/dense runs in this process, interleaved or in blocks: medians and minima (ms)."""
     import onnxruntime as ort
 
     from sparse_attn.export.function_body import plan_buckets
@@ -221,12 +224,21 @@ def measure_time(case: dict, repeat: int, spin: bool) -> dict:
     d_out = d_sess.run(None, d_feeds)[0]
     wall = {"sparse": [], "dense": []}
     cpu = {"sparse": [], "dense": []}  # process CPU time: robust to other jobs' load
-    for _ in range(repeat):
-        for name, sess, f in (("sparse", s_sess, s_feeds), ("dense", d_sess, d_feeds)):
-            c, t = time.process_time(), time.perf_counter()
+    graphs = (("sparse", s_sess, s_feeds), ("dense", d_sess, d_feeds))
+    if order == "blocks":
+        schedule = [g for g in graphs for _ in range(repeat)]
+    else:
+        schedule = [g for _ in range(repeat) for g in graphs]
+    last = None
+    for name, sess, f in schedule:
+        if order == "blocks" and name != last:
+            time.sleep(0.5)  # the other session's pool threads stop spinning
             sess.run(None, f)
-            wall[name].append((time.perf_counter() - t) * 1e3)
-            cpu[name].append((time.process_time() - c) * 1e3)
+            last = name
+        c, t = time.process_time(), time.perf_counter()
+        sess.run(None, f)
+        wall[name].append((time.perf_counter() - t) * 1e3)
+        cpu[name].append((time.process_time() - c) * 1e3)
     # spot check: head 0 against float64 dense masked math on a few query rows
     rows = np.linspace(0, case["seq_len"] - 1, 5).astype(int)
     tm = layout.token_mask()[0]
@@ -301,6 +313,13 @@ def main(argv=None) -> dict:
         action="store_true",
         help="time suite: disable ORT thread-pool spinning (both graphs; helps on a loaded host)",
     )
+    ap.add_argument(
+        "--order",
+        choices=("interleaved", "blocks"),
+        default="interleaved",
+        help="time suite: alternate the graphs run by run (fair under load) or time each in "
+        "one block after a pause (accurate on a quiet machine with spinning on)",
+    )
     ap.add_argument("--json", type=Path, default=None, help="write results here")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -319,8 +338,9 @@ def main(argv=None) -> dict:
     }
     if args.suite in ("time", "all"):
         case = _case(args)
-        timing = measure_time(case, args.repeat, not args.no_spin)
-        result["time"] = {"case": case, "spinning": not args.no_spin, **timing}
+        timing = measure_time(case, args.repeat, not args.no_spin, args.order)
+        result["time"] = {"case": case, "spinning": not args.no_spin, "order": args.order}
+        result["time"].update(timing)
         print(
             f"ONNX Runtime {ort.__version__} CPU, {case['pattern']!r}"
             f"{' causal' if case['causal'] else ''}, S={case['seq_len']}, H={case['heads']}, "

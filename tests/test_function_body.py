@@ -279,6 +279,15 @@ def test_working_set_budget_sets_the_chunk():
     ]
     assert_close(outs[0], outs[1], 0, 0, "tiny vs huge budget")
     assert_close(outs[0], reference(layout, q, k, v, kpm), 2e-5, 1e-4, "budget")
+    # budgets of a few band units per step: the steps are balanced (ceil(U / steps) units
+    # each, padding below one unit per step), none of which may change a value
+    unit_bytes = 4 * (c0 + cd * 8 + cdv * 8)
+    for units_per_step in (2, 3, 5, 7):
+        model = function_body.make_node_model(
+            layout, head_dim=8, work_budget=units_per_step * unit_bytes
+        )
+        got = session(model).run(None, feeds)[0]
+        assert_close(got, outs[0], 0, 0, f"{units_per_step} units per step")
     with pytest.raises(ValueError, match="work_budget"):
         function_body.build_function(
             layout, scale=0.5, has_key_padding_mask=False, opset=20, work_budget=0

@@ -39,7 +39,8 @@ Construction
    chunks of ``C`` units (the index arrays padded to a multiple of ``C`` and viewed as
    ``[U / C, C, .]``, one chunk per step), ``C`` computed at run time from the
    working-set budget (:data:`WORK_BUDGET_BYTES`) and D/Dv (see
-   :func:`unit_work_elements`). One step
+   :func:`unit_work_elements`), then balanced over the steps (``C = ceil(U / steps)``, so
+   fewer than one unit per step is padding). One step
    gathers the chunk's Q blocks ``[C, m*bs, D+1]`` and K/V tiles ``[C, n*bs, .]``,
    computes ``Q_aug @ K_aug^T``, adds the tile bias (0/-inf from the partial masks) only
    if the bucket has partial tiles, ``Softmax`` in fp32, ``@ V``, and zeroes rows with no
@@ -86,7 +87,7 @@ FUNCTION_ATTRIBUTES = tuple(opspec.ATTRIBUTES)
 MIN_OPSET = 18
 #: Working-set budget of one scan step of the body, in bytes (fp32 intermediates of one
 #: chunk of units; at least one unit per step).
-WORK_BUDGET_BYTES = 2 * 2**20
+WORK_BUDGET_BYTES = 8 * 2**20
 #: Score added for keys outside the request or padded (finite: their V is 0, so a row
 #: that sees only such keys averages zeros and outputs exactly 0).
 _KEY_BIAS = -1.0e30
@@ -479,14 +480,15 @@ def _prepare(
     kidx = per_batch(kidx, g.op("Mul", [v.nbx1, v.hkv1]), "kidx")  # [U, n]
     units = g.op("Shape", [qidx], p + "U", end=1)
 
-    # chunk = clamp(budget / unit elements, 1, U); n_iter = ceil(U / chunk); the index
-    # arrays are padded to n_iter * chunk units (padding units compute unit 0 again and
-    # land in the trash slot)
+    # most = clamp(budget / unit elements, 1, U); n_iter = ceil(U / most); then the steps are
+    # balanced, chunk = ceil(U / n_iter) <= most, so the index arrays are padded by fewer
+    # than n_iter units (padding units compute unit 0 again and land in the trash slot)
     c0, cd, cdv = unit_work_elements(bk, bs)
     elems = g.op("Add", [g.op("Mul", [v.d1, g.i64(cd)]), g.op("Mul", [v.dv1, g.i64(cdv)])])
-    chunk = g.op("Div", [g.i64(max(1, budget // 4)), g.op("Add", [elems, g.i64(c0)])])
-    chunk = g.op("Max", [g.op("Min", [chunk, units]), one1], p + "chunk")
-    n_iter = g.op("Div", [g.op("Sub", [g.op("Add", [units, chunk]), one1]), chunk], p + "n_iter")
+    most = g.op("Div", [g.i64(max(1, budget // 4)), g.op("Add", [elems, g.i64(c0)])])
+    most = g.op("Max", [g.op("Min", [most, units]), one1], p + "most")
+    n_iter = g.op("Div", [g.op("Sub", [g.op("Add", [units, most]), one1]), most], p + "n_iter")
+    chunk = g.op("Div", [g.op("Sub", [g.op("Add", [units, n_iter]), one1]), n_iter], p + "chunk")
     pads = g.op(
         "Concat", [g.i64(0, 0), g.op("Sub", [g.op("Mul", [n_iter, chunk]), units]), zero1], axis=0
     )  # [0, 0, extra, 0]: pads of a [U, k] array
