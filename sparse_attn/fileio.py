@@ -151,24 +151,27 @@ def atomic_output(path: str | os.PathLike, *, suffix: str | None = None) -> Iter
 
     out = Path(path)
     suffix = out.suffix if suffix is None else suffix
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(
-            prefix=f".{out.name}.{os.getpid()}.", suffix=f".tmp{suffix}", dir=out.parent
-        )
-    except OSError as exc:
-        raise InvalidInputError(
-            f"cannot write {out}: {exc.strerror or exc}; check the output directory"
-        ) from None
-    os.close(fd)
-    tmp = Path(tmp_name)
-    umask = os.umask(0)
-    os.umask(umask)
-    with contextlib.suppress(OSError):  # mkstemp makes 0600; give the usual 0666 & ~umask
-        os.chmod(tmp, 0o666 & ~umask)
-    done = False
-    with terminate_as_exception():
+    with terminate_as_exception(), _signals_deferred() as release:
+        # Signals are held until the cleanup below is armed: one landing between the
+        # temporary file's creation and the ``try`` would otherwise leave the file behind.
         try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp_name = tempfile.mkstemp(
+                prefix=f".{out.name}.{os.getpid()}.", suffix=f".tmp{suffix}", dir=out.parent
+            )
+        except OSError as exc:
+            raise InvalidInputError(
+                f"cannot write {out}: {exc.strerror or exc}; check the output directory"
+            ) from None
+        tmp = Path(tmp_name)
+        done = False
+        try:
+            os.close(fd)
+            umask = os.umask(0)
+            os.umask(umask)
+            with contextlib.suppress(OSError):  # mkstemp makes 0600; give 0666 & ~umask
+                os.chmod(tmp, 0o666 & ~umask)
+            release()  # a signal that arrived meanwhile is raised here, inside the try
             yield tmp
             if not tmp.exists():
                 raise FileNotFoundError(f"the writer did not create {tmp}")
@@ -179,6 +182,29 @@ def atomic_output(path: str | os.PathLike, *, suffix: str | None = None) -> Iter
                 with contextlib.suppress(OSError):
                     tmp.unlink()
                 log.debug("removed unfinished %s", tmp)
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator:
+    """Block Ctrl-C and the termination signals until ``release()`` (or the block's end).
+
+    Yields ``release``; signals that arrive while blocked stay pending and are delivered
+    (raised as Python exceptions) right after ``release()``. A no-op outside the main thread
+    or where ``signal.pthread_sigmask`` does not exist.
+    """
+    sigs = {*_CLEANUP_SIGNALS, signal.SIGINT}
+    blocked = []
+    if hasattr(signal, "pthread_sigmask") and threading.current_thread() is threading.main_thread():
+        blocked.append(signal.pthread_sigmask(signal.SIG_BLOCK, sigs))
+
+    def release() -> None:
+        if blocked:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked.pop())
+
+    try:
+        yield release
+    finally:
+        release()
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:

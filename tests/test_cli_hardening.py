@@ -209,3 +209,19 @@ def test_a_termination_signal_decides_the_exit_code_even_when_its_exception_was_
     finally:
         Terminated.received = None
     assert (code, message) == (143, "terminated by signal 15")
+
+
+@pytest.mark.parametrize("exc", [KeyboardInterrupt, SystemExit(143)])
+def test_interrupt_while_the_temporary_file_is_prepared_leaves_nothing(tmp_path, monkeypatch, exc):
+    """A signal that lands right after the temporary file exists (here: during its chmod)
+    still removes it: signals are held until the cleanup is armed."""
+    from sparse_attn import fileio
+
+    def interrupted(*args, **kwargs):
+        raise exc
+
+    monkeypatch.setattr(fileio.os, "chmod", interrupted)
+    with pytest.raises(type(exc) if isinstance(exc, BaseException) else exc):
+        with fileio.atomic_output(tmp_path / "m.npy") as tmp:
+            tmp.write_bytes(b"never reached")
+    assert list(tmp_path.iterdir()) == []
