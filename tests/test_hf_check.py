@@ -98,3 +98,25 @@ def test_run_a_causal_lm_shows_next_token_predictions(exported, capsys):
     assert len(first["next_token_ids"]) == 5
     assert first["next_tokens"][0] == own.decode([first["next_token_ids"][0]], False)
     assert first["next_logits"] == sorted(first["next_logits"], reverse=True)
+
+
+def test_last_logits_export_runs_and_checks_like_the_full_one(exported, tmp_path, capsys):
+    """``run`` and ``check`` on an export with ``logits="last"``: the same next-token
+    predictions as the full-logits export, for texts of different lengths in one batch."""
+    ckpt, out = exported
+    last = tmp_path / "g3_last.onnx"
+    family.export_onnx(
+        last, model_dir=ckpt, block_size=BLOCK, max_seq_len=128, verbose=False, logits="last"
+    )
+    texts = ["--text", "the keeper of the light kept the lamp burning", "--text", "sea"]
+    reps = []
+    for path in (out, last):
+        assert main(["run", str(path), "--json", *texts]) == 0
+        reps.append(json.loads(capsys.readouterr().out)["texts"])
+    for full_row, last_row in zip(*reps, strict=True):
+        assert last_row["tokens"] == full_row["tokens"]
+        assert last_row["next_token_ids"] == full_row["next_token_ids"]
+        assert last_row["next_logits"] == pytest.approx(full_row["next_logits"], abs=1e-5)
+    assert main(["check", str(last), "--json", *texts]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["passed"] and rep["outputs"]["logits"]["max_abs_err"] < 1e-4

@@ -174,7 +174,8 @@ def run_language_model(rt, info: dict, texts: list[str], batch_size: int, as_jso
         feeds, lengths, cut = rt.encoder.encode_detailed(chunk, rt.inputs)
         logits = rt.run(feeds)["logits"]
         for j, n in enumerate(lengths):
-            vec = logits[j, n - 1].astype(np.float32)
+            # [B, S, vocab], or [B, 1, vocab] from an export with --logits last
+            vec = logits[j, 0 if logits.shape[1] == 1 else n - 1].astype(np.float32)
             last.append(vec)
             top = np.argsort(-vec)[:5]
             rows.append(
