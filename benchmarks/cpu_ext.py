@@ -26,8 +26,14 @@ too, with the 1-minute load average. The machine's fp32 GEMM ceiling (``torch.mm
 flops per (query, key) pair of the stored tiles. Writes JSON (``--out``, with the CPU's
 ISA flags and the kernel's ISA) and prints a markdown table. Never asserts timings.
 
+An AVX2 figure taken on an AVX-512 CPU is only fair if PyTorch's own kernels (the ideal's
+SDPA, FlexAttention) are held to AVX2 too: ``--cap-torch avx2`` re-runs the script with
+``ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2``
+(``ATEN_CPU_CAPABILITY`` alone leaves SDPA's MKL products on AVX-512) and records them in
+the JSON.
+
 Usage: ``python benchmarks/cpu_ext.py [--quick] [--cases gemma] [--isa auto avx2]
-[--no-flex] [--out artifacts/bench/cpu_ext.json]``. Full run: about 5 min on an idle 2-core
+[--cap-torch avx2] [--no-flex] [--out artifacts/bench/cpu_ext.json]``. Full run: about 5 min on an idle 2-core
 machine (dense SDPA at S = 16384 and FlexAttention's compiles dominate).
 """
 
@@ -43,7 +49,27 @@ import sys
 import time
 from pathlib import Path
 
-import torch
+#: Environment that holds PyTorch (ATen, MKL, oneDNN) to AVX2, for ``--cap-torch avx2``.
+CAP_AVX2_ENV = {
+    "ATEN_CPU_CAPABILITY": "avx2",
+    "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+    "ONEDNN_MAX_CPU_ISA": "AVX2",
+}
+
+
+def _reexec_capped(argv: list[str]) -> None:
+    """Replace this process by the same command with :data:`CAP_AVX2_ENV` set (PyTorch reads
+    it at import, so it cannot be applied in place); a no-op when it is already set."""
+    if all(os.environ.get(k) == v for k, v in CAP_AVX2_ENV.items()):
+        return
+    os.environ.update(CAP_AVX2_ENV)
+    os.execv(sys.executable, [sys.executable, os.path.abspath(__file__), *argv])
+
+
+if __name__ == "__main__" and "--cap-torch" in sys.argv:  # before torch is imported
+    _reexec_capped(sys.argv[1:])
+
+import torch  # noqa: E402
 
 #: name -> (spec, H, Hkv, D); FlexAttention's mask_mod for each is in _mask_mod.
 CASES = {
@@ -277,6 +303,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=7, help="timed calls of the sparse kernels")
     ap.add_argument("--dense-repeats", type=int, default=3, help="timed calls of dense SDPA")
     ap.add_argument("--no-flex", action="store_true", help="skip FlexAttention")
+    ap.add_argument(
+        "--cap-torch",
+        choices=("avx2",),
+        default=None,
+        help="hold PyTorch's kernels (the ideal's SDPA, FlexAttention) to AVX2 as well",
+    )
     ap.add_argument("--quick", action="store_true", help="S = 4096 only, fewer repeats")
     ap.add_argument("--out", type=Path, default=Path("artifacts/bench/cpu_ext.json"))
     args = ap.parse_args(argv)
@@ -306,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
             "cpu_count": os.cpu_count(),
             "torch": torch.__version__,
             "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "torch_capped_env": {k: os.environ.get(k) for k in CAP_AVX2_ENV},
         },
         "cpu_ext_isa": cpu_ext.isa(),
         "cpu_ext_supported_isas": cpu_ext.supported_isas(),
