@@ -154,19 +154,16 @@ def _ort():
 
 
 def _ort_session(path_or_bytes, threads: int):
+    from sparse_attn.runtime.onnxruntime_backend import session_options
+
     ort = _ort()
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
+    # The runtime's options (no per-shape memory pattern), and no busy-waiting of idle pool
+    # threads: on a shared machine spinning steals the cores and inflates the CPU-time view;
+    # with the cores to itself the difference is small.
+    so = session_options(threads, allow_spinning=False)
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.log_severity_level = 3
-    # No busy-waiting of idle pool threads: on a shared machine spinning steals the cores
-    # and inflates the CPU-time view; with the cores to itself the difference is small.
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    # As in the runtime: no per-shape memory pattern (with dynamic S it plans one more
-    # buffer set per shape; Gemma 3 270M at S = 32768 peaked at 7.8 GiB with it, 4.8 without).
-    so.enable_mem_pattern = False
     return ort.InferenceSession(
         str(path_or_bytes) if isinstance(path_or_bytes, Path) else path_or_bytes,
         sess_options=so,

@@ -154,26 +154,6 @@ def left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarra
     return ids, mask
 
 
-def _ort_options(intra_op_threads, allow_spinning):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    threads = intra_op_threads
-    if threads is None and os.environ.get("OMP_NUM_THREADS", "").isdigit():
-        threads = int(os.environ["OMP_NUM_THREADS"])
-    if threads:
-        opts.intra_op_num_threads = int(threads)
-    if allow_spinning is not None:
-        opts.add_session_config_entry(
-            "session.intra_op.allow_spinning", "1" if allow_spinning else "0"
-        )
-    opts.log_severity_level = 3
-    # ORT's memory patterns are cached per input shape; the decode step's attention_mask
-    # grows by one every step, so the cache would grow with the text (~2 KB per token).
-    opts.enable_mem_pattern = False
-    return opts
-
-
 class Generator:
     """Generate tokens with a generation export (see the module docstring).
 
@@ -242,8 +222,10 @@ class Generator:
         if which not in self._sessions:
             import onnxruntime as ort
 
+            from sparse_attn.runtime.onnxruntime_backend import session_options
+
             providers, threads, spinning = self._session_args
-            opts = _ort_options(threads, spinning)
+            opts = session_options(threads, spinning)
             try:
                 self._sessions[which] = ort.InferenceSession(
                     str(self._paths[which]), opts, providers=providers

@@ -33,6 +33,31 @@ def _import_ort():
     return ort
 
 
+def session_options(intra_op_threads: int | None = None, allow_spinning: bool | None = None):
+    """The ``onnxruntime.SessionOptions`` of every session the runtime opens.
+
+    Intra-op threads from ``intra_op_threads`` (default ``OMP_NUM_THREADS`` when set, else
+    ONNX Runtime's own default); thread spinning as given (default ONNX Runtime's); warnings
+    only. ONNX Runtime's memory pattern is off: it plans one arena block per input shape, so
+    with a dynamic S (and the op's chunked Scan) it keeps a second copy of the activations
+    (Gemma 3 270M at S = 32768: 7.8 GiB peak with it, 4.8 GiB without, same speed), and a
+    decode step whose ``attention_mask`` grows by one token would grow it with the text.
+    """
+    opts = _import_ort().SessionOptions()
+    threads = intra_op_threads
+    if threads is None and os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        threads = int(os.environ["OMP_NUM_THREADS"])
+    if threads:
+        opts.intra_op_num_threads = int(threads)
+    if allow_spinning is not None:
+        opts.add_session_config_entry(
+            "session.intra_op.allow_spinning", "1" if allow_spinning else "0"
+        )
+    opts.log_severity_level = 3
+    opts.enable_mem_pattern = False
+    return opts
+
+
 def _dim(d) -> int | str | None:
     if isinstance(d, int):
         return d
@@ -78,21 +103,7 @@ class OnnxRuntimeBackend:
         if providers is None:
             providers = [p for p in ("CUDAExecutionProvider",) if p in available]
             providers.append("CPUExecutionProvider")
-        opts = ort.SessionOptions()
-        threads = intra_op_threads
-        if threads is None and os.environ.get("OMP_NUM_THREADS", "").isdigit():
-            threads = int(os.environ["OMP_NUM_THREADS"])
-        if threads:
-            opts.intra_op_num_threads = threads
-        if allow_spinning is not None:
-            opts.add_session_config_entry(
-                "session.intra_op.allow_spinning", "1" if allow_spinning else "0"
-            )
-        opts.log_severity_level = 3
-        # ONNX Runtime's memory pattern plans one arena block per input shape; with a dynamic
-        # S and the op's chunked Scan it adds a second copy of the activations (Gemma 3 270M
-        # at S = 32768: 7.8 GiB peak with it, 4.8 GiB without, same speed).
-        opts.enable_mem_pattern = False
+        opts = session_options(intra_op_threads, allow_spinning)
         try:
             self.session = ort.InferenceSession(str(self.path), opts, providers=providers)
         except Exception as exc:  # ORT raises its own Fail/InvalidProtobuf/InvalidGraph types
