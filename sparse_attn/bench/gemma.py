@@ -115,29 +115,11 @@ def _feeds(seq_len: int, vocab: int):
     return {"input_ids": ids, "attention_mask": np.ones((1, seq_len), np.int64)}
 
 
-def _vmhwm_mib() -> float | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    except OSError:
-        return None
-    return None
-
-
-def _vmrss_mib() -> float | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    except OSError:
-        return None
-    return None
-
-
 def _worker(args) -> dict:
     """Load, warm up and time one implementation; returns the cell fields."""
     import torch
+
+    from sparse_attn.bench.harness import status_mib
 
     torch.set_num_threads(args.threads)
     vocab = _config_sizes(Path(args.model))["vocab"]
@@ -181,7 +163,7 @@ def _worker(args) -> dict:
                 return model(**tfeeds)
 
     load_s = time.perf_counter() - t0
-    loaded_rss = _vmrss_mib()
+    loaded_rss = status_mib("VmRSS")
     first_ms = None
     warmup = max(args.warmup, 1 if args.impl in COMPILING else 0)
     for i in range(warmup):
@@ -211,7 +193,7 @@ def _worker(args) -> dict:
         "compile_s": (first_ms - med) / 1e3 if args.impl in COMPILING and first_ms else None,
         "load_s": load_s,
         "loaded_rss_mib": loaded_rss,
-        "peak_mem_mib": _vmhwm_mib(),
+        "peak_mem_mib": status_mib("VmHWM"),
     }
 
 

@@ -150,6 +150,13 @@ def _status_kib(key: str) -> int | None:
     return None
 
 
+def status_mib(key: str) -> float | None:
+    """A ``/proc/self/status`` size (``"VmRSS"``, ``"VmHWM"``) in MiB, or None where
+    unreadable."""
+    kib = _status_kib(key)
+    return None if kib is None else kib / 1024.0
+
+
 def mem_available_bytes() -> int | None:
     """``MemAvailable`` of ``/proc/meminfo`` in bytes, or None where unreadable."""
     try:
