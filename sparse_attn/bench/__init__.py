@@ -37,6 +37,7 @@ from sparse_attn.bench.attention import (
     REFERENCE_SPEC,
     TimingPolicy,
 )
+from sparse_attn.bench.gemma import IMPLS as PREFILL_IMPLS
 
 SUITES = ("attention", "model", "layout", "serve", "generate")
 #: Suites run when none is named (``serve`` starts servers and Ray, ``generate`` exports and
@@ -92,16 +93,7 @@ class BenchConfig:
     generate_new_tokens: int = 32
     prefill_model: str = "gemma3-270m"
     prefill_lengths: tuple[int, ...] = (2048, 8192, 32768)
-    prefill_impls: tuple[str, ...] = (
-        "ours_ort",
-        "ours_torch",
-        "dense_ort",
-        "hf_eager",
-        "hf_sdpa",
-        "hf_flex",
-        "ours_torch_compiled",
-        "hf_sdpa_compiled",
-    )
+    prefill_impls: tuple[str, ...] = PREFILL_IMPLS
     prefill_repeats: int = 3
     prefill_timeout_s: float = 900.0
     prefill_logits: str = "last"

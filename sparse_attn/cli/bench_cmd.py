@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from sparse_attn import limits
+from sparse_attn.bench.gemma import IMPLS as PREFILL_IMPLS
 from sparse_attn.bench.impls import IMPLS
 from sparse_attn.cli._common import BLOCK_SIZE, HEAD_DIM, NUM_HEADS, BoundedInt
 from sparse_attn.errors import InvalidInputError
@@ -102,8 +103,7 @@ def _name_list(name: str, text: str | None, known) -> tuple[str, ...] | None:
 )
 @click.option(
     "--prefill-impls",
-    help="model suite: prefill implementations (default all): ours_ort, ours_torch, "
-    "dense_ort, hf_eager, hf_sdpa, hf_flex, ours_torch_compiled, hf_sdpa_compiled.",
+    help="model suite: prefill implementations (default all): " + ", ".join(PREFILL_IMPLS) + ".",
 )
 @click.option("--prefill-model", help="model suite: checkpoint or built-in (default gemma3-270m).")
 @click.option(
@@ -173,8 +173,6 @@ def command(
         upd["prefill_lengths"] = ()
     elif (pl := _int_list("prefill-lengths", prefill_lengths)) is not None:
         upd["prefill_lengths"] = pl
-    from sparse_attn.bench.gemma import IMPLS as PREFILL_IMPLS
-
     if (pi := _name_list("prefill-impls", prefill_impls, PREFILL_IMPLS)) is not None:
         upd["prefill_impls"] = pi
     if prefill_model is not None:
