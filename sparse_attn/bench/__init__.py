@@ -37,12 +37,20 @@ from sparse_attn.bench.attention import (
     REFERENCE_SPEC,
     TimingPolicy,
 )
-from sparse_attn.bench.gemma import IMPLS as PREFILL_IMPLS
 
 SUITES = ("attention", "model", "layout", "serve", "generate")
 #: Suites run when none is named (``serve`` starts servers and Ray, ``generate`` exports and
 #: runs a real checkpoint: ask for them).
 DEFAULT_SUITES = ("attention", "model", "layout")
+
+
+def _prefill_impls() -> tuple[str, ...]:
+    """Every prefill implementation (:data:`sparse_attn.bench.gemma.IMPLS`), imported when a
+    config is made: the gemma module also runs as ``python -m`` (its worker), so the package
+    must not import it on load."""
+    from sparse_attn.bench.gemma import IMPLS
+
+    return IMPLS
 
 
 @dataclass
@@ -93,7 +101,7 @@ class BenchConfig:
     generate_new_tokens: int = 32
     prefill_model: str = "gemma3-270m"
     prefill_lengths: tuple[int, ...] = (2048, 8192, 32768)
-    prefill_impls: tuple[str, ...] = PREFILL_IMPLS
+    prefill_impls: tuple[str, ...] = field(default_factory=_prefill_impls)
     prefill_repeats: int = 3
     prefill_timeout_s: float = 900.0
     prefill_logits: str = "last"

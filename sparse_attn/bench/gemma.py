@@ -265,8 +265,8 @@ def run_gemma_suite(
         workdir: cache of exported ONNX files. model: checkpoint directory or built-in name.
         lengths: prefill lengths S (tokens). impls: subset of :data:`IMPLS`.
         repeats: timed calls per cell at S < ``large_s``; 1 at S >= ``large_s``.
-        warmup: untimed calls before the timed ones (at most 1 at S >= ``large_s``; flex
-            always gets one, its compile call). Its first call is reported as
+        warmup: untimed calls before the timed ones (at most 1 at S >= ``large_s``; the
+            :data:`COMPILING` implementations always get one, their compile call). Its first call is reported as
             ``first_call_ms``.
         threads: torch / ONNX Runtime intra-op threads. max_gib: cells estimated above this
             are n/a (default: 90 % of ``MemAvailable``). timeout_s / export_timeout_s: time
@@ -457,6 +457,8 @@ def markdown(cells: Sequence[dict]) -> str:
 
 
 def main(argv=None) -> int:
+    from sparse_attn.models.family import LOGITS_MODES
+
     p = argparse.ArgumentParser(prog="python -m sparse_attn.bench.gemma")
     p.add_argument("mode", choices=("worker", "export"))
     p.add_argument("--impl", choices=IMPLS)
@@ -467,7 +469,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--onnx")
     p.add_argument("--dense", action="store_true")
-    p.add_argument("--logits", choices=("last", "all"), default="last")
+    p.add_argument("--logits", choices=LOGITS_MODES, default="last")
     args = p.parse_args(argv)
     if args.mode == "export":
         _export(args)

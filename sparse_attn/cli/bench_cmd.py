@@ -18,6 +18,7 @@ from sparse_attn.bench.gemma import IMPLS as PREFILL_IMPLS
 from sparse_attn.bench.impls import IMPLS
 from sparse_attn.cli._common import BLOCK_SIZE, HEAD_DIM, NUM_HEADS, BoundedInt
 from sparse_attn.errors import InvalidInputError
+from sparse_attn.models.family import LOGITS_MODES
 
 
 def _int_list(name: str, text: str | None) -> tuple[int, ...] | None:
@@ -113,7 +114,7 @@ def _name_list(name: str, text: str | None, known) -> tuple[str, ...] | None:
 )
 @click.option(
     "--prefill-logits",
-    type=click.Choice(["last", "all"]),
+    type=click.Choice(LOGITS_MODES),
     help="model suite: logits of the last position (default, a generation prefill) or of all.",
 )
 @click.option("--no-plot", is_flag=True, help="Do not write the PNG plot.")

@@ -18,6 +18,7 @@ from sparse_attn import limits
 from sparse_attn.cli._common import BLOCK_SIZE, HEAD_DIM, NUM_HEADS, SEQ_LEN, BoundedInt
 from sparse_attn.errors import InvalidInputError
 from sparse_attn.export import FAMILIES
+from sparse_attn.models.family import LOGITS_MODES
 
 #: Bounded click types of family options by name (others: an integer in 0..MAX_INT).
 _INT_TYPES = {
@@ -138,7 +139,7 @@ def _export_command(cmd: click.Command) -> click.Command:
 )
 @click.option(
     "--logits",
-    type=click.Choice(["all", "last"]),
+    type=click.Choice(LOGITS_MODES),
     default=None,
     help="Causal LM checkpoints: logits of every position (all, default) or of each row's "
     "last real token only (last: [batch, 1, vocab], a prefill's output).",
