@@ -152,17 +152,20 @@ def check_logits_mode(logits, causal_lm: bool) -> str:
     return mode
 
 
-def last_token_index(attention_mask):
-    """Index of each row's last real token: ``attention_mask [B, S]`` (1 = real, right
-    padding) -> int64 ``[B]`` (0 for a row without real tokens)."""
+def at_last_token(x, attention_mask):
+    """Each row of ``x [B, S, ...]`` at its last real token -> ``[B, 1, ...]``; the last real
+    token of ``attention_mask [B, S]`` (1 = real, right padding) is at ``sum - 1`` (position 0
+    for a row without real tokens)."""
     import torch
 
-    return (attention_mask.to(torch.int64).sum(-1) - 1).clamp(min=0)
+    idx = (attention_mask.to(torch.int64).sum(-1) - 1).clamp(min=0)
+    rows = torch.arange(x.shape[0], device=x.device)
+    return x[rows, idx].unsqueeze(1)
 
 
 def last_token_logits(hf, input_ids, attention_mask):
     """``[B, 1, vocab]`` logits of each row's last real token, without the ``[B, S, vocab]``
-    tensor: the decoder's hidden states are gathered at :func:`last_token_index` and go
+    tensor: the decoder's hidden states are gathered by :func:`at_last_token` and go
     through the model's output embedding and its final logit soft-capping, as in the
     model's own head (the export check compares them with the unmodified model's logits)."""
     import torch
@@ -170,10 +173,7 @@ def last_token_logits(hf, input_ids, attention_mask):
     from sparse_attn.models.layers import text_config
 
     out = hf.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-    hidden = out.last_hidden_state
-    idx = last_token_index(attention_mask)
-    rows = torch.arange(hidden.shape[0], device=hidden.device)
-    last = hidden[rows, idx].unsqueeze(1)
+    last = at_last_token(out.last_hidden_state, attention_mask)
     logits = hf.get_output_embeddings()(last)
     cap = getattr(text_config(hf.config), "final_logit_softcapping", None)
     if cap:
@@ -374,13 +374,10 @@ def reference_outputs(hf, input_ids, attention_mask, causal_lm: bool, logits: st
     """The export's outputs computed by the model's own forward only: with ``logits="last"``
     the full ``[B, S, vocab]`` logits of the model's head, gathered at each row's last real
     token (so the check also covers :func:`last_token_logits`)."""
-    import torch
 
     out = model_outputs(hf, input_ids, attention_mask, causal_lm)
     if causal_lm and logits == "last":
-        full = out["logits"]
-        rows = torch.arange(full.shape[0], device=full.device)
-        out = {"logits": full[rows, last_token_index(attention_mask)].unsqueeze(1)}
+        out = {"logits": at_last_token(out["logits"], attention_mask)}
     return out
 
 
