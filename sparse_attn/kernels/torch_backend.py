@@ -316,25 +316,12 @@ class AttentionPlan:
                 f"this plan is for H={want[0]}, Hkv={want[1]}, S={want[2]} on {want[3]}, got "
                 f"H={got[0]}, Hkv={got[1]}, S={got[2]} on {got[3]}; make a plan for these inputs"
             )
-        validate_arrays(
-            query,
-            key,
-            value,
-            *self._arrays,
-            key_padding_mask,
-            self.block_size,
-            resolve_scale(scale, query.shape[-1]),
-        )
+        scale = resolve_scale(scale, query.shape[-1])
+        validate_arrays(query, key, value, *self._arrays, key_padding_mask, self.block_size, scale)
         if key_padding_mask is not None and key_padding_mask.dtype != torch.bool:
             key_padding_mask = key_padding_mask != 0
         return _attention_torch(
-            self._plan,
-            query,
-            key,
-            value,
-            key_padding_mask,
-            self.block_size,
-            resolve_scale(scale, query.shape[-1]),
+            self._plan, query, key, value, key_padding_mask, self.block_size, scale
         )
 
 
