@@ -382,23 +382,51 @@ def _trace(model, example_inputs, output_names, dynamic_axes, max_seq_len, opset
         name: {axis: dims[d] for axis, d in dynamic_axes.get(name, {}).items()} or None
         for name in example_inputs
     }
+    return onnx_proto(
+        model,
+        (),
+        example_inputs,
+        dynamic_shapes=dynamic_shapes,
+        input_names=list(example_inputs),
+        output_names=output_names,
+        opset=opset,
+    )
+
+
+def onnx_proto(
+    module,
+    args: tuple,
+    kwargs: dict | None,
+    *,
+    dynamic_shapes,
+    input_names,
+    output_names,
+    opset: int,
+    error: type[Exception] = CheckFailedError,
+):
+    """``torch.onnx.export(dynamo=True)`` of ``module(*args, **kwargs)``, quietly, under
+    ``no_grad``; the ModelProto.
+
+    Raises:
+        error: the exporter failed (its message, whitespace-collapsed, up to 2000 chars).
+    """
+    import torch
+
     try:
         with _quiet(), torch.no_grad():
             program = torch.onnx.export(
-                model,
-                (),
-                kwargs=example_inputs,
+                module,
+                args,
+                kwargs=kwargs,
                 dynamo=True,
                 dynamic_shapes=dynamic_shapes,
-                input_names=list(example_inputs),
+                input_names=list(input_names),
                 output_names=list(output_names),
                 opset_version=opset,
                 verbose=False,
             )
     except Exception as exc:
-        raise CheckFailedError(
-            f"torch.onnx.export failed: {' '.join(str(exc).split())[:2000]}"
-        ) from exc
+        raise error(f"torch.onnx.export failed: {' '.join(str(exc).split())[:2000]}") from exc
     return program.model_proto
 
 

@@ -328,27 +328,18 @@ def _dims():
 
 
 def _torch_export(module, args, dynamic_shapes, input_names, output_names, opset):
-    import torch
+    from sparse_attn.export.exporter import onnx_proto
 
-    from sparse_attn.export.exporter import _quiet
-
-    try:
-        with _quiet(), torch.no_grad():
-            program = torch.onnx.export(
-                module,
-                args,
-                dynamo=True,
-                dynamic_shapes=dynamic_shapes,
-                input_names=list(input_names),
-                output_names=list(output_names),
-                opset_version=opset,
-                verbose=False,
-            )
-    except Exception as exc:
-        raise RuntimeError(
-            f"torch.onnx.export failed: {' '.join(str(exc).split())[:2000]}"
-        ) from exc
-    return program.model_proto
+    return onnx_proto(
+        module,
+        args,
+        None,
+        dynamic_shapes=dynamic_shapes,
+        input_names=input_names,
+        output_names=output_names,
+        opset=opset,
+        error=RuntimeError,
+    )
 
 
 def _finish(proto, path: Path, meta: dict[str, str], *, max_seq_len: int | None) -> None:
